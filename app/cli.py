@@ -1,0 +1,125 @@
+"""The ``tensorfield`` command line.
+
+Subcommands: ``demo``, ``train``, ``eval``, ``render``, ``export``, ``methods``. Errors that come
+from the user's input (data, configs, checkpoints, camera paths) print one line and exit with
+status 2; nothing already written is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EPILOG = """examples:
+  tensorfield demo --out demo_run
+  tensorfield train configs/tensorf_vm_small.yaml --data ../shared/data/lego_100 --out runs/lego steps=300
+  tensorfield eval runs/lego
+  tensorfield render runs/lego --path orbit --out orbit.mp4
+  tensorfield export runs/lego mesh --out lego.ply
+"""
+
+
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tensorfield",
+        description="Reconstruct 3D and 4D neural fields from images, train them, render and export.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from tensorfield import __version__
+
+    parser.add_argument("--version", action="version", version=f"tensorfield {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "demo",
+        help="build the synthetic scene, train a CPU-sized TensoRF, write renders, video, mesh, metrics",
+        description="Generate the built-in synthetic scene, train a CPU-sized TensoRF-VM on it, then write "
+        "test renders, depth images, an orbit video, a mesh and a metrics summary into --out.",
+    )
+    p.add_argument("--out", default="demo_run", help="output folder (default: demo_run)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo config's)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_device(p)
+
+    p = sub.add_parser(
+        "train",
+        help="train a method on a dataset",
+        description="Train CONFIG (a YAML in configs/, or a method name) on --data. Extra KEY=VALUE arguments "
+        "override config fields, e.g. steps=2000 batch_size=2048 upsample_steps=[100,200]. "
+        "Use --help-config to list every field of the method's config.",
+    )
+    p.add_argument("config", help="YAML config file (see configs/) or a registered method name")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--data", help="dataset folder (Blender/NeRF-Synthetic, D-NeRF or nerfstudio layout)")
+    p.add_argument("--out", default=None, help="run folder (default: runs/<data name>_<method>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--help-config", action="store_true", help="list the config fields of CONFIG's method and exit")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_device(p)
+
+    p = sub.add_parser("eval", help="compute PSNR/SSIM of a run on its test split", description="Render the test split of RUN, print and store PSNR and SSIM (RUN/eval.json).")
+    p.add_argument("run", help="run folder or checkpoint file")
+    p.add_argument("--split", default="test", help="dataset split to evaluate (default: test)")
+    p.add_argument("--no-renders", action="store_true", help="do not save the rendered images")
+    _add_device(p)
+
+    p = sub.add_parser(
+        "render",
+        help="render a camera path to a video or image folder",
+        description="Render RUN along a camera path: the test split's cameras, an orbit, or a camera-path JSON "
+        "(nerfstudio layout, optional per-frame 'time'). --out ending in .mp4 writes a video (plus *_depth.mp4), "
+        "anything else a folder of PNGs.",
+    )
+    p.add_argument("run", help="run folder or checkpoint file")
+    p.add_argument("--path", default="test", help="test, train, orbit or a camera path JSON (default: test)")
+    p.add_argument("--out", required=True, help="FILE.mp4 or a folder")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--time", type=float, default=None, help="render every frame at this time in [0, 1]")
+    group.add_argument("--time-range", type=float, nargs=2, metavar=("A", "B"), default=None, help="sweep time from A to B over the path")
+    p.add_argument("--frames", type=int, default=120, help="frames of an orbit (default: 120)")
+    p.add_argument("--fps", type=float, default=30.0, help="video frame rate (default: 30)")
+    p.add_argument("--no-depth", action="store_true", help="do not write depth renders")
+    _add_device(p)
+
+    p = sub.add_parser("export", help="export a mesh or point cloud", description="Export RUN as a mesh (marching cubes on the density grid, vertex colours from the radiance field, small floating parts removed) or a point cloud. The format follows --out's extension: .ply .obj .glb for meshes; .ply .pcd .xyz for points.")
+    p.add_argument("run", help="run folder or checkpoint file")
+    p.add_argument("what", choices=["mesh", "pointcloud"], help="what to export")
+    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--resolution", type=int, default=None, help="grid resolution per axis (default: the model's)")
+    p.add_argument("--level", type=float, default=0.005, help="alpha iso-level for marching cubes (default: 0.005)")
+    p.add_argument("--min-component", type=float, default=0.02, help="drop mesh parts smaller than this fraction of the largest")
+    p.add_argument("--time", type=float, default=None, help="time in [0, 1] for dynamic models")
+    _add_device(p)
+
+    sub.add_parser("methods", help="list the registered methods")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from tensorfield.app import commands
+
+    handler = getattr(commands, f"cmd_{args.command}")
+    try:
+        return int(handler(args) or 0)
+    except KeyboardInterrupt:
+        print("tensorfield: interrupted", file=sys.stderr)
+        return 130
+    except commands.USER_ERRORS as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"tensorfield: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+
+__all__ = ["main", "build_parser", "Path"]
