@@ -1,0 +1,210 @@
+"""Checkpoints: atomic writes, safe loading, retention.
+
+Format
+------
+A checkpoint is a ``torch.save`` zip file holding **only tensors and plain containers**
+(dict, list, tuple, str, int, float, bool, None), loaded back with
+``torch.load(weights_only=True)``. The restricted unpickler of ``weights_only`` refuses any other
+Python object, so opening a checkpoint can never execute code; a file that tries is reported as
+a :class:`CheckpointError`. The top-level mapping is::
+
+    format        "tensorfield.checkpoint"
+    version       1
+    method        registered method name
+    model         model.state_dict()               (tensors)
+    shape_state   json.dumps(model.shape_state())  (str; see Field.prepare_for_state)
+    optimizer     optimizer.state_dict()           (tensors + plain containers)
+    trainer       trainer state (step, schedule base step, RNG states as uint8 tensors,
+                  batch-source state, ...; see Trainer.trainer_state)
+    config        the resolved config as a plain dict
+    torch_version str
+
+Models therefore must not put arbitrary Python objects into their ``state_dict`` (e.g. through
+``get_extra_state``); structure goes into :meth:`Field.shape_state` as JSON.
+
+Writes are atomic: the payload goes to a temporary file in the destination directory, is
+flushed and fsync'ed, then renamed over the destination with :func:`os.replace`; a crash at any
+point leaves earlier checkpoints untouched and no partial ``step_*.ckpt``. Run directories keep
+their checkpoints as ``checkpoints/step_NNNNNN.ckpt``; after each write the oldest are deleted so
+that ``config.keep_checkpoints`` remain (never the one just written; ``0`` keeps all).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tensorfield.engine.config import config_to_dict
+
+FORMAT = "tensorfield.checkpoint"
+VERSION = 1
+CHECKPOINT_DIR = "checkpoints"
+_STEP_NAME = re.compile(r"^step_(\d+)\.ckpt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or read, described in one line naming the file."""
+
+
+def checkpoint_name(step: int) -> str:
+    """File name of the checkpoint written after ``step`` optimisation steps."""
+    return f"step_{step:06d}.ckpt"
+
+
+def save_checkpoint(path: str | os.PathLike, *, model, optimizer, trainer_state: dict, config) -> Path:
+    """Write a checkpoint atomically and prune old ones beside it.
+
+    Args:
+        path: destination file. If its name is ``step_NNNNNN.ckpt``, older ``step_*.ckpt`` files
+            in the same directory beyond ``config.keep_checkpoints`` are deleted afterwards.
+        model: the :class:`~tensorfield.fields.base.Field` (its ``state_dict`` and ``shape_state``).
+        optimizer: a ``torch.optim.Optimizer`` or ``None``.
+        trainer_state: plain containers and tensors only (see module docstring).
+        config: the resolved method config.
+
+    Returns:
+        The written path.
+
+    Raises:
+        CheckpointError: the file could not be written (earlier checkpoints are intact).
+    """
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "method": str(getattr(config, "method", "")),
+        "model": model.state_dict(),
+        "shape_state": json.dumps(model.shape_state()),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "trainer": trainer_state,
+        "config": config_to_dict(config),
+        "torch_version": str(torch.__version__),
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot write checkpoint ({_one_line(err)})") from None
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise CheckpointError(f"{path}: cannot write checkpoint ({_one_line(err)})") from None
+        raise
+    _fsync_directory(path.parent)
+    keep = int(getattr(config, "keep_checkpoints", 0) or 0)
+    if _STEP_NAME.match(path.name) and keep > 0:
+        prune_checkpoints(path.parent, keep, protect=path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors on the CPU).
+
+    Raises:
+        CheckpointError: missing, truncated or corrupt file, a file holding pickled Python
+            objects (refused, never executed), or not a tensorfield checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        culprit = re.search(r"GLOBAL ([\w.]+)", text)
+        if culprit or re.search(r"\bglobal\b", text, re.IGNORECASE):
+            what = f" ({culprit.group(1)})" if culprit else ""
+            raise CheckpointError(
+                f"{path}: refused to load: it contains pickled Python objects{what}, "
+                "which could run code; tensorfield checkpoints hold only tensors and plain data"
+            ) from None
+        raise CheckpointError(f"{path}: corrupt checkpoint ({_one_line(err)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as err:
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({_one_line(err)})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a tensorfield checkpoint")
+    if data.get("version") != VERSION:
+        raise CheckpointError(f"{path}: unsupported checkpoint version {data.get('version')!r} (expected {VERSION})")
+    missing = [key for key in ("model", "shape_state", "trainer", "config") if key not in data]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    try:
+        data["shape_state"] = json.loads(data["shape_state"])
+    except (TypeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: bad shape_state ({_one_line(err)})") from None
+    return data
+
+
+def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(step, path)`` of the ``step_*.ckpt`` files in ``directory``, oldest first.
+
+    Temporary files of interrupted writes (``.step_*.tmp``) are ignored.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for entry in directory.iterdir():
+        match = _STEP_NAME.match(entry.name)
+        if match and entry.is_file():
+            found.append((int(match.group(1)), entry))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """Newest ``checkpoints/step_*.ckpt`` of a run directory (or of a checkpoints folder), or None."""
+    run_dir = Path(run_dir)
+    directory = run_dir / CHECKPOINT_DIR if (run_dir / CHECKPOINT_DIR).is_dir() else run_dir
+    found = list_checkpoints(directory)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(directory: str | os.PathLike, keep: int, protect: str | os.PathLike | None = None) -> list[Path]:
+    """Delete all but the newest ``keep`` step checkpoints in ``directory``; never ``protect``.
+
+    Returns:
+        The deleted paths.
+    """
+    found = list_checkpoints(directory)
+    protected = Path(protect).resolve() if protect is not None else None
+    deleted = []
+    for _, path in found[: max(len(found) - keep, 0)]:
+        if protected is not None and path.resolve() == protected:
+            continue
+        path.unlink(missing_ok=True)
+        deleted.append(path)
+    return deleted
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform, hence best effort.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _one_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__

@@ -1,0 +1,654 @@
+"""The common, model-agnostic trainer.
+
+One loop trains every model family through the :class:`~tensorfield.fields.base.Field` contract::
+
+    for step in range(start, config.steps):
+        react(model.before_step(step))
+        batch = source.sample(config.batch_size, sampler_generator)   # rays, images or coordinates
+        set each group's lr = lr * decay_ratio ** ((step - base_step) / decay_steps)
+        out = model.training_step(batch, step); out.loss.backward(); adam.step()
+        react(model.after_step(step))                                   # rebuild optimiser / refilter rays
+        log, evaluate, checkpoint
+
+Run directory layout::
+
+    run_dir/
+      config.yaml                     resolved config (loadable with load_config)
+      checkpoints/step_NNNNNN.ckpt    see tensorfield.engine.checkpoint for the format
+      metrics.jsonl                   one JSON object per log line (see tensorfield.engine.logger)
+      renders/<split>/NNN.png         evaluation renders, NNN_depth.png colour-mapped depth
+      eval.json                       test-split metrics (eval_<split>.json for other splits)
+
+Reproducibility: the global RNGs are seeded from ``config.seed``, batches are drawn from a
+dedicated CPU ``torch.Generator``, and evaluation runs inside :func:`torch.random.fork_rng` so it
+never perturbs training. Checkpoints store every RNG state (torch, CUDA, numpy, Python, the
+sampler generator and ``model.generator`` if the model draws from its own ``torch.Generator``),
+the optimiser, the schedule's base step and the active-ray mask, so on the CPU training N steps
+straight equals training k steps, resuming and training N - k more, bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tensorfield.engine.checkpoint import (
+    CHECKPOINT_DIR,
+    CheckpointError,
+    checkpoint_name,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from tensorfield.engine.config import ConfigError, config_from_dict, save_config
+from tensorfield.engine.logger import MetricsLogger
+from tensorfield.engine.metrics import load_lpips, mse_to_psnr, psnr, ssim
+from tensorfield.engine.optim import apply_lr_schedule, build_optimizer
+from tensorfield.engine.sampling import CoordinateSource, ImageSource, RaySource
+from tensorfield.fields.base import BatchKind, Field, HookResult
+
+EVAL_FILE = "eval.json"
+
+
+class DeviceError(ValueError):
+    """A device that was asked for but cannot be used (one line)."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN), described in one line."""
+
+
+# ------------------------------------------------------------------------------------ helpers
+def resolve_device(name: str | torch.device | None = None) -> torch.device:
+    """The device to train on.
+
+    Args:
+        name: ``None``/``"auto"`` picks ``cuda`` when available, else ``cpu``; anything else
+            (``"cpu"``, ``"cuda"``, ``"cuda:1"``) is honoured.
+
+    Raises:
+        DeviceError: unknown name, or CUDA requested but not available.
+    """
+    if name is None or str(name) in ("", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"unknown device '{name}' (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise DeviceError(f"device '{name}' requested but CUDA is not available ({why}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f"device '{name}' requested but only {torch.cuda.device_count()} GPU(s) are visible")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's (CPU and CUDA) global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(config, scene_info) -> Field:
+    """Instantiate the registered model of ``config.method`` as ``ModelClass(config, scene_info)``."""
+    from tensorfield.fields import registry
+
+    try:
+        spec = registry.get_method(config.method)
+    except KeyError as err:
+        raise ConfigError(str(err).strip("'\"")) from None
+    return spec.model_class()(config, scene_info)
+
+
+def load_scene_for(config):
+    """Load ``config.data`` with the config's downscale and background.
+
+    ``background="random"`` loads the images composited on white; the trainer recomposites each
+    batch on a random colour using the alpha masks.
+
+    Raises:
+        ConfigError: no data path set. ``DatasetError`` from the loader propagates unchanged.
+    """
+    from tensorfield.datasets.scene import load_scene
+
+    if not config.data:
+        raise ConfigError("no training data: pass --data PATH (or set data=PATH)")
+    background = "white" if config.background == "random" else config.background
+    return load_scene(config.data, downscale=config.downscale, background=background)
+
+
+def _capture_rng() -> dict:
+    numpy_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(numpy_state[1].astype(np.int64)),
+            "pos": int(numpy_state[2]),
+            "has_gauss": int(numpy_state[3]),
+            "cached_gaussian": float(numpy_state[4]),
+        },
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _Window:
+    """Per-step values accumulated between two log lines (synchronised only when logged)."""
+
+    def __init__(self) -> None:
+        self.losses: list[torch.Tensor] = []
+        self.metrics: dict[str, list[float]] = {}
+        self.lrs: dict[str, float] = {}
+        self.seconds = 0.0
+
+    def add(self, loss: torch.Tensor, metrics: dict, lrs: dict[str, float], seconds: float) -> None:
+        self.losses.append(loss.detach())
+        for key, value in metrics.items():
+            self.metrics.setdefault(key, []).append(value)
+        self.lrs = lrs
+        self.seconds += seconds
+
+    def __len__(self) -> int:
+        return len(self.losses)
+
+
+# ------------------------------------------------------------------------------------ trainer
+class Trainer:
+    """Trains one :class:`Field` on one scene, with evaluation, logging and checkpoints.
+
+    Args:
+        config: the method's resolved config (a :class:`MethodConfig` subclass).
+        scene: a :class:`tensorfield.datasets.scene.Scene` for ray- and image-batch models, or a
+            :class:`~tensorfield.engine.sampling.CoordinateSampler` for coordinate-batch models
+            (which may also offer ``evaluate(model) -> dict`` for :meth:`evaluate`).
+        model: the field to train (moved to ``device``).
+        run_dir: output directory (created on demand).
+        device: see :func:`resolve_device`.
+
+    Raises:
+        ConfigError: ``tensorboard=true`` without the tensorboard package.
+    """
+
+    def __init__(self, config, scene, model: Field, run_dir: str | os.PathLike, device: str | torch.device | None = None):
+        if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("tensorboard=true but the tensorboard package is not installed (pip install tensorboard)")
+        if config.background not in ("white", "black", "random"):
+            raise ConfigError(f"background must be white, black or random, got '{config.background}'")
+        self.config = config
+        self.scene = scene
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.model = model.to(self.device)
+        self.run_dir = Path(run_dir)
+        self.step = 0  # optimisation steps done
+        self.base_step = 0  # first step of the current optimiser (lr schedule origin)
+        self.elapsed_s = 0.0  # wall time spent in train(), over all sessions
+        self.train_s = 0.0  # time spent in training steps only
+        seed_everything(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)  # batches and random backgrounds
+        self.optimizer, self._groups = build_optimizer(self.model, config)
+        self._source = None
+        self._pending_source_state: dict | None = None
+        self._logger: MetricsLogger | None = None
+        self._lpips = None
+        self._lpips_loaded = False
+
+    # ----------------------------------------------------------------------- construction
+    @classmethod
+    def from_config(
+        cls,
+        config,
+        run_dir: str | os.PathLike,
+        *,
+        data_path: str | os.PathLike | None = None,
+        scene=None,
+        device: str | torch.device | None = None,
+    ) -> "Trainer":
+        """A fresh run: seed, load the scene (``data_path`` or ``config.data``), build the model.
+
+        Args:
+            config: resolved config, e.g. from :func:`tensorfield.engine.config.load_config`.
+            run_dir: output directory.
+            data_path: dataset path; stored into ``config.data`` so resumes find it again.
+            scene: an already loaded scene (skips loading).
+            device: see :func:`resolve_device`.
+        """
+        if data_path is not None:
+            config = dataclasses.replace(config, data=str(data_path))
+        seed_everything(config.seed)
+        scene = scene if scene is not None else load_scene_for(config)
+        model = build_model(config, scene.scene_info())
+        return cls(config, scene, model, run_dir, device)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        *,
+        overrides: list[str] | tuple[str, ...] = (),
+        run_dir: str | os.PathLike | None = None,
+        data_path: str | os.PathLike | None = None,
+        scene=None,
+        model: Field | None = None,
+        device: str | torch.device | None = None,
+    ) -> "Trainer":
+        """Rebuild a run from a checkpoint file or a run directory (its newest checkpoint).
+
+        The config stored in the checkpoint is used, with ``overrides`` on top (e.g.
+        ``["steps=30000"]`` to train longer). The model is built from the registry unless given,
+        reshaped with :meth:`Field.prepare_for_state` and loaded, and the optimiser, schedule,
+        RNG and sampler states are restored, so :meth:`train` continues exactly where it stopped
+        and :meth:`evaluate` evaluates the stored model.
+
+        Args:
+            path: ``.../checkpoints/step_NNNNNN.ckpt`` or a run directory.
+            overrides: ``key=value`` config overrides.
+            run_dir: output directory (default: the run the checkpoint belongs to).
+            data_path: dataset path if it moved (default: the stored ``config.data``).
+            scene, model: already built objects (tests, or a caller that loaded them itself).
+            device: see :func:`resolve_device`.
+
+        Raises:
+            CheckpointError: no checkpoint, or an unreadable one.
+            ConfigError: bad overrides.
+        """
+        path = Path(path)
+        checkpoint = path if path.is_file() else latest_checkpoint(path)
+        if checkpoint is None:
+            raise CheckpointError(f"{path}: no checkpoint found (expected {path}/{CHECKPOINT_DIR}/step_*.ckpt)")
+        data = load_checkpoint(checkpoint)
+        config = config_from_dict(data["config"], overrides, source=str(checkpoint))
+        if data_path is not None:
+            config = dataclasses.replace(config, data=str(data_path))
+        if run_dir is None:
+            run_dir = checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINT_DIR else checkpoint.parent
+        seed_everything(config.seed)
+        scene = scene if scene is not None else load_scene_for(config)
+        model = model if model is not None else build_model(config, scene.scene_info())
+        trainer = cls(config, scene, model, run_dir, device)
+        trainer._restore(data, checkpoint)
+        return trainer
+
+    def resume(self, checkpoint: str | os.PathLike | None = None) -> int:
+        """Load a checkpoint (default: the newest in ``run_dir``) into this trainer.
+
+        Returns:
+            The number of steps already done.
+
+        Raises:
+            CheckpointError: none found, unreadable, or not matching the model.
+        """
+        path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(self.run_dir)
+        if path is None:
+            raise CheckpointError(f"{self.run_dir}: no checkpoint to resume from")
+        self._restore(load_checkpoint(path), path)
+        return self.step
+
+    # ----------------------------------------------------------------------- state
+    @property
+    def batch_source(self):
+        """The batch source for ``model.batch_kind`` (built, and rays filtered, on first use)."""
+        if self._source is None:
+            kind = BatchKind(self.model.batch_kind)
+            random_background = self.config.background == "random"
+            if kind is BatchKind.COORDINATES:
+                source = CoordinateSource(self.scene, self.device)
+            else:
+                split = self._split("train")
+                source_class = RaySource if kind is BatchKind.RAYS else ImageSource
+                source = source_class(split, self._scene_background(), random_background, self.device)
+            if self._pending_source_state is not None:
+                source.load_state_dict(self._pending_source_state)
+                self._pending_source_state = None
+            elif kind is BatchKind.RAYS:
+                self._filter_rays(source)
+            self._source = source
+        return self._source
+
+    def trainer_state(self) -> dict[str, Any]:
+        """Everything besides model and optimiser needed to continue bit-exactly."""
+        model_generator = getattr(self.model, "generator", None)
+        return {
+            "step": self.step,
+            "base_step": self.base_step,
+            "elapsed_s": self.elapsed_s,
+            "train_s": self.train_s,
+            "rng": _capture_rng(),
+            "sampler_rng": self.generator.get_state(),
+            "model_rng": model_generator.get_state() if isinstance(model_generator, torch.Generator) else None,
+            "batch_source": self.batch_source.state_dict(),
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoints/step_NNNNNN.ckpt`` for the current step (and prune old ones)."""
+        return save_checkpoint(
+            self.run_dir / CHECKPOINT_DIR / checkpoint_name(self.step),
+            model=self.model,
+            optimizer=self.optimizer,
+            trainer_state=self.trainer_state(),
+            config=self.config,
+        )
+
+    def _restore(self, data: dict, path: Path) -> None:
+        try:
+            self.model.prepare_for_state(data["shape_state"])
+            self.model.load_state_dict(data["model"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as err:
+            raise CheckpointError(f"{path}: does not fit {type(self.model).__name__} ({_one_line(err)})") from None
+        self.model.to(self.device)
+        self.optimizer, self._groups = build_optimizer(self.model, self.config)
+        if data.get("optimizer") is not None:
+            try:
+                self.optimizer.load_state_dict(data["optimizer"])
+            except (ValueError, KeyError) as err:
+                raise CheckpointError(f"{path}: optimiser state does not fit ({_one_line(err)})") from None
+        state = data["trainer"]
+        self.step = int(state["step"])
+        self.base_step = int(state["base_step"])
+        self.elapsed_s = float(state.get("elapsed_s", 0.0))
+        self.train_s = float(state.get("train_s", 0.0))
+        self.generator.set_state(state["sampler_rng"])
+        model_generator = getattr(self.model, "generator", None)
+        if state.get("model_rng") is not None and isinstance(model_generator, torch.Generator):
+            model_generator.set_state(state["model_rng"])
+        self._pending_source_state = state.get("batch_source")
+        if self._source is not None:
+            self._source.load_state_dict(self._pending_source_state)
+            self._pending_source_state = None
+        _restore_rng(state["rng"])  # last: building the model above may have drawn numbers
+        MetricsLogger(self.run_dir).truncate_after(self.step)
+
+    # ----------------------------------------------------------------------- training
+    def train(self, progress: bool = True, final_eval: bool = True) -> dict[str, Any]:
+        """Train up to ``config.steps`` (continuing from :attr:`step`), then evaluate.
+
+        Args:
+            progress: show a tqdm bar (loss, PSNR, it/s).
+            final_eval: evaluate on the test split (or val) at the end.
+
+        Returns:
+            Summary: ``run_dir, method, steps, elapsed_s, train_s, it_per_s, loss, psnr,
+            checkpoint`` and ``eval`` (the evaluation's means, or ``None``).
+
+        Raises:
+            TrainingError: the loss became NaN or infinite.
+        """
+        from tqdm.auto import tqdm
+
+        config = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, self.run_dir / "config.yaml")
+        logger = self._get_logger()
+        source = self.batch_source
+        start_step = self.step
+        start_train_s = self.train_s
+        session_start = time.perf_counter()
+        elapsed_before = self.elapsed_s
+        window = _Window()
+        last_record: dict[str, Any] = {}
+        checkpoint_path = None
+        bar = tqdm(
+            total=config.steps, initial=self.step, disable=not progress, desc=config.method or "train",
+            unit="step", dynamic_ncols=True,
+        )
+        try:
+            for step in range(self.step, config.steps):
+                tick = time.perf_counter()
+                self._react(self.model.before_step(step), next_step=step)
+                batch = source.sample(config.batch_size, self.generator)
+                lrs = apply_lr_schedule(self.optimizer, self._groups, step, self.base_step)
+                output = self.model.training_step(batch, step)
+                self.optimizer.zero_grad(set_to_none=True)
+                output.loss.backward()
+                self.optimizer.step()
+                hook = self.model.after_step(step)
+                self.step = step + 1
+                self._react(hook, next_step=self.step)
+                seconds = time.perf_counter() - tick
+                self.train_s += seconds
+                window.add(output.loss, output.metrics, lrs, seconds)
+                bar.update(1)
+                self.elapsed_s = elapsed_before + time.perf_counter() - session_start
+                if _due(self.step, config.log_every) or self.step == config.steps:
+                    last_record = self._log_window(window, logger)
+                    window = _Window()
+                    bar.set_postfix(loss=f"{last_record['loss']:.4g}", psnr=_fmt(last_record.get("psnr")))
+                if _due(self.step, config.eval_every) and self.step < config.steps:
+                    self._evaluate_and_log(logger, save_renders=False, write_json=False)
+                if _due(self.step, config.checkpoint_every) or self.step == config.steps:
+                    checkpoint_path = self.save_checkpoint()
+        finally:
+            bar.close()
+            self.elapsed_s = elapsed_before + time.perf_counter() - session_start
+        evaluation = self._evaluate_and_log(logger, save_renders=True, write_json=True) if final_eval else None
+        session_train_s = self.train_s - start_train_s
+        return {
+            "run_dir": str(self.run_dir),
+            "method": config.method,
+            "steps": self.step,
+            "elapsed_s": self.elapsed_s,
+            "train_s": self.train_s,
+            "it_per_s": (self.step - start_step) / session_train_s if session_train_s > 0 else None,
+            "loss": last_record.get("loss"),
+            "psnr": last_record.get("psnr"),
+            "checkpoint": str(checkpoint_path) if checkpoint_path is not None else None,
+            "eval": {k: v for k, v in evaluation.items() if k != "per_image"} if evaluation else None,
+        }
+
+    def _react(self, hook: HookResult | None, next_step: int) -> None:
+        if hook is None:
+            return
+        if hook.rebuild_optimizer:
+            self.optimizer, self._groups = build_optimizer(self.model, self.config)
+            self.base_step = next_step
+        if hook.refilter_rays and isinstance(self._source, RaySource):
+            self._filter_rays(self._source)
+
+    def _filter_rays(self, source: RaySource) -> None:
+        before, after = source.apply_filter(self.model)
+        self._get_logger().write({"step": self.step, "event": "ray_filter", "rays_before": before, "rays_after": after}, tag="data")
+
+    def _log_window(self, window: _Window, logger: MetricsLogger) -> dict[str, Any]:
+        loss = float(torch.stack(window.losses).mean())
+        if not math.isfinite(loss):
+            raise TrainingError(f"loss is {loss} at step {self.step} (try a lower learning rate)")
+        record: dict[str, Any] = {"step": self.step, "loss": loss}
+        mse = [float(value) for value in window.metrics.get("mse", [])]
+        record["psnr"] = float(np.mean([mse_to_psnr(value) for value in mse])) if mse else None
+        names = list(window.lrs)
+        record["lr"] = window.lrs[names[0]] if names else None
+        for name in names:
+            record[f"lr/{name}"] = window.lrs[name]
+        record["elapsed_s"] = self.elapsed_s
+        record["it_per_s"] = len(window) / window.seconds if window.seconds > 0 else None
+        for key, values in window.metrics.items():
+            if key not in record:
+                record[key] = float(np.mean([float(value) for value in values]))
+        logger.write(record)
+        return record
+
+    # ----------------------------------------------------------------------- evaluation
+    def evaluate(self, split: str = "test", save_renders: bool = True) -> dict[str, Any]:
+        """Render every image of ``split`` (at most ``config.eval_max_images``) and score it.
+
+        Writes ``renders/<split>/NNN.png`` and ``NNN_depth.png`` (if ``save_renders``) and
+        ``eval.json`` (``eval_<split>.json`` for other splits) in the run directory. Runs without
+        gradients and inside a forked RNG, so it never changes the course of training.
+
+        Returns:
+            ``split, step, num_images, psnr, ssim, lpips`` (mean; ``lpips`` is ``None`` unless
+            available locally), ``render_s`` (mean seconds per image) and ``per_image``.
+        """
+        return self._evaluate(split, save_renders=save_renders, write_json=True)
+
+    def _evaluate_and_log(self, logger: MetricsLogger, save_renders: bool, write_json: bool) -> dict | None:
+        split = self._default_eval_split()
+        if split is None:
+            return None
+        result = self._evaluate(split, save_renders=save_renders, write_json=write_json)
+        logger.write({k: v for k, v in result.items() if k != "per_image"}, tag=f"eval_{split}")
+        return result
+
+    def _default_eval_split(self) -> str | None:
+        if BatchKind(self.model.batch_kind) is BatchKind.COORDINATES:
+            return "test" if hasattr(self.scene, "evaluate") else None
+        splits = getattr(self.scene, "splits", {})
+        return next((name for name in ("test", "val") if name in splits), None)
+
+    def _evaluate(self, split: str, save_renders: bool, write_json: bool) -> dict[str, Any]:
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            if BatchKind(self.model.batch_kind) is BatchKind.COORDINATES:
+                result = self._evaluate_coordinates(split)
+            else:
+                result = self._evaluate_images(split, save_renders)
+        if write_json:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            name = EVAL_FILE if split == "test" else f"eval_{split}.json"
+            _write_json(self.run_dir / name, result)
+        return result
+
+    def _evaluate_coordinates(self, split: str) -> dict[str, Any]:
+        evaluate = getattr(self.scene, "evaluate", None)
+        if evaluate is None:
+            raise TrainingError(f"{type(self.scene).__name__} has no evaluate(model); nothing to evaluate")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            metrics = evaluate(self.model)
+        finally:
+            self.model.train(was_training)
+        return {"split": split, "step": self.step, **{key: float(value) for key, value in metrics.items()}}
+
+    def _evaluate_images(self, split: str, save_renders: bool) -> dict[str, Any]:
+        import imageio.v2 as imageio
+
+        from tensorfield.engine.render import colorize_depth, render_frame, to_uint8
+
+        data = self._split(split)
+        cameras = data.cameras
+        count = len(cameras)
+        if self.config.eval_max_images > 0:
+            count = min(count, self.config.eval_max_images)
+        background = self._scene_background()
+        if not self._lpips_loaded:
+            self._lpips, self._lpips_loaded = load_lpips(self.device), True
+        out_dir = self.run_dir / "renders" / split
+        if save_renders:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        names = list(getattr(data, "image_paths", None) or [])
+        per_image = []
+        for index in range(count):
+            tick = time.perf_counter()
+            output = render_frame(self.model, cameras, index, background)
+            seconds = time.perf_counter() - tick
+            prediction = output.rgb.detach().float().clamp(0.0, 1.0).cpu()
+            target = data.images[index].detach().float().cpu()
+            record = {
+                "index": index,
+                "name": Path(str(names[index])).stem if index < len(names) else f"{index:03d}",
+                "psnr": psnr(prediction, target),
+                "ssim": ssim(prediction, target),
+                "lpips": self._lpips(prediction, target) if self._lpips is not None else None,
+                "render_s": seconds,
+            }
+            per_image.append(record)
+            if save_renders:
+                imageio.imwrite(out_dir / f"{index:03d}.png", to_uint8(prediction))
+                imageio.imwrite(out_dir / f"{index:03d}_depth.png", colorize_depth(output.depth, output.alpha))
+
+        def mean(key: str) -> float | None:
+            values = [record[key] for record in per_image if record[key] is not None]
+            return float(np.mean(values)) if values else None
+
+        return {
+            "split": split,
+            "step": self.step,
+            "num_images": count,
+            "psnr": mean("psnr"),
+            "ssim": mean("ssim"),
+            "lpips": mean("lpips"),
+            "render_s": mean("render_s"),
+            "per_image": per_image,
+        }
+
+    # ----------------------------------------------------------------------- scene access
+    def _split(self, name: str):
+        splits = getattr(self.scene, "splits", None)
+        if splits is not None and name not in splits:
+            known = ", ".join(splits) or "none"
+            raise TrainingError(f"the scene has no '{name}' split (has: {known})")
+        return splits[name] if splits is not None else self.scene.split(name)
+
+    def _scene_background(self) -> torch.Tensor:
+        return torch.as_tensor(self.scene.background, dtype=torch.float32).reshape(3)
+
+    def _get_logger(self) -> MetricsLogger:
+        if self._logger is None:
+            self._logger = MetricsLogger(self.run_dir, tensorboard=self.config.tensorboard)
+        return self._logger
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer, if any."""
+        if self._logger is not None:
+            self._logger.close()
+            self._logger = None
+
+
+def _due(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _one_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def _write_json(path: Path, data: dict) -> None:
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(clean(data), indent=1))
+    os.replace(tmp, path)

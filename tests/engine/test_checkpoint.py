@@ -1,0 +1,148 @@
+"""tensorfield.engine.checkpoint: atomic writes, retention, refusal of pickled code, clear errors."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from tensorfield.engine import checkpoint as ckpt
+from tensorfield.engine.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from tensorfield.engine.optim import build_optimizer
+
+
+@pytest.fixture
+def parts(toys, make_ray_config):
+    config = make_ray_config(keep_checkpoints=2)
+    model = toys.ToyRays(config, toys.make_scene().scene_info())
+    optimizer, _ = build_optimizer(model, config)
+    return config, model, optimizer
+
+
+def _save(directory, step, config, model, optimizer):
+    return save_checkpoint(
+        directory / ckpt.checkpoint_name(step),
+        model=model,
+        optimizer=optimizer,
+        trainer_state={"step": step, "rng": torch.get_rng_state()},
+        config=config,
+    )
+
+
+def test_round_trip(parts, tmp_path):
+    config, model, optimizer = parts
+    model.resolution = 6  # shape_state travels as JSON
+    path = _save(tmp_path, 7, config, model, optimizer)
+    data = load_checkpoint(path)
+    assert data["shape_state"] == {"resolution": 6}
+    assert data["trainer"]["step"] == 7
+    assert torch.equal(data["model"]["density"], model.density.detach())
+    assert data["config"]["method"] == "toy_rays" and data["config"]["upsample_steps"] == [3, 7]
+    assert latest_checkpoint(tmp_path) == path
+
+
+def test_retention_keeps_newest_and_the_one_just_written(parts, tmp_path):
+    config, model, optimizer = parts  # keep_checkpoints=2
+    for step in (1, 2, 3, 4):
+        _save(tmp_path, step, config, model, optimizer)
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [3, 4]
+    _save(tmp_path, 2, config, model, optimizer)  # older than the newest two, but just written
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [2, 3, 4]
+    _save(tmp_path, 5, config, model, optimizer)
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [4, 5]
+    assert latest_checkpoint(tmp_path).name == "step_000005.ckpt"
+
+
+def test_crash_mid_write_leaves_earlier_checkpoint_intact(parts, tmp_path, monkeypatch):
+    config, model, optimizer = parts
+    good = _save(tmp_path, 5, config, model, optimizer)
+    good_bytes = good.read_bytes()
+
+    def crashing_save(obj, handle, *args, **kwargs):
+        handle.write(b"PK\x03\x04 half a zip")
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(ckpt.torch, "save", crashing_save)
+    with pytest.raises(RuntimeError, match="power cut"):
+        _save(tmp_path, 10, config, model, optimizer)
+    monkeypatch.undo()
+
+    assert sorted(os.listdir(tmp_path)) == ["step_000005.ckpt"]  # no partial file, no temp file
+    assert good.read_bytes() == good_bytes
+    assert latest_checkpoint(tmp_path) == good
+    load_checkpoint(good)
+
+
+def test_stray_temp_file_of_a_killed_writer_is_ignored(parts, tmp_path):
+    config, model, optimizer = parts
+    good = _save(tmp_path, 5, config, model, optimizer)
+    (tmp_path / ".step_000010.ckpt.abc123.tmp").write_bytes(b"partial")
+    assert latest_checkpoint(tmp_path) == good
+
+
+def test_failed_replace_is_a_checkpoint_error(parts, tmp_path, monkeypatch):
+    config, model, optimizer = parts
+    good = _save(tmp_path, 5, config, model, optimizer)
+
+    def failing_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt.os, "replace", failing_replace)
+    with pytest.raises(CheckpointError, match="step_000010.ckpt: cannot write checkpoint"):
+        _save(tmp_path, 10, config, model, optimizer)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == [good.name]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_damaged_file_is_a_one_line_error_naming_it(parts, tmp_path, damage):
+    config, model, optimizer = parts
+    path = _save(tmp_path, 5, config, model, optimizer)
+    raw = path.read_bytes()
+    path.write_bytes({"truncate": raw[: len(raw) // 2], "garbage": os.urandom(500), "empty": b""}[damage])
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+    assert "corrupt" in message
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "step_000001.ckpt")
+    assert latest_checkpoint(tmp_path) is None
+
+
+class _Payload:
+    """Unpickling this would run a shell command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickled_objects_are_refused_and_never_run(tmp_path):
+    marker = tmp_path / "executed"
+    path = tmp_path / "step_000001.ckpt"
+    torch.save({"format": ckpt.FORMAT, "version": ckpt.VERSION, "model": {}, "payload": _Payload(marker)}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: refused to load") and "\n" not in message
+    assert not marker.exists()
+
+
+def test_foreign_file_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(2)}, path)
+    with pytest.raises(CheckpointError, match="not a tensorfield checkpoint"):
+        load_checkpoint(path)

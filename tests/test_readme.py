@@ -1,0 +1,32 @@
+"""The README's first lines are the set-up commands, and CI runs exactly its test command."""
+
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", text, re.S)
+    assert block, "README must open with a bash block of set-up commands"
+    assert text.index("```bash") < 40, "the set-up block must be at the top of the README"
+    return [line for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_readme_opens_with_demo_and_test_commands():
+    commands = _commands()
+    assert len(commands) == 2
+    demo, tests = commands
+    assert "pip install" in demo and "tensorfield demo" in demo
+    assert "pip install" in tests and '".[test]"' in tests and "pytest" in tests
+
+
+def test_ci_runs_the_readme_test_command():
+    script = (ROOT / ".ci" / "run").read_text()
+    extract = re.search(r"^(sed -n .*README\.md.*)$", script, re.M)
+    assert extract, ".ci/run must take its test command from the README"
+    sed_command = extract.group(1).split("|")[0]
+    out = subprocess.run(sed_command, shell=True, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[0] == _commands()[1]
