@@ -49,11 +49,17 @@ Implementation (CPU and GPU alike, pure torch):
   precision in float32), ``T_i = exp(-sum_{j<i} tau_j)``. Because ``log(1 - alpha) = -tau``
   exactly, no ``log(1 - alpha)`` is taken and TensoRF's ``1 - alpha + 1e-10`` guard is not
   needed: ``T`` stays finite with finite gradients for any ``sigma >= 0``;
-* **early termination in rounds**: each live ray evaluates its next ``samples_per_round``
-  candidate samples (the round size doubles every round), then rays whose transmittance fell
-  below the threshold are dropped. The thresholds are hard masks, so skipping samples that
-  would get a zero weight changes neither values nor gradients: the rounds are used in
-  training and inference alike;
+* samples are generated per ray from ``(t_start, k)`` only when needed; with an occupancy
+  grid the ``k`` range is first clipped to the grid's box (so voxel lookups need no bounds
+  test), each candidate's voxel is read from its position in voxel units (affine in ``k``:
+  one multiply-add, world positions are only computed for occupied samples; this can differ
+  from :meth:`OccupancyGrid.query` of the world point only by rounding at a voxel face), and
+  samples in empty voxels are compacted away before ``density_fn``;
+* **early termination in rounds**: each live ray marches its next ``samples_per_round``
+  samples (counted before occupancy skipping; the round size doubles every round), then rays
+  whose transmittance fell below the threshold are dropped. The thresholds are hard masks, so
+  skipping samples that would get a zero weight changes neither values nor gradients: the
+  rounds are used in training and inference alike;
 * ``color_fn`` is called once, on the samples whose weight passed ``weight_threshold``;
 * backward is plain autograd through ``exp``, a float64 ``cumsum`` and ``index_add`` (all
   linear-time gathers and scatters).
@@ -63,8 +69,8 @@ For whole images, :func:`march_rays_chunked` splits the rays into chunks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -75,11 +81,11 @@ ColorFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 __all__ = [
     "OccupancyGrid",
     "RayMarchOutput",
-    "ray_aabb_intersect",
-    "sample_offsets",
     "march_rays",
     "march_rays_chunked",
+    "ray_aabb_intersect",
     "rays_hit_occupancy",
+    "sample_offsets",
 ]
 
 
@@ -111,7 +117,7 @@ class OccupancyGrid:
             self.mask = self.mask.bool()
 
     @classmethod
-    def full(cls, aabb: Tensor, resolution: tuple[int, int, int] | int) -> "OccupancyGrid":
+    def full(cls, aabb: Tensor, resolution: tuple[int, int, int] | int) -> OccupancyGrid:
         """A grid with every voxel occupied (``resolution`` = ``(X, Y, Z)`` or one int)."""
         if isinstance(resolution, int):
             resolution = (resolution,) * 3
@@ -133,14 +139,15 @@ class OccupancyGrid:
         """Fraction of occupied voxels (TensoRF prints it as "alpha rest")."""
         return float(self.mask.float().mean()) if self.mask.numel() else 0.0
 
-    def to(self, device: torch.device | str) -> "OccupancyGrid":
+    def to(self, device: torch.device | str) -> OccupancyGrid:
         return OccupancyGrid(self.aabb.to(device), self.mask.to(device))
 
     def voxel_centers(self) -> Tensor:
-        """``[X, Y, Z, 3]`` world-space voxel centres (evaluate the density here to build a mask)."""
+        """``[X, Y, Z, 3]`` voxel centres (evaluate the density there to build a mask)."""
         lo = self.aabb[0]
         axes = [
-            lo[a] + (torch.arange(n, dtype=self.aabb.dtype, device=self.aabb.device) + 0.5)
+            lo[a]
+            + (torch.arange(n, dtype=self.aabb.dtype, device=self.aabb.device) + 0.5)
             * self.voxel_size[a]
             for a, n in enumerate(self.mask.shape)
         ]
@@ -312,50 +319,79 @@ def _sample_range(
     return t_start, k_begin, k_end
 
 
-def _packed_samples(
-    rays: Tensor,
-    first_k: Tensor,
-    take: Tensor,
-    t_start: Tensor,
-    offsets: Tensor,
-    origins: Tensor,
-    directions: Tensor,
-    step_size: float,
-) -> tuple[Tensor, Tensor, Tensor]:
+def _packed_indices(rays: Tensor, first_k: Tensor, take: Tensor) -> tuple[Tensor, Tensor]:
     """Samples ``k = first_k[j] + 0, 1, ..., take[j] - 1`` of the rays ``rays[j]``, packed.
 
-    Returns ``(ray_indices [M], t [M], points [M, 3])`` with
-    ``t = t_start + (k + u) * step_size`` and ``points = o + t d``, grouped by ray in the order
-    of ``rays``.
+    Returns ``(ray_indices [M], k [M])``, grouped by ray in the order of ``rays``.
     """
     segment = torch.repeat_interleave(take)
-    local = torch.arange(segment.shape[0], device=take.device) - (torch.cumsum(take, 0) - take)[segment]
-    k = first_k.index_select(0, segment) + local
-    ray_indices = rays.index_select(0, segment)
-    t = t_start.index_select(0, ray_indices) + (
-        k.to(t_start.dtype) + offsets.index_select(0, ray_indices)
-    ) * step_size
-    points = torch.addcmul(
-        origins.index_select(0, ray_indices), t[:, None], directions.index_select(0, ray_indices)
-    )
-    return ray_indices, t, points
+    # k = first_k + (position in the packed array - where the segment starts)
+    base = first_k - (torch.cumsum(take, 0) - take)
+    k = base.index_select(0, segment) + torch.arange(segment.shape[0], device=take.device)
+    return rays.index_select(0, segment), k
+
+
+@dataclass
+class _RaySamples:
+    """Per-ray sample placement: ``t_k = t_start + (k + u) * step_size``, ``x_k = o + t_k d``."""
+
+    origins: Tensor
+    directions: Tensor
+    t_start: Tensor
+    offsets: Tensor
+    step_size: float
+    grid: OccupancyGrid | None = None
+
+    def __post_init__(self) -> None:
+        if self.grid is not None:
+            # x_k in voxel units, affine in k: (x_0 - lo) * scale + k * (step d * scale). The
+            # voxel lookup of every candidate then costs one fused multiply-add, and exact
+            # world positions are only computed for the occupied samples.
+            lo = self.grid.aabb[0].to(self.origins)
+            resolution = torch.tensor(self.grid.mask.shape, device=self.origins.device)
+            scale = resolution.to(self.origins.dtype) / (self.grid.aabb[1].to(self.origins) - lo)
+            first_t = torch.nan_to_num(self.t_start + self.offsets * self.step_size, posinf=0.0)
+            self._voxel_origin = (
+                torch.addcmul(self.origins, first_t[:, None], self.directions) - lo
+            ) * scale
+            self._voxel_step = self.directions * (self.step_size * scale)
+            self._max_index = resolution - 1
+            _, size_y, size_z = self.grid.mask.shape
+            self._strides = torch.tensor([size_y * size_z, size_z, 1], device=self.origins.device)
+
+    def occupied(self, ray_indices: Tensor, k: Tensor) -> Tensor:
+        """``[M]`` bool: is sample ``k`` of ray ``ray_indices`` in an occupied voxel?
+
+        Only for samples inside the grid's box (indices are clamped, not tested, so rounding just
+        outside a face reads the face's voxel).
+        """
+        voxel = torch.addcmul(
+            self._voxel_origin.index_select(0, ray_indices),
+            k.to(self.origins.dtype)[:, None],
+            self._voxel_step.index_select(0, ray_indices),
+        )
+        index = voxel.long()  # truncation == floor for the non-negative coordinates
+        index = torch.minimum(index.clamp_(min=0), self._max_index)
+        return self.grid.mask.reshape(-1).index_select(0, (index * self._strides).sum(-1))
+
+    def positions(self, ray_indices: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """``(t [M], points [M, 3])`` of samples ``k`` of rays ``ray_indices``."""
+        t = (
+            self.t_start.index_select(0, ray_indices)
+            + (k.to(self.t_start.dtype) + self.offsets.index_select(0, ray_indices))
+            * self.step_size
+        )
+        points = torch.addcmul(
+            self.origins.index_select(0, ray_indices),
+            t[:, None],
+            self.directions.index_select(0, ray_indices),
+        )
+        return t, points
 
 
 def _select(tensors: tuple[Tensor, ...], index: Tensor) -> tuple[Tensor, ...]:
     """``index_select`` along dim 0 (faster than advanced indexing on CPU)."""
     return tuple(x.index_select(0, index) for x in tensors)
-
-
-def _voxel_occupied(grid: OccupancyGrid, points: Tensor) -> Tensor:
-    """``[S]`` bool occupancy of points known to be inside ``grid.aabb`` (indices are clamped
-    rather than tested, so rounding just outside a face reads the face's voxel)."""
-    lo = grid.aabb[0].to(points)
-    res = torch.tensor(grid.mask.shape, device=points.device)
-    scale = res.to(points.dtype) / (grid.aabb[1].to(points) - lo)
-    index = ((points - lo) * scale).long()  # truncation == floor for the non-negative values
-    index = torch.minimum(index.clamp_(min=0), res - 1)
-    strides = torch.tensor([res[1] * res[2], res[2], 1], device=points.device)
-    return grid.mask.reshape(-1).index_select(0, (index * strides).sum(-1))
 
 
 # ------------------------------------------------------------------------------ marcher
@@ -405,9 +441,10 @@ def march_rays(
             ``<= 0`` disables early termination.
         max_samples_per_ray: keep at most the first this many samples of each ray (counted
             before occupancy skipping, like TensoRF's ``N_samples``).
-        samples_per_round: early-termination granularity: live rays evaluate this many candidate
-            samples in the first round, doubling every round. ``None`` evaluates all samples at
-            once. Values and gradients do not depend on it, only the number of evaluations.
+        samples_per_round: early-termination granularity: live rays march this many samples
+            (counted before occupancy skipping) in the first round, doubling every round;
+            ``None`` marches everything in one round. Values and gradients do not depend on it,
+            only the number of ``density_fn`` evaluations and calls.
 
     Returns:
         :class:`RayMarchOutput`; differentiable w.r.t. what the callbacks return (and
@@ -419,12 +456,17 @@ def march_rays(
     dtype, device = origins.dtype, origins.device
     if times is None:
         times = torch.full((num_rays,), float("nan"), dtype=dtype, device=device)
+    times = times.to(device=device, dtype=dtype)
     delta = float(step_size) * float(distance_scale)
 
-    offsets = sample_offsets(num_rays, jitter=jitter, generator=generator, dtype=dtype, device=device)
+    offsets = sample_offsets(
+        num_rays, jitter=jitter, generator=generator, dtype=dtype, device=device
+    )
     t_start, k_begin, k_end = _sample_range(
         origins, directions, aabb, near, far, offsets, step_size, max_samples_per_ray, occupancy
     )
+
+    sampler = _RaySamples(origins, directions, t_start, offsets, step_size, occupancy)
 
     # ---- march in rounds of samples k in [position, position + round_size) of each live ray
     live = torch.nonzero(k_end > k_begin).flatten()
@@ -439,23 +481,28 @@ def march_rays(
     while live.numel() > 0:
         # packed samples of this round: ray index, distance, point
         take = (k_end.index_select(0, live) - position.index_select(0, live)).clamp_(max=round_size)
-        rays, t, points = _packed_samples(
-            live, position.index_select(0, live), take, t_start, offsets, origins, directions, step_size
-        )
+        rays, k = _packed_indices(live, position.index_select(0, live), take)
         if occupancy is not None:
-            occupied = torch.nonzero(_voxel_occupied(occupancy, points)).flatten()
-            rays, t, points = _select((rays, t, points), occupied)
+            occupied = torch.nonzero(sampler.occupied(rays, k)).flatten()
+            rays, k = _select((rays, k), occupied)
+        t, points = sampler.positions(rays, k)
         position = position.index_add(0, live, take)
 
         if rays.numel() > 0:
             num_evaluated += rays.shape[0]
             sigma = density_fn(points, times.index_select(0, rays))
+            if sigma.shape != rays.shape:
+                raise ValueError(
+                    f"density_fn must return [{rays.shape[0]}], got {tuple(sigma.shape)}"
+                )
             tau = sigma * delta
             # T_i = exp(-(optical depth of earlier rounds + exclusive in-round cumsum of tau)),
             # the segmented cumsum as a global float64 cumsum minus its value at ray starts.
             counts = torch.bincount(rays, minlength=num_rays)
             first = torch.cumsum(counts, 0) - counts
-            cumulative = torch.cat([tau.new_zeros(1, dtype=torch.float64), torch.cumsum(tau.double(), 0)])
+            cumulative = torch.cat(
+                [tau.new_zeros(1, dtype=torch.float64), torch.cumsum(tau.double(), 0)]
+            )
             at_first = cumulative.index_select(0, first)
             before = (optical_depth - at_first).index_select(0, rays) + cumulative[:-1]
             transmittance = torch.exp(-before).to(tau.dtype)
@@ -500,7 +547,13 @@ def march_rays(
     coloured = torch.nonzero(colour_all).flatten()
     if coloured.numel() > 0:
         rays_c, points_c, w_c = _select((rays_all, points_all, w_all), coloured)
-        colour = color_fn(points_c, directions.index_select(0, rays_c), times.index_select(0, rays_c))
+        colour = color_fn(
+            points_c, directions.index_select(0, rays_c), times.index_select(0, rays_c)
+        )
+        if colour.shape != points_c.shape:
+            raise ValueError(
+                f"color_fn must return [{rays_c.shape[0]}, 3], got {tuple(colour.shape)}"
+            )
         rgb = rgb.index_add(0, rays_c, w_c[:, None] * colour)
     if background is not None:
         rgb = rgb + (1.0 - acc)[:, None] * background.to(device=device, dtype=rgb.dtype)
@@ -586,11 +639,15 @@ def rays_hit_occupancy(
         t_start, k_begin, k_end = _sample_range(
             o, d, box, near, far, offsets, step_size, max_samples_per_ray, occupancy
         )
-        rays_all = torch.arange(o.shape[0], device=o.device)
         take = (k_end - k_begin).clamp_(min=0)
-        rays, _, points = _packed_samples(rays_all, k_begin, take, t_start, offsets, o, d, step_size)
-        occupied = rays[_voxel_occupied(occupancy, points)]
-        hits.append(torch.zeros(o.shape[0], dtype=torch.bool, device=o.device).index_fill_(0, occupied, True))
+        rays, k = _packed_indices(torch.arange(o.shape[0], device=o.device), k_begin, take)
+        sampler = _RaySamples(o, d, t_start, offsets, step_size, occupancy)
+        occupied = rays[sampler.occupied(rays, k)]
+        hits.append(
+            torch.zeros(o.shape[0], dtype=torch.bool, device=o.device).index_fill_(
+                0, occupied, True
+            )
+        )
     if not hits:
         return torch.zeros(0, dtype=torch.bool, device=origins.device)
     return torch.cat(hits)

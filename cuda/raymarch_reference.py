@@ -17,7 +17,9 @@ from torch import Tensor
 from .raymarch import ColorFn, DensityFn, OccupancyGrid, RayMarchOutput, sample_offsets
 
 
-def ray_aabb_intersect_reference(origin: list[float], direction: list[float], aabb: list[list[float]]):
+def ray_aabb_intersect_reference(
+    origin: list[float], direction: list[float], aabb: list[list[float]]
+):
     """``(t_near, t_far)`` of one line ``o + t d`` with a box, slab by slab, in Python floats."""
     t_near, t_far = -math.inf, math.inf
     for axis in range(3):
@@ -129,7 +131,9 @@ def march_rays_reference(
                 acc = weights_t.sum()
                 depth = (weights_t * torch.tensor(distances[: len(weights)], dtype=f64)).sum()
             if coloured:
-                colour = color_fn(ray_points[coloured], d.expand(len(coloured), 3), ray_times[coloured])
+                colour = color_fn(
+                    ray_points[coloured], d.expand(len(coloured), 3), ray_times[coloured]
+                )
                 rgb = (weights_t[coloured, None] * colour).sum(dim=0)
         if background is not None:
             rgb = rgb + (1.0 - acc) * background.to(f64)

@@ -39,7 +39,28 @@ _EXPORTS = {
     "Primitive": ".primitives",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Cameras",
+    "DatasetError",
+    "Primitive",
+    "Scene",
+    "SceneSplit",
+    "clear_image_cache",
+    "distort",
+    "load_primitives",
+    "load_scene",
+    "look_at",
+    "make_scene",
+    "opengl_to_opencv",
+    "orbit_poses",
+    "read_ply_points",
+    "recomposite",
+    "render_rays",
+    "scene_density",
+    "undistort_image",
+    "undistort_points",
+    "write_ply_points",
+]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .cameras import Cameras, look_at, opengl_to_opencv, orbit_poses

@@ -63,7 +63,9 @@ def parse_blender(root: Path, splits: tuple[str, ...]) -> ParsedScene:
         if name in splits or path.is_file():
             if not path.is_file():
                 if name == "train":
-                    raise DatasetError(path, "missing file (the train split is required)", root=root)
+                    raise DatasetError(
+                        path, "missing file (the train split is required)", root=root
+                    )
                 continue
             metas[name] = (path, read_json(path, root))
 
@@ -78,7 +80,9 @@ def parse_blender(root: Path, splits: tuple[str, ...]) -> ParsedScene:
     dynamic = {name: any(math.isfinite(t) for t in times) for name, times in raw_times.items()}
     if any(dynamic.values()) and not all(dynamic.values()):
         static = next(n for n, d in dynamic.items() if not d)
-        raise DatasetError(metas[static][0], "frames have no time but other splits' frames do", root=root)
+        raise DatasetError(
+            metas[static][0], "frames have no time but other splits' frames do", root=root
+        )
     offset, scale = normalise_times([t for times in raw_times.values() for t in times])
 
     records: dict[str, list[FrameRecord]] = {}
@@ -97,7 +101,9 @@ def parse_blender(root: Path, splits: tuple[str, ...]) -> ParsedScene:
             if depth_folder.is_dir():
                 depth_path = depth_folder / f"{image_path.stem}.npy"
                 if not depth_path.is_file():
-                    raise DatasetError(depth_path, "missing depth map (the split has a depth folder)", root=root)
+                    raise DatasetError(
+                        depth_path, "missing depth map (the split has a depth folder)", root=root
+                    )
             split_records.append(
                 FrameRecord(
                     image_path=image_path,
@@ -133,9 +139,15 @@ def _bounds(root: Path) -> tuple[np.ndarray, float, float]:
         try:
             aabb = np.asarray(meta["aabb"], dtype=np.float64)
         except (TypeError, ValueError):
-            raise DatasetError(path, f"aabb must be [[x, y, z], [x, y, z]], got {json.dumps(meta['aabb'])[:60]}", root=root) from None
+            raise DatasetError(
+                path,
+                f"aabb must be [[x, y, z], [x, y, z]], got {json.dumps(meta['aabb'])[:60]}",
+                root=root,
+            ) from None
         if aabb.shape != (2, 3) or not np.isfinite(aabb).all() or not (aabb[0] < aabb[1]).all():
-            raise DatasetError(path, "aabb must be [[min x, y, z], [max x, y, z]] with min < max", root=root)
+            raise DatasetError(
+                path, "aabb must be [[min x, y, z], [max x, y, z]] with min < max", root=root
+            )
     if "near" in meta:
         near = number(meta["near"], "near", path, root)
     if "far" in meta:

@@ -25,7 +25,9 @@ from torch import Tensor
 def _as_coefficients(params, like: Tensor) -> tuple[Tensor, ...]:
     params = torch.as_tensor(params, dtype=like.dtype, device=like.device).reshape(-1)
     if params.numel() != 6:
-        raise ValueError(f"expected 6 distortion coefficients (k1, k2, k3, k4, p1, p2), got {params.numel()}")
+        raise ValueError(
+            f"expected 6 distortion coefficients (k1, k2, k3, k4, p1, p2), got {params.numel()}"
+        )
     return tuple(params)
 
 

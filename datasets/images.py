@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat as stat_module
 import tempfile
 import threading
 from collections import OrderedDict
@@ -135,7 +136,7 @@ def cache_dir() -> Path:
 def resized_size(width: int, height: int, downscale: float) -> tuple[int, int]:
     """``(w, h)`` after dividing the resolution by ``downscale``, rounded as ``Cameras.scaled``."""
     factor = 1.0 / downscale
-    return int(round(width * factor)), int(round(height * factor))
+    return round(width * factor), round(height * factor)
 
 
 def resize(pixels: np.ndarray, width: int, height: int, clamp: bool = True) -> np.ndarray:
@@ -155,7 +156,9 @@ def resize(pixels: np.ndarray, width: int, height: int, clamp: bool = True) -> n
         blocks = pixels.reshape(height, factor, width, factor, pixels.shape[2])
         return blocks.mean(axis=(1, 3), dtype=np.float64).astype(np.float32)
     tensor = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0)
-    out = F.interpolate(tensor, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    out = F.interpolate(
+        tensor, size=(height, width), mode="bilinear", antialias=True, align_corners=False
+    )
     out = out[0].permute(1, 2, 0)
     if clamp:
         out = out.clamp(0.0, 1.0)
@@ -174,13 +177,18 @@ def decode(path: Path, root: Path | None = None) -> np.ndarray:
         raise DatasetError(path, "missing image", root=root)
     try:
         array = np.asarray(iio.imread(path))
-    except Exception as error:  # imageio raises many types (OSError, ValueError, RuntimeError...)
-        reason = f"{type(error).__name__}: {one_line(error)}"[:160]
+    except Exception as error:  # noqa: BLE001 - imageio raises many types (OSError, ValueError, RuntimeError...)
+        reason = one_line(error).split(". ")[0]  # imageio appends long plugin advice
+        reason = f"{type(error).__name__}: {reason[:120]}{'...' if len(reason) > 120 else ''}"
         raise DatasetError(path, f"unreadable image ({reason})", root=root) from None
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4) or min(array.shape[:2]) == 0:
-        raise DatasetError(path, f"unsupported image layout {tuple(array.shape)} (need HxW, HxWx3 or HxWx4)", root=root)
+        raise DatasetError(
+            path,
+            f"unsupported image layout {tuple(array.shape)} (need HxW, HxWx3 or HxWx4)",
+            root=root,
+        )
     if array.dtype == np.uint8:
         pixels = array.astype(np.float32) / 255.0
     elif array.dtype == np.uint16:
@@ -203,22 +211,40 @@ def prepare(request: ImageRequest, downscale: float, root: Path | None = None) -
         pixels[..., :3] *= pixels[..., 3:]
     if request.distortion is not None:
         fx, fy, cx, cy = pinhole_intrinsics(full_width, full_height, *request.camera)
-        undistorted, inside = undistort_image(torch.from_numpy(pixels), fx, fy, cx, cy, request.distortion)
+        undistorted, inside = undistort_image(
+            torch.from_numpy(pixels), fx, fy, cx, cy, request.distortion
+        )
         pixels = undistorted.numpy()
         if pixels.shape[2] == 4:  # no data outside the photo: transparent there
             pixels[~inside.numpy()] = 0.0
     width, height = resized_size(full_width, full_height, downscale)
     if width < 1 or height < 1:
-        raise DatasetError(request.path, f"downscale {downscale:g} leaves no pixels of a {full_width}x{full_height} image", root=root)
+        raise DatasetError(
+            request.path,
+            f"downscale {downscale:g} leaves no pixels of a {full_width}x{full_height} image",
+            root=root,
+        )
     pixels = resize(pixels.astype(np.float32, copy=False), width, height)
     return PreparedImage(np.ascontiguousarray(pixels, dtype=np.float32), full_width, full_height)
 
 
-def _file_key(request: ImageRequest, downscale: float) -> tuple:
-    path = request.path.resolve()
-    stat = path.stat()
+def _file_key(
+    request: ImageRequest, downscale: float, real_dirs: dict[str, str], root: Path | None
+) -> tuple:
+    """Cache key of a request; the folder's real path is memoised (resolving costs a stat per
+    path component, which adds up on network file systems)."""
+    folder, name = os.path.split(os.path.abspath(request.path))
+    if folder not in real_dirs:
+        real_dirs[folder] = os.path.realpath(folder)
+    path = os.path.join(real_dirs[folder], name)
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        raise DatasetError(request.path, "missing image", root=root) from None
+    if not stat_module.S_ISREG(stat.st_mode):
+        raise DatasetError(request.path, "missing image (not a file)", root=root)
     lens = (request.distortion, request.camera) if request.distortion is not None else None
-    return (str(path), stat.st_mtime_ns, stat.st_size, float(downscale), lens)
+    return (path, stat.st_mtime_ns, stat.st_size, float(downscale), lens)
 
 
 # ---------------------------------------------------------------------------------- disk cache
@@ -243,7 +269,7 @@ def _read_disk_cache(file: Path, count: int) -> list[PreparedImage] | None:
                     raise ValueError("bad entry")
                 entries.append(PreparedImage(pixels, int(sizes[i, 0]), int(sizes[i, 1])))
         return entries
-    except Exception:  # truncated zip, bad header, missing keys...: rebuild
+    except Exception:  # noqa: BLE001 - truncated zip, bad header, missing keys...: rebuild
         try:
             file.unlink()
         except OSError:
@@ -256,16 +282,18 @@ def _write_disk_cache(file: Path, entries: list[PreparedImage]) -> None:
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f"pixels_{i}": entry.pixels for i, entry in enumerate(entries)}
-        arrays["full_sizes"] = np.asarray([[e.full_width, e.full_height] for e in entries], dtype=np.int64)
-        handle = tempfile.NamedTemporaryFile(dir=file.parent, prefix=file.stem, suffix=".tmp", delete=False)
+        arrays["full_sizes"] = np.asarray(
+            [[e.full_width, e.full_height] for e in entries], dtype=np.int64
+        )
+        descriptor, temporary = tempfile.mkstemp(dir=file.parent, prefix=file.stem, suffix=".tmp")
         try:
-            with handle:
+            with os.fdopen(descriptor, "wb") as handle:
                 np.savez(handle, **arrays)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(handle.name, file)
+            os.replace(temporary, file)
         except BaseException:
-            Path(handle.name).unlink(missing_ok=True)
+            Path(temporary).unlink(missing_ok=True)
             raise
     except OSError:
         pass
@@ -293,15 +321,14 @@ def load_images(
         one :class:`PreparedImage` per request.
     """
     cache = DEFAULT_CACHE if cache is None else cache
-    keys = []
-    for request in requests:
-        if not request.path.is_file():
-            raise DatasetError(request.path, "missing image", root=root)
-        keys.append(_file_key(request, downscale))
+    real_dirs: dict[str, str] = {}
+    keys = [_file_key(request, downscale, real_dirs, root) for request in requests]
     entries: list[PreparedImage | None] = [cache.get(key) for key in keys]
-    if all(entry is not None for entry in entries):
-        return entries  # type: ignore[return-value]
     disk_file = _disk_cache_file(keys) if disk_cache else None
+    if all(entry is not None for entry in entries):
+        if disk_file is not None and not disk_file.is_file():
+            _write_disk_cache(disk_file, entries)  # type: ignore[arg-type]
+        return entries  # type: ignore[return-value]
     if disk_file is not None:
         from_disk = _read_disk_cache(disk_file, len(requests))
         if from_disk is not None:

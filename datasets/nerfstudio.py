@@ -84,7 +84,9 @@ def parse_nerfstudio(root: Path, splits: tuple[str, ...]) -> ParsedScene:
         except (TypeError, ValueError):
             applied = np.zeros(0)
         if applied.shape not in ((3, 4), (4, 4)) or not np.isfinite(applied).all():
-            raise DatasetError(path, "applied_transform must be a finite 3x4 or 4x4 matrix", root=root)
+            raise DatasetError(
+                path, "applied_transform must be a finite 3x4 or 4x4 matrix", root=root
+            )
 
     raw_times = frame_times(frames, path, root)
     offset, time_scale = normalise_times(raw_times)
@@ -124,7 +126,10 @@ def parse_nerfstudio(root: Path, splits: tuple[str, ...]) -> ParsedScene:
             points, colors = read_ply_points(ply, root)
             points = points * np.float32(scale)
         else:
-            warnings.warn(f"{display_path(ply, root)}: point cloud not found, continuing without points", stacklevel=3)
+            warnings.warn(
+                f"{display_path(ply, root)}: point cloud not found, continuing without points",
+                stacklevel=3,
+            )
     return ParsedScene(root, "nerfstudio", chosen, aabb, near, far, points, colors)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ class FrameRecord:
         c2w: ``[3, 4]`` float64 camera-to-world, OpenCV frame (already converted).
         source: metadata file the frame came from (for error messages).
         index: frame index in ``source``.
-        time: raw time as written (``nan`` = none); normalised later by the parser.
+        time: time normalised to [0, 1] over the data set (``nan`` = static).
         fov_x: horizontal field of view in radians (Blender ``camera_angle_x``), or ``None``.
         fx, fy, cx, cy: pixel intrinsics at full resolution, each ``None`` when not given
             (``fy`` defaults to ``fx``, ``cx, cy`` to the image centre).
@@ -101,7 +101,6 @@ class ParsedScene:
     far: float
     points: np.ndarray | None = None
     points_rgb: np.ndarray | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------- JSON helpers
@@ -117,7 +116,9 @@ def read_json(path: Path, root: Path) -> dict:
         meta = json.loads(text)
     except json.JSONDecodeError as error:
         raise DatasetError(
-            path, f"invalid JSON at line {error.lineno} column {error.colno} ({error.msg})", root=root
+            path,
+            f"invalid JSON at line {error.lineno} column {error.colno} ({error.msg})",
+            root=root,
         ) from None
     if not isinstance(meta, dict):
         raise DatasetError(path, f"expected a JSON object, got {type(meta).__name__}", root=root)
@@ -148,7 +149,9 @@ def _shape_of(value) -> str:
     return "x".join(str(s) for s in array.shape) if array.ndim else "a scalar"
 
 
-def pose_matrix(frame: dict, index: int, path: Path, root: Path, key: str = "transform_matrix") -> np.ndarray:
+def pose_matrix(
+    frame: dict, index: int, path: Path, root: Path, key: str = "transform_matrix"
+) -> np.ndarray:
     """Frame ``index``'s 4x4 camera-to-world matrix (float64), checked for shape and finiteness."""
     if key not in frame:
         raise DatasetError(path, f"frame {index} has no {key}", root=root)
@@ -156,9 +159,13 @@ def pose_matrix(frame: dict, index: int, path: Path, root: Path, key: str = "tra
     try:
         matrix = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise DatasetError(path, f"frame {index} {key} is not a 4x4 matrix of numbers", root=root) from None
+        raise DatasetError(
+            path, f"frame {index} {key} is not a 4x4 matrix of numbers", root=root
+        ) from None
     if matrix.shape != (4, 4):
-        raise DatasetError(path, f"frame {index} {key} is not 4x4 (got {_shape_of(value)})", root=root)
+        raise DatasetError(
+            path, f"frame {index} {key} is not 4x4 (got {_shape_of(value)})", root=root
+        )
     if not np.isfinite(matrix).all():
         raise DatasetError(path, f"frame {index} {key} holds NaN/inf", root=root)
     if np.abs(matrix[3] - (0.0, 0.0, 0.0, 1.0)).max() > 1e-6:
@@ -169,7 +176,9 @@ def pose_matrix(frame: dict, index: int, path: Path, root: Path, key: str = "tra
 def number(value, what: str, path: Path, root: Path, *, positive: bool = False) -> float:
     """``value`` as a finite float (``positive``: also > 0), else a :class:`DatasetError` naming ``what``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise DatasetError(path, f"{what} must be a number, got {json.dumps(value)[:40]}", root=root)
+        raise DatasetError(
+            path, f"{what} must be a number, got {json.dumps(value)[:40]}", root=root
+        )
     value = float(value)
     if not math.isfinite(value):
         raise DatasetError(path, f"{what} is NaN/inf", root=root)
@@ -195,7 +204,11 @@ def resolve_image(root: Path, file_path, index: int, path: Path) -> Path:
             return extended
     if candidate.is_file():
         return candidate
-    shown = candidate if candidate.suffix in IMAGE_SUFFIXES else candidate.with_name(candidate.name + ".png")
+    shown = (
+        candidate
+        if candidate.suffix in IMAGE_SUFFIXES
+        else candidate.with_name(candidate.name + ".png")
+    )
     raise DatasetError(shown, "missing image", root=root)
 
 

@@ -50,7 +50,9 @@ def read_ply_points(path: Path, root: Path | None = None) -> tuple[np.ndarray, n
     header = data[:end].decode("ascii", errors="replace").splitlines()
 
     fmt = None
-    elements: list[tuple[str, int, list[tuple[str, str | None]]]] = []  # name, count, (prop, dtype|None=list)
+    elements: list[
+        tuple[str, int, list[tuple[str, str | None]]]
+    ] = []  # name, count, (prop, dtype|None=list)
     for line in header[1:]:
         words = line.split()
         if not words or words[0] in ("comment", "obj_info"):
@@ -88,11 +90,17 @@ def read_ply_points(path: Path, root: Path | None = None) -> tuple[np.ndarray, n
         raise fail("vertex element has no x, y, z")
 
     if fmt == "ascii":
-        lines = data[body_start:].decode("ascii", errors="replace").splitlines()[line_offset : line_offset + count]
+        lines = (
+            data[body_start:]
+            .decode("ascii", errors="replace")
+            .splitlines()[line_offset : line_offset + count]
+        )
         if len(lines) < count:
             raise fail(f"truncated: {len(lines)} of {count} vertices")
         try:
-            table = np.loadtxt(lines, dtype=np.float64, ndmin=2) if count else np.zeros((0, len(props)))
+            table = (
+                np.loadtxt(lines, dtype=np.float64, ndmin=2) if count else np.zeros((0, len(props)))
+            )
         except ValueError as error:
             raise fail(f"bad vertex line ({error})") from None
         if table.shape[1] < len(props):
@@ -122,10 +130,16 @@ def read_ply_points(path: Path, root: Path | None = None) -> tuple[np.ndarray, n
     return points, colors
 
 
-def write_ply_points(path: Path, points: np.ndarray, colors: np.ndarray | None = None, binary: bool = True) -> None:
+def write_ply_points(
+    path: Path, points: np.ndarray, colors: np.ndarray | None = None, binary: bool = True
+) -> None:
     """Write ``[P, 3]`` points (and ``[P, 3]`` colours in [0, 1], stored as uchar) as PLY."""
     points = np.asarray(points, dtype=np.float32)
-    header = ["ply", f"format {'binary_little_endian' if binary else 'ascii'} 1.0", f"element vertex {len(points)}"]
+    header = [
+        "ply",
+        f"format {'binary_little_endian' if binary else 'ascii'} 1.0",
+        f"element vertex {len(points)}",
+    ]
     header += [f"property float {axis}" for axis in "xyz"]
     fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
     if colors is not None:
@@ -144,5 +158,6 @@ def write_ply_points(path: Path, points: np.ndarray, colors: np.ndarray | None =
         if binary:
             handle.write(table.tobytes())
         else:
-            for row in table:
-                handle.write((" ".join(str(v) for v in row.tolist()) + "\n").encode("ascii"))
+            handle.writelines(
+                (" ".join(str(v) for v in row.tolist()) + "\n").encode("ascii") for row in table
+            )

@@ -41,7 +41,7 @@ class Light:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
     @classmethod
-    def from_json(cls, data: dict) -> "Light":
+    def from_json(cls, data: dict) -> Light:
         data = dict(data)
         if "direction" in data:
             data["direction"] = tuple(float(v) for v in data["direction"])
@@ -81,7 +81,7 @@ class Primitive:
         if keys.shape[0] == 1:
             return keys[0]
         t = min(max(0.0 if time is None else float(time), 0.0), 1.0) * (keys.shape[0] - 1)
-        k = min(int(math.floor(t)), keys.shape[0] - 2)
+        k = min(math.floor(t), keys.shape[0] - 2)
         w = t - k
         return keys[k] * (1.0 - w) + keys[k + 1] * w
 
@@ -104,11 +104,19 @@ class Primitive:
         Exact for static primitives; moving ones are sampled at ``samples`` times (and every
         keyframe), which can miss a farther point between samples by a hair.
         """
-        times = sorted(set(np.linspace(0.0, 1.0, samples).tolist()) | {k / max(len(self.path) - 1, 1) for k in range(len(self.path))})
+        times = sorted(
+            set(np.linspace(0.0, 1.0, samples).tolist())
+            | {k / max(len(self.path) - 1, 1) for k in range(len(self.path))}
+        )
         if self.kind == "sphere":
             return max(float(np.linalg.norm(self.center(t))) for t in times) + self.radius
-        corners = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)]) * np.asarray(self.half_size)
-        return max(float(np.linalg.norm(self.center(t) + corners @ self.rotation(t).T, axis=1).max()) for t in times)
+        corners = np.array(
+            [[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)]
+        ) * np.asarray(self.half_size)
+        return max(
+            float(np.linalg.norm(self.center(t) + corners @ self.rotation(t).T, axis=1).max())
+            for t in times
+        )
 
     # ------------------------------------------------------------------ geometry
     def contains(self, points: Tensor, time: float | None = None) -> Tensor:
@@ -125,7 +133,9 @@ class Primitive:
         local = local @ self.rotation(time)  # R^T (p - c) for row vectors
         return (np.abs(local) <= np.asarray(self.half_size)).all(-1)
 
-    def intersect(self, origins: np.ndarray, directions: np.ndarray, time: float | None = None) -> np.ndarray:
+    def intersect(
+        self, origins: np.ndarray, directions: np.ndarray, time: float | None = None
+    ) -> np.ndarray:
         """Distance to the nearest hit in front of each ray (numpy, float64).
 
         Args:
@@ -183,7 +193,12 @@ class Primitive:
 
     # ------------------------------------------------------------------ serialisation
     def to_json(self) -> dict:
-        out = {"kind": self.kind, "name": self.name, "color": list(self.color), "path": [list(p) for p in self.path]}
+        out = {
+            "kind": self.kind,
+            "name": self.name,
+            "color": list(self.color),
+            "path": [list(p) for p in self.path],
+        }
         if self.kind == "sphere":
             out["radius"] = self.radius
         else:
@@ -192,7 +207,7 @@ class Primitive:
         return out
 
     @classmethod
-    def from_json(cls, data: dict) -> "Primitive":
+    def from_json(cls, data: dict) -> Primitive:
         return cls(
             kind=data["kind"],
             color=tuple(float(c) for c in data["color"]),
@@ -278,11 +293,20 @@ def render_rays(
     halfway = to_light - directions
     halfway /= np.maximum(np.linalg.norm(halfway, axis=-1, keepdims=True), 1e-12)
     highlight = np.maximum(np.einsum("ij,ij->i", normal, halfway), 0.0) ** light.shininess
-    rgb = albedo * (light.ambient + light.diffuse * lambert)[:, None] + light.specular * highlight[:, None]
+    rgb = (
+        albedo * (light.ambient + light.diffuse * lambert)[:, None]
+        + light.specular * highlight[:, None]
+    )
     rgb = np.where(hit[:, None], np.clip(rgb, 0.0, 1.0), 0.0)
     depth = np.where(hit, best, 0.0)
     as_tensor = torch.from_numpy
-    return RayHits(rgb=as_tensor(rgb), hit=as_tensor(hit), depth=as_tensor(depth), index=as_tensor(index), normal=as_tensor(normal))
+    return RayHits(
+        rgb=as_tensor(rgb),
+        hit=as_tensor(hit),
+        depth=as_tensor(depth),
+        index=as_tensor(index),
+        normal=as_tensor(normal),
+    )
 
 
 def _numpy(values) -> np.ndarray:
@@ -313,7 +337,9 @@ def load_light(path: str | Path) -> Light:
     return Light.from_json(data.get("light", {}))
 
 
-def scene_density(scene: str | Path | list[Primitive], points: Tensor, time: float | None = None) -> Tensor:
+def scene_density(
+    scene: str | Path | list[Primitive], points: Tensor, time: float | None = None
+) -> Tensor:
     """Analytic occupancy: 1 inside any primitive existing at ``time``, else 0.
 
     Args:
@@ -329,4 +355,6 @@ def scene_density(scene: str | Path | list[Primitive], points: Tensor, time: flo
     inside = np.zeros(flat.shape[0], dtype=bool)
     for primitive in primitives:
         inside |= primitive._contains(flat, time)
-    return torch.from_numpy(inside.astype(np.float32)).reshape(points.shape[:-1]).to(_device(points))
+    return (
+        torch.from_numpy(inside.astype(np.float32)).reshape(points.shape[:-1]).to(_device(points))
+    )

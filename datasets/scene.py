@@ -113,7 +113,9 @@ class Scene:
         )
 
 
-def recomposite(rgb: Tensor, alpha: Tensor, old_background: Tensor, new_background: Tensor) -> Tensor:
+def recomposite(
+    rgb: Tensor, alpha: Tensor, old_background: Tensor, new_background: Tensor
+) -> Tensor:
     """Move colours composited on ``old_background`` onto ``new_background``.
 
     ``rgb = c a + old (1 - a)``, so ``c a + new (1 - a) = rgb + (new - old)(1 - a)``.
@@ -133,11 +135,15 @@ def parse_background(background: str | Sequence[float]) -> tuple[Tensor, bool]:
     """``(colour [3], is_random)`` for ``"white"``, ``"black"``, ``"random"`` or three floats."""
     if isinstance(background, str):
         if background not in BACKGROUNDS:
-            raise ValueError(f"background must be one of {', '.join(BACKGROUNDS)} or three floats, got {background!r}")
+            raise ValueError(
+                f"background must be one of {', '.join(BACKGROUNDS)} or three floats, got {background!r}"
+            )
         return torch.tensor(BACKGROUNDS[background]), background == "random"
     colour = torch.as_tensor([float(c) for c in background], dtype=torch.float32)
     if colour.shape != (3,) or not bool(((colour >= 0) & (colour <= 1)).all()):
-        raise ValueError(f"background colour must be three floats in [0, 1], got {list(background)}")
+        raise ValueError(
+            f"background colour must be three floats in [0, 1], got {list(background)}"
+        )
     return colour, False
 
 
@@ -180,13 +186,15 @@ def load_scene(
     elif is_nerfstudio(root):
         parsed = parse_nerfstudio(root, splits)
     else:
-        raise DatasetError(root, "no transforms_train.json (Blender / D-NeRF) or transforms.json (nerfstudio)")
+        raise DatasetError(
+            root, "no transforms_train.json (Blender / D-NeRF) or transforms.json (nerfstudio)"
+        )
 
     loaded = {
         name: _build_split(name, records, parsed, float(downscale), colour, disk_cache)
         for name, records in parsed.splits.items()
     }
-    as_tensor = lambda a: None if a is None else torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
+    as_tensor = lambda a: None if a is None else torch.as_tensor(np.asarray(a, dtype=np.float32))
     return Scene(
         root=root,
         format=parsed.format,
@@ -224,7 +232,11 @@ def _build_split(
     for record, image in zip(records, prepared):
         size = f"{image.full_width}x{image.full_height}"
         if (image.full_width, image.full_height) != (width, height):
-            raise DatasetError(record.image_path, f"image is {size} but the split's first image is {width}x{height}", root=root)
+            raise DatasetError(
+                record.image_path,
+                f"image is {size} but the split's first image is {width}x{height}",
+                root=root,
+            )
         claimed = (record.width or image.full_width, record.height or image.full_height)
         if claimed != (image.full_width, image.full_height):
             raise DatasetError(
@@ -249,16 +261,23 @@ def _build_split(
 
     # numpy for the big element-wise work: single-threaded, no thread-pool stalls on a busy CPU
     has_alpha = any(image.pixels.shape[2] == 4 for image in prepared)
-    pixels = np.stack([_with_alpha(image.pixels) if has_alpha else image.pixels for image in prepared])
+    pixels = np.stack(
+        [_with_alpha(image.pixels) if has_alpha else image.pixels for image in prepared]
+    )
     if has_alpha:
         alpha = np.ascontiguousarray(pixels[..., 3])
         colour = pixels[..., :3] + background.numpy() * (1.0 - alpha[..., None])
-        images, alphas = torch.from_numpy(np.clip(colour, 0.0, 1.0, out=colour)), torch.from_numpy(alpha)
+        images, alphas = (
+            torch.from_numpy(np.clip(colour, 0.0, 1.0, out=colour)),
+            torch.from_numpy(alpha),
+        )
     else:
         images, alphas = torch.from_numpy(pixels), None
     depths = None
     if all(r.depth_path is not None for r in records):
-        depths = torch.from_numpy(np.stack([_load_depth(r.depth_path, width, height, downscale, root) for r in records]))
+        depths = torch.from_numpy(
+            np.stack([_load_depth(r.depth_path, width, height, downscale, root) for r in records])
+        )
     return SceneSplit(
         name=name,
         cameras=cameras,
@@ -279,11 +298,15 @@ def _load_depth(path: Path, width: int, height: int, downscale: float, root: Pat
     """A ``[h, w]`` float32 depth map, 0 for background (non-finite values count as background)."""
     try:
         depth = np.load(path, allow_pickle=False)
-    except Exception as error:  # truncated or not an .npy
-        raise DatasetError(path, f"unreadable depth map ({type(error).__name__})", root=root) from None
+    except Exception as error:  # noqa: BLE001 - truncated or not an .npy
+        raise DatasetError(
+            path, f"unreadable depth map ({type(error).__name__})", root=root
+        ) from None
     if depth.shape != (height, width):
         shape = "x".join(str(s) for s in depth.shape[::-1])
-        raise DatasetError(path, f"depth map is {shape} but the images are {width}x{height}", root=root)
+        raise DatasetError(
+            path, f"depth map is {shape} but the images are {width}x{height}", root=root
+        )
     depth = np.where(np.isfinite(depth), depth, 0.0).astype(np.float32)
     if (depth < 0).any():
         raise DatasetError(path, "depth map holds negative distances", root=root)
@@ -293,7 +316,9 @@ def _load_depth(path: Path, width: int, height: int, downscale: float, root: Pat
     hit = (depth > 0).astype(np.float32)
     pooled = resize(np.stack([depth * hit, hit], axis=-1), new_width, new_height, clamp=False)
     coverage = pooled[..., 1]
-    return np.where(coverage >= 0.5, pooled[..., 0] / np.maximum(coverage, 1e-12), 0.0).astype(np.float32)
+    return np.where(coverage >= 0.5, pooled[..., 0] / np.maximum(coverage, 1e-12), 0.0).astype(
+        np.float32
+    )
 
 
 __all__ = ["Scene", "SceneSplit", "load_scene", "parse_background", "recomposite"]

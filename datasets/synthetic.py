@@ -36,20 +36,28 @@ import torch
 from torch import Tensor
 
 from .cameras import look_at
-from .primitives import Light, Primitive, RayHits, load_light, load_primitives, render_rays, scene_density
+from .primitives import (
+    Light,
+    Primitive,
+    RayHits,
+    load_light,
+    load_primitives,
+    render_rays,
+    scene_density,
+)
 
 __all__ = [
-    "make_scene",
-    "scene_primitives",
-    "camera_poses",
-    "render_view",
-    "load_primitives",
-    "load_light",
-    "scene_density",
-    "render_rays",
-    "Primitive",
     "Light",
+    "Primitive",
     "RayHits",
+    "camera_poses",
+    "load_light",
+    "load_primitives",
+    "make_scene",
+    "render_rays",
+    "render_view",
+    "scene_density",
+    "scene_primitives",
 ]
 
 KINDS = ("static", "dynamic")
@@ -70,9 +78,11 @@ def scene_primitives(kind: str = "static", seed: int = 0) -> list[Primitive]:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     rng = np.random.default_rng([seed, 1])
-    jitter = lambda: tuple(rng.uniform(-0.04, 0.04, size=2)) + (0.0,)  # noqa: E731
-    shift = lambda point, d: tuple(float(p + q) for p, q in zip(point, d))  # noqa: E731
-    ground = Primitive("box", (0.80, 0.78, 0.74), [(0.0, 0.0, -0.72)], half_size=(0.85, 0.85, 0.06), name="ground")
+    jitter = lambda: tuple(rng.uniform(-0.04, 0.04, size=2)) + (0.0,)
+    shift = lambda point, d: tuple(float(p + q) for p, q in zip(point, d))
+    ground = Primitive(
+        "box", (0.80, 0.78, 0.74), [(0.0, 0.0, -0.72)], half_size=(0.85, 0.85, 0.06), name="ground"
+    )
     if kind == "static":
         return [
             ground,
@@ -98,7 +108,9 @@ def scene_primitives(kind: str = "static", seed: int = 0) -> list[Primitive]:
     ]  # fmt: skip
 
 
-def camera_poses(n: int, radius: float, rng: np.random.Generator | None = None, orbit_offset: float = 0.5) -> Tensor:
+def camera_poses(
+    n: int, radius: float, rng: np.random.Generator | None = None, orbit_offset: float = 0.5
+) -> Tensor:
     """``[n, 3, 4]`` OpenCV camera-to-world poses on a sphere of ``radius``, looking at the origin.
 
     Args:
@@ -114,11 +126,18 @@ def camera_poses(n: int, radius: float, rng: np.random.Generator | None = None, 
     else:
         azimuth = rng.uniform(0.0, 2.0 * np.pi, size=n)
         below = rng.uniform(size=n) < 0.2
-        elevation = np.radians(np.where(below, rng.uniform(-30.0, -5.0, size=n), rng.uniform(10.0, 70.0, size=n)))
+        elevation = np.radians(
+            np.where(below, rng.uniform(-30.0, -5.0, size=n), rng.uniform(10.0, 70.0, size=n))
+        )
     up = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
     poses = []
     for a, e in zip(azimuth, elevation):
-        eye = torch.tensor([np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)], dtype=torch.float64) * radius
+        eye = (
+            torch.tensor(
+                [np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)], dtype=torch.float64
+            )
+            * radius
+        )
         poses.append(look_at(eye, torch.zeros(3, dtype=torch.float64), up))
     return torch.stack(poses) if poses else torch.zeros(0, 3, 4, dtype=torch.float64)
 
@@ -146,18 +165,27 @@ def render_view(
         float64 along the unit ray through each pixel centre (0 on a miss).
     """
     c2w = np.asarray(c2w.detach().cpu() if isinstance(c2w, Tensor) else c2w, dtype=np.float64)
-    v, u = np.meshgrid(np.arange(resolution, dtype=np.float64), np.arange(resolution, dtype=np.float64), indexing="ij")
+    v, u = np.meshgrid(
+        np.arange(resolution, dtype=np.float64),
+        np.arange(resolution, dtype=np.float64),
+        indexing="ij",
+    )
     centre = resolution / 2.0
     offsets = list(_SUBSAMPLES) + [(0.5, 0.5)]  # the last one is the pixel-centre ray, for depth
     cam = np.stack(
-        [np.stack([(u + du - centre) / focal, (v + dv - centre) / focal, np.ones_like(u)], -1) for du, dv in offsets]
+        [
+            np.stack([(u + du - centre) / focal, (v + dv - centre) / focal, np.ones_like(u)], -1)
+            for du, dv in offsets
+        ]
     )  # [S, H, W, 3]
     directions = cam.reshape(-1, 3) @ c2w[:, :3].T
     origins = np.broadcast_to(c2w[:, 3], directions.shape)
     hits = render_rays(primitives, origins, directions, time, light)
     samples = len(_SUBSAMPLES)
     rgb = hits.rgb.numpy().reshape(len(offsets), resolution, resolution, 3)[:samples]
-    covered = hits.hit.numpy().reshape(len(offsets), resolution, resolution)[:samples].astype(np.float64)
+    covered = (
+        hits.hit.numpy().reshape(len(offsets), resolution, resolution)[:samples].astype(np.float64)
+    )
     alpha = covered.mean(0)
     premultiplied = (rgb * covered[..., None]).mean(0)
     straight = premultiplied / np.maximum(alpha, 1e-12)[..., None]
@@ -214,24 +242,39 @@ def make_scene(
             continue
         poses = camera_poses(count, radius, rng)
         if dynamic:
-            times = rng.uniform(0.0, 1.0, size=count) if rng is not None else (np.arange(count) + 0.5) / max(count, 1)
+            times = (
+                rng.uniform(0.0, 1.0, size=count)
+                if rng is not None
+                else (np.arange(count) + 0.5) / max(count, 1)
+            )
         else:
             times = [None] * count
         (out / split).mkdir(exist_ok=True)
         (out / "depth" / split).mkdir(parents=True, exist_ok=True)
         frames = []
         for i, (pose, time) in enumerate(zip(poses, times)):
-            rgba, depth = render_view(primitives, pose, resolution, focal, None if time is None else float(time), light)
-            iio.imwrite(out / split / f"r_{i}.png", np.round(np.clip(rgba, 0.0, 1.0) * 255.0).astype(np.uint8))
+            rgba, depth = render_view(
+                primitives, pose, resolution, focal, None if time is None else float(time), light
+            )
+            iio.imwrite(
+                out / split / f"r_{i}.png",
+                np.round(np.clip(rgba, 0.0, 1.0) * 255.0).astype(np.uint8),
+            )
             np.save(out / "depth" / split / f"r_{i}.npy", depth.astype(np.float32))
             c2w = np.eye(4)
             c2w[:3] = pose.numpy()
-            frame = {"file_path": f"./{split}/r_{i}", "rotation": 0.0, "transform_matrix": (c2w @ _GL_TO_CV).tolist()}
+            frame = {
+                "file_path": f"./{split}/r_{i}",
+                "rotation": 0.0,
+                "transform_matrix": (c2w @ _GL_TO_CV).tolist(),
+            }
             if dynamic:
                 frame["time"] = float(time)
             frames.append(frame)
         transforms = {"camera_angle_x": camera_angle_x, "frames": frames}
-        (out / f"transforms_{split}.json").write_text(json.dumps(transforms, indent=2), encoding="utf-8")
+        (out / f"transforms_{split}.json").write_text(
+            json.dumps(transforms, indent=2), encoding="utf-8"
+        )
 
     diagonal = math.sqrt(3.0)
     description = {

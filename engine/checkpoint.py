@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from tensorfield.engine.config import config_to_dict
 
 FORMAT = "tensorfield.checkpoint"

@@ -22,13 +22,13 @@ import os
 import tempfile
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
-
 from tensorfield.fields import registry
 from tensorfield.fields.config import MethodConfig
 
@@ -261,7 +261,7 @@ def _lookup(values: dict, full_key: str) -> Any:
 def _type_hints(config_class: type) -> dict[str, Any]:
     try:
         return typing.get_type_hints(config_class)
-    except Exception:  # an unresolvable annotation only degrades help text
+    except Exception:  # noqa: BLE001 - an unresolvable annotation only degrades help text
         return {}
 
 

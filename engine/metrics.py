@@ -10,9 +10,9 @@ window with sigma 1.5 (11 taps), population covariances, ``K1 = 0.01``, ``K2 = 0
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from importlib import util as importlib_util
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -96,7 +96,7 @@ def load_lpips(device: torch.device | str = "cpu") -> Callable[[Tensor, Tensor],
         if not (linear_weights.is_file() and backbone.is_file()):
             return None
         network = lpips_package.LPIPS(net="alex", version="0.1", verbose=False).to(device).eval()
-    except Exception:  # a broken optional install must not break evaluation
+    except Exception:  # noqa: BLE001 - a broken optional install must not break evaluation
         return None
 
     @torch.no_grad()

@@ -11,9 +11,8 @@ each upsampling"). So the first optimiser step after a rebuild uses the undecaye
 
 from __future__ import annotations
 
-from torch import nn, optim
-
 from tensorfield.fields.base import ParamGroup
+from torch import nn, optim
 
 DEFAULT_BETAS = (0.9, 0.99)
 DEFAULT_EPS = 1e-8

@@ -25,9 +25,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from torch import Tensor
-
 from tensorfield.fields.base import CoordinateBatch, ImageBatch, RayBatch
+from torch import Tensor
 
 
 @runtime_checkable

@@ -41,7 +41,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from tensorfield.engine.checkpoint import (
     CHECKPOINT_DIR,
     CheckpointError,
@@ -234,7 +233,7 @@ class Trainer:
         data_path: str | os.PathLike | None = None,
         scene=None,
         device: str | torch.device | None = None,
-    ) -> "Trainer":
+    ) -> Trainer:
         """A fresh run: seed, load the scene (``data_path`` or ``config.data``), build the model.
 
         Args:
@@ -262,7 +261,7 @@ class Trainer:
         scene=None,
         model: Field | None = None,
         device: str | torch.device | None = None,
-    ) -> "Trainer":
+    ) -> Trainer:
         """Rebuild a run from a checkpoint file or a run directory (its newest checkpoint).
 
         The config stored in the checkpoint is used, with ``overrides`` on top (e.g.
@@ -420,7 +419,7 @@ class Trainer:
         checkpoint_path = None
         bar = tqdm(
             total=config.steps, initial=self.step, disable=not progress, desc=config.method or "train",
-            unit="step", dynamic_ncols=True,
+            dynamic_ncols=True,
         )
         try:
             for step in range(self.step, config.steps):
@@ -553,7 +552,6 @@ class Trainer:
 
     def _evaluate_images(self, split: str, save_renders: bool) -> dict[str, Any]:
         import imageio.v2 as imageio
-
         from tensorfield.engine.render import colorize_depth, render_frame, to_uint8
 
         data = self._split(split)

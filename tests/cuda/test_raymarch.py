@@ -6,8 +6,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
-
 from tensorfield.cuda.raymarch import (
     OccupancyGrid,
     march_rays,
@@ -16,6 +14,7 @@ from tensorfield.cuda.raymarch import (
     rays_hit_occupancy,
 )
 from tensorfield.cuda.raymarch_reference import march_rays_reference
+from torch import nn
 
 F64 = torch.float64
 
@@ -28,7 +27,9 @@ def assert_close(actual, expected, rtol=1e-9, atol=1e-9, msg=""):
     assert actual.shape == expected.shape, (msg, actual.shape, expected.shape)
     error = (actual - expected).abs()
     bound = atol + rtol * expected.abs()
-    assert bool((error <= bound).all()), f"{msg}: max error {error.max():.3g}, worst excess {(error - bound).max():.3g}"
+    assert bool((error <= bound).all()), (
+        f"{msg}: max error {error.max():.3g}, worst excess {(error - bound).max():.3g}"
+    )
 
 
 class BlobField(nn.Module):
@@ -37,7 +38,7 @@ class BlobField(nn.Module):
     def __init__(self, num_blobs: int = 6, amplitude: float = 4.0, seed: int = 0, dtype=F64):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        rand = lambda *s: torch.rand(*s, generator=g, dtype=dtype)  # noqa: E731
+        rand = lambda *s: torch.rand(*s, generator=g, dtype=dtype)
         self.centers = nn.Parameter(rand(num_blobs, 3) * 1.4 - 0.7)
         self.widths = nn.Parameter(0.15 + 0.25 * rand(num_blobs))
         self.amplitudes = nn.Parameter(amplitude * (0.3 + rand(num_blobs)))
@@ -112,7 +113,7 @@ def assert_match(fast, reference, rtol=1e-6, grad_rtol=1e-5):
         assert_close(grad, ref_grads[name], rtol=grad_rtol, atol=1e-9, msg=name)
 
 
-BASE = dict(aabb=AABB, step_size=0.05, near=0.2, far=4.5)
+BASE = {"aabb": AABB, "step_size": 0.05, "near": 0.2, "far": 4.5}
 
 
 # ------------------------------------------------------------------------------ (a) by hand
@@ -145,8 +146,16 @@ def test_hand_worked_slab(fn):
     #   rgb = 1/2 red + 1/4 green + (1 - 3/4) background, depth = 1/2*2.5 + 1/4*3.5 = 2.125.
     density, colour, calls = slab_field(math.log(2.0))
     background = torch.tensor([0.2, 0.4, 1.0], dtype=F64)
-    out = fn(*SLAB_RAY, density, colour, aabb=SLAB_BOX, step_size=1.0, near=0.0, far=10.0,
-             background=background)
+    out = fn(
+        *SLAB_RAY,
+        density,
+        colour,
+        aabb=SLAB_BOX,
+        step_size=1.0,
+        near=0.0,
+        far=10.0,
+        background=background,
+    )
     expected_rgb = torch.tensor([[0.5 + 0.25 * 0.2, 0.25 + 0.25 * 0.4, 0.25 * 1.0]], dtype=F64)
     assert_close(out.rgb, expected_rgb, rtol=0, atol=1e-12)
     assert_close(out.depth, torch.tensor([2.125], dtype=F64), rtol=0, atol=1e-12)
@@ -168,8 +177,18 @@ def test_hand_worked_thresholds(fn):
     # alpha and depth: rgb = 3/4 red + (1 - 15/16) background.
     density, colour, calls = slab_field(math.log(4.0))
     background = torch.tensor([0.0, 0.0, 1.0], dtype=F64)
-    out = fn(*SLAB_RAY, density, colour, aabb=SLAB_BOX, step_size=1.0, near=0.0, far=10.0,
-             background=background, weight_threshold=0.2, transmittance_threshold=0.1)
+    out = fn(
+        *SLAB_RAY,
+        density,
+        colour,
+        aabb=SLAB_BOX,
+        step_size=1.0,
+        near=0.0,
+        far=10.0,
+        background=background,
+        weight_threshold=0.2,
+        transmittance_threshold=0.1,
+    )
     alpha = 3 / 4 + 3 / 16
     assert_close(out.alpha, torch.tensor([alpha], dtype=F64), rtol=0, atol=1e-12)
     depth = 3 / 4 * 2.5 + 3 / 16 * 3.5
@@ -182,19 +201,47 @@ def test_hand_worked_thresholds(fn):
 def test_hand_worked_distance_scale_near_far_and_jitter():
     # near=2.2 starts inside the box; far=4.0 ends before t_far=5. delta = 0.5 * 2 = 1.
     density, colour, _ = slab_field(math.log(2.0))
-    out = march_rays(*SLAB_RAY, density, colour, aabb=SLAB_BOX, step_size=0.5, near=2.2, far=4.0,
-                     distance_scale=2.0, weight_threshold=0.0, transmittance_threshold=0.0)
+    out = march_rays(
+        *SLAB_RAY,
+        density,
+        colour,
+        aabb=SLAB_BOX,
+        step_size=0.5,
+        near=2.2,
+        far=4.0,
+        distance_scale=2.0,
+        weight_threshold=0.0,
+        transmittance_threshold=0.0,
+    )
     # samples t = 2.45, 2.95, 3.45, 3.95 (x = 1.45, 1.95, 2.45, 2.95: all in the slab)
     assert_close(out.distances, torch.tensor([2.45, 2.95, 3.45, 3.95], dtype=F64))
     assert_close(out.weights, torch.tensor([1 / 2, 1 / 4, 1 / 8, 1 / 16], dtype=F64))
     # jitter: t_k = t_start + (k + u) * step with u = torch.rand(1, float64, generator)
     u = torch.rand(1, dtype=F64, generator=torch.Generator().manual_seed(7)).item()
-    out = march_rays(*SLAB_RAY, density, colour, aabb=SLAB_BOX, step_size=1.0, near=0.0, far=10.0,
-                     jitter=True, generator=torch.Generator().manual_seed(7))
+    out = march_rays(
+        *SLAB_RAY,
+        density,
+        colour,
+        aabb=SLAB_BOX,
+        step_size=1.0,
+        near=0.0,
+        far=10.0,
+        jitter=True,
+        generator=torch.Generator().manual_seed(7),
+    )
     assert_close(out.distances, 1.0 + torch.arange(4, dtype=F64) + u)
     # max_samples_per_ray keeps the first samples
-    out = march_rays(*SLAB_RAY, density, colour, aabb=SLAB_BOX, step_size=1.0, near=0.0,
-                     far=10.0, max_samples_per_ray=2, transmittance_threshold=0.0)
+    out = march_rays(
+        *SLAB_RAY,
+        density,
+        colour,
+        aabb=SLAB_BOX,
+        step_size=1.0,
+        near=0.0,
+        far=10.0,
+        max_samples_per_ray=2,
+        transmittance_threshold=0.0,
+    )
     assert out.distances.tolist() == [1.5, 2.5] and out.num_samples == 2
 
 
@@ -216,7 +263,16 @@ def test_ray_aabb_intersect_known_values():
         dtype=F64,
     )
     directions = torch.tensor(
-        [[1, 0, 0], [0, 0, 1], [s, s, s], [1, 0, 0], [1, 0, 0], [1, 0, 0], [0.8, 0.6, 0], [1, 0, 0]],
+        [
+            [1, 0, 0],
+            [0, 0, 1],
+            [s, s, s],
+            [1, 0, 0],
+            [1, 0, 0],
+            [1, 0, 0],
+            [0.8, 0.6, 0],
+            [1, 0, 0],
+        ],
         dtype=F64,
     )
     t_near, t_far = ray_aabb_intersect(origins, directions, box)
@@ -228,8 +284,16 @@ def test_ray_aabb_intersect_known_values():
     assert t_far[6] < t_near[6]
     assert (t_near[7].item(), t_far[7].item()) == (-4.0, -2.0)
     # the marcher clamps to [near, far]: the box behind the ray and the misses give no samples
-    out = march_rays(origins, directions, lambda p, t: torch.ones_like(p[:, 0]),
-                     lambda p, d, t: torch.ones_like(p), aabb=box, step_size=0.1, near=0.0, far=9.0)
+    out = march_rays(
+        origins,
+        directions,
+        lambda p, t: torch.ones_like(p[:, 0]),
+        lambda p, d, t: torch.ones_like(p),
+        aabb=box,
+        step_size=0.1,
+        near=0.0,
+        far=9.0,
+    )
     assert out.alpha[4] == 0 and out.alpha[6] == 0 and out.alpha[7] == 0
     # sigma = 1, step 0.1: alpha = 1 - exp(-0.1 n) with n = 20, 10 (from t=0), 35, 20, 20 samples
     expected = 1 - torch.exp(-0.1 * torch.tensor([20.0, 10, 35, 20, 20], dtype=F64))
@@ -238,19 +302,24 @@ def test_ray_aabb_intersect_known_values():
 
 # ------------------------------------------------------------------------------ (c) fast vs ref
 CASES = {
-    "plain": dict(weight_threshold=0.0, transmittance_threshold=0.0),
-    "defaults": dict(),
-    "occupancy": dict(occupancy=random_grid()),
-    "jitter": dict(jitter=True, generator_seed=5),
-    "background": dict(background=torch.tensor([0.3, 0.9, 0.5], dtype=F64)),
-    "times": dict(times="random"),
-    "max_samples": dict(max_samples_per_ray=17),
-    "distance_scale": dict(distance_scale=3.0, step_size=0.08),
-    "everything": dict(
-        occupancy=random_grid(fraction=0.7, seed=3), jitter=True, generator_seed=11,
-        background=torch.tensor([1.0, 1.0, 1.0], dtype=F64), times="random",
-        weight_threshold=1e-3, transmittance_threshold=2e-2, samples_per_round=3,
-    ),
+    "plain": {"weight_threshold": 0.0, "transmittance_threshold": 0.0},
+    "defaults": {},
+    "occupancy": {"occupancy": random_grid()},
+    "jitter": {"jitter": True, "generator_seed": 5},
+    "background": {"background": torch.tensor([0.3, 0.9, 0.5], dtype=F64)},
+    "times": {"times": "random"},
+    "max_samples": {"max_samples_per_ray": 17},
+    "distance_scale": {"distance_scale": 3.0, "step_size": 0.08},
+    "everything": {
+        "occupancy": random_grid(fraction=0.7, seed=3),
+        "jitter": True,
+        "generator_seed": 11,
+        "background": torch.tensor([1.0, 1.0, 1.0], dtype=F64),
+        "times": "random",
+        "weight_threshold": 1e-3,
+        "transmittance_threshold": 2e-2,
+        "samples_per_round": 3,
+    },
 }
 
 
@@ -272,19 +341,32 @@ def test_thresholds_are_exercised_and_match():
     # plenty of weights below the weight threshold.
     field = BlobField(amplitude=12.0, seed=4)
     origins, directions = random_rays(24, seed=4)
-    thresholds = dict(weight_threshold=2e-3, transmittance_threshold=3e-2, samples_per_round=4)
+    thresholds = {"weight_threshold": 2e-3, "transmittance_threshold": 3e-2, "samples_per_round": 4}
     fast, ref = run_both(field, origins, directions, **BASE, **thresholds)
     assert_match(fast, ref)
     out = fast[0]
     assert ((out.weights > 0) & (out.weights <= 2e-3)).any()  # uncoloured samples exist
     # early termination saved density evaluations and changed the result
-    plain = march_rays(origins, directions, field.density, field.colour, **BASE,
-                       weight_threshold=0.0, transmittance_threshold=0.0)
+    plain = march_rays(
+        origins,
+        directions,
+        field.density,
+        field.colour,
+        **BASE,
+        weight_threshold=0.0,
+        transmittance_threshold=0.0,
+    )
     assert out.num_samples < 0.8 * plain.num_samples
     assert (plain.alpha - out.alpha).abs().max() > 1e-3
     # the round size changes the number of evaluations only
-    whole = march_rays(origins, directions, field.density, field.colour, **BASE,
-                       **{**thresholds, "samples_per_round": None})
+    whole = march_rays(
+        origins,
+        directions,
+        field.density,
+        field.colour,
+        **BASE,
+        **{**thresholds, "samples_per_round": None},
+    )
     assert_close(whole.rgb, out.rgb, rtol=1e-12, atol=1e-12)
     assert whole.num_samples > out.num_samples
 
@@ -306,17 +388,31 @@ def test_chunked_equals_unchunked_and_empty_inputs():
     origins, directions = random_rays(20, seed=2)
     bg = torch.tensor([0.1, 0.2, 0.3], dtype=F64)
     whole = march_rays(origins, directions, field.density, field.colour, **BASE, background=bg)
-    parts = march_rays_chunked(origins, directions, field.density, field.colour, chunk=7, **BASE,
-                               background=bg)
+    parts = march_rays_chunked(
+        origins, directions, field.density, field.colour, chunk=7, **BASE, background=bg
+    )
     for name in ("rgb", "depth", "alpha"):
         assert_close(getattr(parts, name), getattr(whole, name))
     assert parts.num_samples == whole.num_samples
     # no rays; only misses
     empty = march_rays(origins[:0], directions[:0], field.density, field.colour, **BASE)
     assert empty.rgb.shape == (0, 3) and empty.num_samples == 0
-    missed = march_rays(origins[:2], directions[:2], field.density, field.colour, **BASE, background=bg)
+    missed = march_rays(
+        origins[:2], directions[:2], field.density, field.colour, **BASE, background=bg
+    )
     assert_close(missed.rgb, bg.expand(2, 3))
     assert missed.num_samples == 0 and (missed.depth == 0).all()
+
+
+def test_callback_shapes_are_checked():
+    field = BlobField(seed=2)
+    origins, directions = random_rays(6, seed=2)
+    with pytest.raises(ValueError, match="density_fn"):
+        march_rays(
+            origins, directions, lambda p, t: field.density(p, t)[:, None], field.colour, **BASE
+        )
+    with pytest.raises(ValueError, match="color_fn"):
+        march_rays(origins, directions, field.density, lambda p, d, t: p[:, :1], **BASE)
 
 
 # ------------------------------------------------------------------------------ (d) occupancy
@@ -330,18 +426,40 @@ def test_empty_voxels_never_reach_the_field():
         colour_points.append(points.detach())
         return field.colour(points, dirs, times)
 
-    out = march_rays(origins, directions, field.density, colour, **BASE, occupancy=grid,
-                     jitter=True, generator=torch.Generator().manual_seed(0), samples_per_round=5)
+    out = march_rays(
+        origins,
+        directions,
+        field.density,
+        colour,
+        **BASE,
+        occupancy=grid,
+        jitter=True,
+        generator=torch.Generator().manual_seed(0),
+        samples_per_round=5,
+    )
     evaluated = torch.cat(field.density_points)
     assert evaluated.shape[0] == out.num_samples > 0
     assert grid.query(evaluated).all()
     assert grid.query(torch.cat(colour_points)).all()
     # and every occupied sample of the plain march was evaluated (no early termination)
     field.density_points.clear()
-    out = march_rays(origins, directions, field.density, field.colour, **BASE, occupancy=grid,
-                     transmittance_threshold=0.0)
-    free = march_rays(origins, directions, lambda p, t: torch.zeros_like(p[:, 0]), field.colour,
-                      **BASE, transmittance_threshold=0.0)
+    out = march_rays(
+        origins,
+        directions,
+        field.density,
+        field.colour,
+        **BASE,
+        occupancy=grid,
+        transmittance_threshold=0.0,
+    )
+    free = march_rays(
+        origins,
+        directions,
+        lambda p, t: torch.zeros_like(p[:, 0]),
+        field.colour,
+        **BASE,
+        transmittance_threshold=0.0,
+    )
     points = origins[free.ray_indices] + free.distances[:, None] * directions[free.ray_indices]
     assert out.num_samples == int(grid.query(points).sum())
 
@@ -349,9 +467,17 @@ def test_empty_voxels_never_reach_the_field():
 def test_rays_hit_occupancy():
     grid = random_grid(resolution=(8, 8, 8), fraction=0.02, seed=8)
     origins, directions = random_rays(60, seed=8)
-    hits = rays_hit_occupancy(origins, directions, grid, step_size=0.05, near=0.2, far=4.5, chunk=16)
-    free = march_rays(origins, directions, lambda p, t: torch.zeros_like(p[:, 0]),
-                      lambda p, d, t: p, **BASE, transmittance_threshold=0.0)
+    hits = rays_hit_occupancy(
+        origins, directions, grid, step_size=0.05, near=0.2, far=4.5, chunk=16
+    )
+    free = march_rays(
+        origins,
+        directions,
+        lambda p, t: torch.zeros_like(p[:, 0]),
+        lambda p, d, t: p,
+        **BASE,
+        transmittance_threshold=0.0,
+    )
     points = origins[free.ray_indices] + free.distances[:, None] * directions[free.ray_indices]
     expected = torch.zeros(60, dtype=torch.bool)
     expected[free.ray_indices[grid.query(points)]] = True
@@ -380,7 +506,17 @@ def test_occupancy_grid_query_and_bounds_by_hand():
             [float("nan"), 3.5, 0.5],  # NaN
         ]
     )
-    assert grid.query(points).tolist() == [True, False, False, True, False, True, False, False, False]
+    assert grid.query(points).tolist() == [
+        True,
+        False,
+        False,
+        True,
+        False,
+        True,
+        False,
+        False,
+        False,
+    ]
     assert_close(grid.bounds(), torch.tensor([[0.0, 2.0, 0.0], [2.0, 4.0, 1.0]]))
     single = torch.zeros(2, 4, 1, dtype=torch.bool)
     single[1, 1, 0] = True
@@ -423,9 +559,21 @@ def test_gradcheck_tiny():
             feature = torch.cat([points, dirs], -1)[:, :, None]
             return torch.sigmoid((feature * base.colour_weight.detach()).sum(1) + colour_bias)
 
-        out = march_rays(origins, directions, density, colour, aabb=AABB, step_size=0.2, near=0.2,
-                         far=4.5, occupancy=grid, background=background, samples_per_round=2,
-                         weight_threshold=0.0, transmittance_threshold=0.0)
+        out = march_rays(
+            origins,
+            directions,
+            density,
+            colour,
+            aabb=AABB,
+            step_size=0.2,
+            near=0.2,
+            far=4.5,
+            occupancy=grid,
+            background=background,
+            samples_per_round=2,
+            weight_threshold=0.0,
+            transmittance_threshold=0.0,
+        )
         return out.rgb, out.depth, out.alpha
 
     inputs = (

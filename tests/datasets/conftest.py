@@ -28,7 +28,9 @@ def ds_static_scene(tmp_path_factory) -> Path:
     """A small generated static scene (32x32, 6 train / 2 test / 1 val views)."""
     from tensorfield.datasets.synthetic import make_scene
 
-    return make_scene(tmp_path_factory.mktemp("static"), resolution=32, n_train=6, n_test=2, n_val=1, seed=0)
+    return make_scene(
+        tmp_path_factory.mktemp("static"), resolution=32, n_train=6, n_test=2, n_val=1, seed=0
+    )
 
 
 @pytest.fixture(scope="session")
@@ -36,4 +38,12 @@ def ds_dynamic_scene(tmp_path_factory) -> Path:
     """A small generated dynamic (D-NeRF layout) scene (32x32, 6 train / 3 test views)."""
     from tensorfield.datasets.synthetic import make_scene
 
-    return make_scene(tmp_path_factory.mktemp("dynamic"), kind="dynamic", resolution=32, n_train=6, n_test=3, n_val=0, seed=1)
+    return make_scene(
+        tmp_path_factory.mktemp("dynamic"),
+        kind="dynamic",
+        resolution=32,
+        n_train=6,
+        n_test=3,
+        n_val=0,
+        seed=1,
+    )

@@ -17,8 +17,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from tensorfield.datasets.cameras import Cameras, orbit_poses
 from tensorfield.fields import registry
 from tensorfield.fields.base import (
@@ -32,6 +30,7 @@ from tensorfield.fields.base import (
     StepOutput,
 )
 from tensorfield.fields.config import MethodConfig, option
+from torch import nn
 
 
 # ------------------------------------------------------------------------------------ scene
@@ -107,8 +106,8 @@ def make_scene(n_train: int = 6, n_test: int = 2, size: int = 8, background=(1.0
 @dataclass
 class ToyRaysConfig(MethodConfig):
     resolution: int = option(4, "Initial grid resolution.")
-    upsample_steps: list[int] = option([3, 7], "Steps after which the grids grow by 2 voxels.")
-    refilter_steps: list[int] = option([6], "Steps after which the box shrinks (rays refiltered).")
+    upsample_steps: list[int] = option([3, 7], "Steps after which the grids grow by 2 voxels.")  # noqa: RUF009
+    refilter_steps: list[int] = option([6], "Steps after which the box shrinks (rays refiltered).")  # noqa: RUF009
     shrink: float = option(0.6, "Box scale at each refilter.")
     lr_grid: float = option(0.05, "Grid learning rate.")
     lr_net: float = option(0.01, "Direction-layer learning rate.")
@@ -342,7 +341,7 @@ def _few_threads():
 
 
 def ray_config(**overrides) -> ToyRaysConfig:
-    values = dict(
+    values = dict(  # noqa: C408 - keyword style reads like a config
         method="toy_rays", steps=12, batch_size=64, log_every=1, checkpoint_every=5,
         keep_checkpoints=5, eval_every=0, seed=3,
     )

@@ -6,7 +6,6 @@ import os
 
 import pytest
 import torch
-
 from tensorfield.engine import checkpoint as ckpt
 from tensorfield.engine.checkpoint import (
     CheckpointError,

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import pytest
-
-from tensorfield.engine.config import ConfigError, config_from_dict, config_help, config_to_dict, load_config, save_config
+from tensorfield.engine.config import (
+    ConfigError,
+    config_from_dict,
+    config_help,
+    config_to_dict,
+    load_config,
+    save_config,
+)
 
 
 def _write(tmp_path, text, name="x.yaml"):

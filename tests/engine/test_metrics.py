@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from tensorfield.engine.metrics import load_lpips, lpips, mse_to_psnr, psnr, ssim
 
 

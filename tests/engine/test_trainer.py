@@ -7,7 +7,6 @@ import json
 import imageio.v2 as imageio
 import pytest
 import torch
-
 from tensorfield.engine.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints
 from tensorfield.engine.config import ConfigError, load_config
 from tensorfield.engine.logger import read_metrics

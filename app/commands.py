@@ -1,0 +1,252 @@
+"""Implementations of the ``tensorfield`` subcommands (argument parsing lives in :mod:`.cli`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from importlib import resources
+from pathlib import Path
+
+from tensorfield.datasets.errors import DatasetError
+from tensorfield.engine.checkpoint import CHECKPOINT_DIR, CheckpointError, latest_checkpoint
+from tensorfield.engine.config import ConfigError, config_help, load_config
+from tensorfield.engine.export import ExportError
+from tensorfield.engine.render import CameraPathError
+from tensorfield.engine.trainer import DeviceError, TrainingError
+from tensorfield.fields.registry import METHODS, get_method
+
+
+class CommandError(ValueError):
+    """A command-line usage problem (one line)."""
+
+
+USER_ERRORS = (
+    CommandError,
+    DatasetError,
+    ConfigError,
+    CheckpointError,
+    CameraPathError,
+    ExportError,
+    DeviceError,
+    TrainingError,
+    FileNotFoundError,
+    KeyError,
+)
+
+DEMO_CONFIG = "demo.yaml"
+
+
+def packaged_config(name: str) -> Path:
+    """Path of a YAML shipped in ``tensorfield.configs``."""
+    path = Path(str(resources.files("tensorfield.configs").joinpath(name)))
+    if not path.is_file():
+        raise CommandError(f"{name}: no such packaged config")
+    return path
+
+
+def _resolve_config(spec: str, overrides: list[str]):
+    """``spec`` is a YAML path, a packaged config name or a registered method name."""
+    path = Path(spec)
+    if path.is_file():
+        return load_config(path, overrides)
+    if spec in METHODS:
+        return load_config(None, overrides, method=spec)
+    for candidate in (spec, spec + ".yaml"):
+        try:
+            return load_config(packaged_config(candidate), overrides)
+        except CommandError:
+            continue
+    raise CommandError(f"{spec}: no such config file or method (methods: {', '.join(sorted(METHODS))})")
+
+
+def _print_summary(title: str, values: dict) -> None:
+    print(title)
+    for key, value in values.items():
+        if isinstance(value, float):
+            value = f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
+        print(f"  {key:<14} {value}")
+
+
+# ------------------------------------------------------------------------------- methods
+def cmd_methods(args) -> int:
+    for name in sorted(METHODS):
+        print(f"{name:<14} {METHODS[name].summary}")
+    return 0
+
+
+# ------------------------------------------------------------------------------- train
+def cmd_train(args) -> int:
+    from tensorfield.engine.trainer import Trainer
+
+    overrides = list(args.overrides)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise CommandError(f"override '{bad[0]}' is not KEY=VALUE")
+    if args.help_config:
+        config = _resolve_config(args.config, overrides)
+        print(config_help(get_method(config.method).config_class()))
+        return 0
+    if args.resume:
+        if args.out is None:
+            raise CommandError("--resume needs --out RUN (the run folder to continue)")
+        trainer = Trainer.from_checkpoint(args.out, overrides=overrides, data_path=args.data, device=args.device)
+        print(f"resuming {args.out} at step {trainer.step}")
+    else:
+        config = _resolve_config(args.config, overrides)
+        data = args.data or config.data
+        if not data:
+            raise CommandError("no data: pass --data PATH (or set data: in the config)")
+        run_dir = Path(args.out) if args.out else Path("runs") / f"{Path(data).resolve().name}_{config.method}"
+        if latest_checkpoint(run_dir) is not None:
+            raise CommandError(f"{run_dir}: already holds a run; use --resume to continue it or another --out")
+        trainer = Trainer.from_config(config, run_dir, data_path=data, device=args.device)
+    summary = trainer.train(progress=not args.no_progress)
+    trainer.close()
+    _print_summary(f"trained {summary['method']} for {summary['steps']} steps -> {summary['run_dir']}", {
+        "train_s": summary.get("train_s"),
+        "it_per_s": summary.get("it_per_s"),
+        "train_psnr": summary.get("psnr"),
+        **({f"test_{k}": v for k, v in (summary.get("eval") or {}).items() if isinstance(v, float)}),
+    })
+    return 0
+
+
+# ------------------------------------------------------------------------------- eval
+def _load_run(run: str, device: str | None):
+    from tensorfield.engine.trainer import Trainer
+
+    path = Path(run)
+    if not path.exists():
+        raise CommandError(f"{run}: no such run folder or checkpoint")
+    return Trainer.from_checkpoint(path, device=device)
+
+
+def cmd_eval(args) -> int:
+    trainer = _load_run(args.run, args.device)
+    result = trainer.evaluate(split=args.split, save_renders=not args.no_renders)
+    trainer.close()
+    shown = {k: v for k, v in result.items() if k != "per_image" and v is not None}
+    _print_summary(f"{args.run}: {args.split} split at step {result.get('step')}", shown)
+    return 0
+
+
+# ------------------------------------------------------------------------------- render
+def _camera_path(trainer, spec: str, frames: int):
+    import torch
+
+    from tensorfield.engine.render import CameraPath, load_camera_path, orbit_path
+
+    scene = trainer.scene
+    if spec in ("test", "train", "val"):
+        return CameraPath(scene.split(spec).cameras)
+    if spec == "orbit":
+        center = scene.aabb.float().mean(0) if hasattr(scene, "aabb") else torch.zeros(3)
+        return orbit_path(scene.split("train").cameras, frames, center=center)
+    if spec.endswith(".json") or Path(spec).is_file():
+        return load_camera_path(spec)
+    raise CommandError(f"--path {spec}: use test, train, val, orbit or a camera path .json file")
+
+
+def cmd_render(args) -> int:
+    from tensorfield.engine.render import apply_time, render_path
+
+    trainer = _load_run(args.run, args.device)
+    path = _camera_path(trainer, args.path, args.frames)
+    path = apply_time(path, args.time, tuple(args.time_range) if args.time_range else None)
+    start = time.perf_counter()
+    written = render_path(trainer.model, path, trainer.scene.background, args.out, fps=args.fps, depth=not args.no_depth)
+    seconds = time.perf_counter() - start
+    print(f"rendered {len(path)} frames in {seconds:.1f} s -> {args.out} ({len(written)} files)")
+    return 0
+
+
+# ------------------------------------------------------------------------------- export
+def cmd_export(args) -> int:
+    from tensorfield.engine.export import extract_mesh, extract_point_cloud, write_mesh, write_point_cloud
+
+    trainer = _load_run(args.run, args.device)
+    model, scene = trainer.model, trainer.scene
+    cameras = scene.split("train").cameras
+    if args.what == "mesh":
+        mesh = extract_mesh(
+            model,
+            level=args.level,
+            resolution=args.resolution,
+            min_component_fraction=args.min_component,
+            cameras=cameras,
+            background=scene.background,
+            time=args.time,
+        )
+        write_mesh(mesh, args.out)
+        print(f"wrote {args.out}: {len(mesh.vertices)} vertices, {len(mesh.faces)} triangles")
+    else:
+        extent = float((scene.aabb[1] - scene.aabb[0]).max()) if hasattr(scene, "aabb") else 2.0
+        points, colors = extract_point_cloud(model, cameras, scene.background, time=args.time, voxel_size=extent / 512)
+        write_point_cloud(points, colors, args.out)
+        print(f"wrote {args.out}: {len(points)} points")
+    return 0
+
+
+# ------------------------------------------------------------------------------- demo
+def cmd_demo(args) -> int:
+    """Synthetic scene -> CPU-sized TensoRF -> renders, depth, orbit video, mesh, metrics."""
+    from tensorfield.datasets.synthetic import make_scene
+    from tensorfield.engine.export import extract_mesh, write_mesh
+    from tensorfield.engine.render import apply_time, orbit_path, render_path
+    from tensorfield.engine.trainer import Trainer
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    data = out / "data"
+    if not (data / "transforms_train.json").exists():
+        print(f"[1/5] generating the synthetic scene in {data}")
+        make_scene(data, kind="static")
+    else:
+        print(f"[1/5] using the synthetic scene in {data}")
+    overrides = [f"steps={args.steps}"] if args.steps else []
+    config = load_config(packaged_config(DEMO_CONFIG), overrides)
+    run_dir = out / "run"
+    if latest_checkpoint(run_dir) is not None:
+        raise CommandError(f"{run_dir}: already holds a run; remove it or use another --out")
+    print(f"[2/5] training {config.method} for {config.steps} steps")
+    trainer = Trainer.from_config(config, run_dir, data_path=data, device=args.device)
+    summary = trainer.train(progress=not args.no_progress)
+    trainer.close()
+    evaluation = summary.get("eval") or {}
+
+    print("[3/5] rendering an orbit video")
+    center = trainer.scene.aabb.float().mean(0)
+    path = apply_time(orbit_path(trainer.scene.split("train").cameras, 60, center=center))
+    render_path(trainer.model, path, trainer.scene.background, out / "orbit.mp4", fps=20, progress=not args.no_progress)
+
+    print("[4/5] extracting a mesh")
+    mesh = extract_mesh(trainer.model)
+    write_mesh(mesh, out / "mesh.ply")
+
+    print("[5/5] writing the summary")
+    result = {
+        "method": config.method,
+        "steps": summary["steps"],
+        "train_seconds": round(summary.get("train_s", float("nan")), 2),
+        "iterations_per_second": round(summary.get("it_per_s", float("nan")), 2),
+        "test_psnr": evaluation.get("psnr"),
+        "test_ssim": evaluation.get("ssim"),
+        "mesh_vertices": len(mesh.vertices),
+        "mesh_triangles": len(mesh.faces),
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "files": {
+            "test_renders": str(run_dir / "renders" / "test"),
+            "orbit_video": str(out / "orbit.mp4"),
+            "orbit_depth_video": str(out / "orbit_depth.mp4"),
+            "mesh": str(out / "mesh.ply"),
+            "metrics": str(run_dir / "metrics.jsonl"),
+            "checkpoints": str(run_dir / CHECKPOINT_DIR),
+        },
+    }
+    (out / "summary.json").write_text(json.dumps(result, indent=2))
+    psnr = result["test_psnr"]
+    psnr_text = f"{psnr:.2f} dB" if isinstance(psnr, float) and math.isfinite(psnr) else "n/a"
+    print(f"done in {result['total_seconds']} s: test PSNR {psnr_text}; outputs in {out}/ (summary.json lists them)")
+    return 0
