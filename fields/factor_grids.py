@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from tensorfield.fields import grid_kernels
+
 #: Plane axes ``(u, v)`` per mode: ``u`` runs along a plane's width, ``v`` along its height.
 MATRIX_AXES: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2))
 #: Line axis per mode, paired with :data:`MATRIX_AXES` (the official ``vecMode``).
@@ -156,7 +158,7 @@ def sample_plane(table: Tensor, uv: Tensor) -> Tensor:
     Returns:
         ``[S, C]`` features.
     """
-    return _PlaneSample.apply(table, uv.detach())
+    return _PlaneSample.apply(table, uv.detach().contiguous())
 
 
 def sample_line(table: Tensor, coord: Tensor) -> Tensor:
@@ -169,7 +171,7 @@ def sample_line(table: Tensor, coord: Tensor) -> Tensor:
     Returns:
         ``[S, C]`` features.
     """
-    return _LineSample.apply(table, coord.detach())
+    return _LineSample.apply(table, coord.detach().contiguous())
 
 
 def sample_plane_reference(table: Tensor, uv: Tensor) -> Tensor:
@@ -203,6 +205,42 @@ def sample_line_reference(table: Tensor, coord: Tensor) -> Tensor:
         weight = (1 - (p - pi).abs()) * ((pi >= 0) & (pi <= length - 1))
         out = out + table[pi.clamp(0, length - 1).long()] * weight.to(table.dtype)[:, None]
     return out
+
+
+class _FusedFeatures(torch.autograd.Function):
+    """Products of interpolated factors through the native kernels (:mod:`.grid_kernels`).
+
+    ``groups`` lists, per product (a VM mode or the CP product), the indices of its tables, the
+    axes they are sampled along and their sizes; outputs go to consecutive column blocks, or are
+    all summed into one column with ``reduce``.
+    """
+
+    @staticmethod
+    def forward(ctx, kind: int, xyz: Tensor, reduce: bool, groups, *tables: Tensor) -> Tensor:  # noqa: D102
+        width = sum(tables[g[0][0]].shape[-1] for g in groups)
+        out = xyz.new_zeros(xyz.shape[0]) if reduce else xyz.new_empty(xyz.shape[0], width)
+        offset = 0
+        for indices, axis, sizes in groups:
+            members = [tables[i] for i in indices]
+            grid_kernels.features_forward(kind, xyz, axis, members, sizes, out, offset, reduce)
+            offset += members[0].shape[-1]
+        ctx.save_for_backward(xyz, *tables)
+        ctx.kind, ctx.reduce, ctx.groups = kind, reduce, groups
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):  # noqa: D102
+        xyz, *tables = ctx.saved_tensors
+        grad = grad.contiguous()
+        grads: list[Tensor | None] = [None] * len(tables)
+        offset = 0
+        for indices, axis, sizes in ctx.groups:
+            members = [tables[i] for i in indices]
+            for i, g in zip(indices, grid_kernels.features_backward(ctx.kind, xyz, axis, members, sizes, grad, offset, ctx.reduce)):
+                grads[i] = g
+            offset += members[0].shape[-1]
+        return (None, None, None, None, *grads)
 
 
 # ====================================================================== regularisers
@@ -346,12 +384,26 @@ class VectorMatrixGrids(FactorGrids):
             out.append(plane * line)
         return out
 
+    def _fused(self, xyz: Tensor, reduce: bool) -> Tensor | None:
+        tables = [*self.planes, *self.lines]
+        if not grid_kernels.usable(xyz, *tables):
+            return None
+        groups = tuple(
+            ((m, 3 + m), (a, b, c), (self.resolution[b], self.resolution[a], self.resolution[c]))
+            for m, ((a, b), c) in enumerate(zip(MATRIX_AXES, VECTOR_AXES))
+        )
+        return _FusedFeatures.apply(grid_kernels.VM, xyz, reduce, groups, *tables)
+
     def features(self, xyz: Tensor) -> Tensor:
         """``[S, C_0 + C_1 + C_2]``: :math:`[M_m(x_a, x_b) \\odot v_m(x_c)]_m` concatenated over modes."""
-        return torch.cat(self._mode_products(xyz), dim=-1)
+        fused = self._fused(xyz, reduce=False)
+        return fused if fused is not None else torch.cat(self._mode_products(xyz), dim=-1)
 
     def feature_sum(self, xyz: Tensor) -> Tensor:
         """``[S]``: :math:`\\sum_m \\sum_k M_{m,k}(x_a, x_b)\\, v_{m,k}(x_c)` (the density feature)."""
+        fused = self._fused(xyz, reduce=True)
+        if fused is not None:
+            return fused
         total = None
         for product in self._mode_products(xyz):
             total = product.sum(-1) if total is None else total + product.sum(-1)
@@ -413,8 +465,23 @@ class CandecompGrids(FactorGrids):
     def feature_dim(self) -> int:
         return self.components
 
+    def _fused(self, xyz: Tensor, reduce: bool) -> Tensor | None:
+        tables = list(self.lines)
+        if not grid_kernels.usable(xyz, *tables):
+            return None
+        groups = (((0, 1, 2), VECTOR_AXES, tuple(self.resolution[c] for c in VECTOR_AXES)),)
+        return _FusedFeatures.apply(grid_kernels.CP, xyz, reduce, groups, *tables)
+
+    def feature_sum(self, xyz: Tensor) -> Tensor:
+        """``[S]``: :math:`\\sum_k v_{0,k}(z) v_{1,k}(y) v_{2,k}(x)` (the density feature)."""
+        fused = self._fused(xyz, reduce=True)
+        return fused if fused is not None else self.features(xyz).sum(-1)
+
     def features(self, xyz: Tensor) -> Tensor:
         """``[S, C]``: :math:`v_0(z) \\odot v_1(y) \\odot v_2(x)`."""
+        fused = self._fused(xyz, reduce=False)
+        if fused is not None:
+            return fused
         out = None
         for m, c in enumerate(VECTOR_AXES):
             line = sample_line(self.lines[m], xyz[:, c])

@@ -571,13 +571,14 @@ class TensoRF(Field):
     def ray_filter(self, origins: Tensor, directions: Tensor) -> Tensor:
         """``[R]`` bool: training rays that can see the scene (official ``filtering_rays``).
 
-        Before the first alpha mask this is the official ``bbox_only`` test (the ray's line meets
-        the current box; the trainer calls it once before training). With a mask, a ray is kept
-        when a sample placed as the marcher places them (inside the box and ``[near, far]``) falls
-        in an occupied voxel. Chunked, no gradient.
+        Before the first alpha mask this is the official ``bbox_only`` test: the ray meets the
+        current box (the trainer calls it once before training). Unlike the official test, which
+        intersects the infinite line, only the marched segment ``[near, far]`` counts. With a
+        mask, a ray is kept when a sample placed as the marcher places them (inside the box and
+        ``[near, far]``) falls in an occupied voxel. Chunked, no gradient.
         """
         t_near, t_far = ray_aabb_intersect(origins, directions, self.aabb)
-        hit = t_far > t_near
+        hit = t_far.clamp(max=self.far) > t_near.clamp(min=self.near)
         occupancy = self.occupancy
         if occupancy is None:
             return hit
