@@ -29,6 +29,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -91,6 +92,25 @@ static inline void corners(const job_t *j, int64_t s, corners_t *c) {
     }
 }
 
+/* Prefetch the table rows of sample s (and, for the backward pass, the gradient rows): the
+   samples of a ray are close but rows still miss the cache, and the loops are latency-bound. */
+#define AHEAD 4
+static inline void prefetch_rows(const job_t *j, int64_t s, int backward, int64_t k0, int64_t k1) {
+    if (s >= j->samples) return;
+    corners_t c;
+    corners(j, s, &c);
+    const int64_t C = j->channels;
+    const int rows = 6;
+    for (int r = 0; r < rows; ++r) {
+        const int t = j->kind == 0 ? (r < 4 ? 0 : 1) : r / 2;
+        const float *row = j->table[t] + c.row[r] * C;
+        for (int64_t k = k0; k < k1; k += 16) {
+            __builtin_prefetch(row + k, 0, 1);
+            if (backward) __builtin_prefetch(j->dtable[t] + c.row[r] * C + k, 1, 1);
+        }
+    }
+}
+
 #define BLOCK 64  /* components per block: local buffers stay in L1, loops vectorise */
 
 static void *forward_job(void *arg) {
@@ -99,6 +119,7 @@ static void *forward_job(void *arg) {
     corners_t c;
     float buf[BLOCK];
     for (int64_t s = j->begin; s < j->end; ++s) {
+        if (s + AHEAD < j->end) prefetch_rows(j, s + AHEAD, 0, 0, C);
         corners(j, s, &c);
         float acc = 0.0f;
         for (int64_t kb = 0; kb < C; kb += BLOCK) {
@@ -143,6 +164,7 @@ static void *backward_job(void *arg) {
     float ga[BLOCK], gb[BLOCK], gc[BLOCK];
     for (int64_t s = 0; s < j->samples; ++s) {
         const float *g = j->reduce ? j->grad + s : j->grad + s * j->ld + j->off;
+        prefetch_rows(j, s + AHEAD, 1, j->begin, j->end);
         if (j->reduce && *g == 0.0f) continue;
         corners(j, s, &c);
         for (int64_t kb = j->begin; kb < j->end; kb += BLOCK) {
@@ -246,24 +268,42 @@ def _cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
+def _host_key() -> str:
+    """CPU identity for the cache key: ``-march=native`` binaries only run where they were built."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            lines = [line for line in handle if line.startswith(("model name", "flags"))][:2]
+    except OSError:
+        lines = []
+    return platform.machine() + "".join(lines)
+
+
 def _compile() -> ctypes.CDLL | None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
         return None
-    digest = hashlib.sha256(_SOURCE.encode()).hexdigest()[:16]
     directory = _cache_dir()
-    target = directory / f"factor_features_{digest}.so"
-    if not target.exists():
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=directory) as tmp:
-            source = Path(tmp) / "features.c"
-            source.write_text(_SOURCE)
-            built = Path(tmp) / "features.so"
-            # -O3 vectorises the per-component loops; no -ffast-math, so results stay IEEE.
-            command = [compiler, "-O3", "-std=c99", "-fPIC", "-shared", "-pthread", str(source), "-o", str(built), "-lm"]
-            subprocess.run(command, check=True, capture_output=True, timeout=120)
-            os.replace(built, target)  # atomic: concurrent builders race harmlessly
-    library = ctypes.CDLL(str(target))
+    # -O3 vectorises the per-component loops; no -ffast-math, so results stay IEEE.
+    base = ["-O3", "-std=c99", "-fPIC", "-shared", "-pthread"]
+    for flags in (base + ["-march=native"], base):
+        digest = hashlib.sha256("\0".join([_SOURCE, compiler, *flags, _host_key()]).encode()).hexdigest()[:16]
+        target = directory / f"factor_features_{digest}.so"
+        try:
+            if not target.exists():
+                directory.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryDirectory(dir=directory) as tmp:
+                    source = Path(tmp) / "features.c"
+                    source.write_text(_SOURCE)
+                    built = Path(tmp) / "features.so"
+                    command = [compiler, *flags, str(source), "-o", str(built), "-lm"]
+                    subprocess.run(command, check=True, capture_output=True, timeout=120)
+                    os.replace(built, target)  # atomic: concurrent builders race harmlessly
+            library = ctypes.CDLL(str(target))
+            break
+        except (OSError, subprocess.SubprocessError):
+            continue
+    else:
+        return None
     pointers = ctypes.POINTER(ctypes.c_void_p)
     library.tf_features.restype = ctypes.c_int
     library.tf_features.argtypes = [

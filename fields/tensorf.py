@@ -79,6 +79,7 @@ from tensorfield.fields.base import (
     StepOutput,
 )
 from tensorfield.fields.config import MethodConfig, option
+from tensorfield.fields.encoding import FeatureShader, positional_encoding  # noqa: F401 (re-export)
 from tensorfield.fields.factor_grids import CandecompGrids, FactorGrids, VectorMatrixGrids
 
 
@@ -112,6 +113,7 @@ class TensoRFConfig(MethodConfig):
     max_samples: int = option(1000000, "Cap on samples per ray (official nSamples); the cap used is min(this, |reso| / step_ratio).")
     weight_threshold: float = option(1e-4, "Colour is evaluated only where the sample weight exceeds this.")
     transmittance_threshold: float = option(1e-4, "Stop a ray once its transmittance drops below this (0 = never, as the official code).")
+    color_chunk: int = option(16384, "Evaluate the appearance branch in chunks of this many samples (smaller temporaries; 0 = one chunk).")
     # alpha mask
     alpha_mask_steps: list[int] = option([2000, 4000], "Steps after which the alpha mask is rebuilt (first: shrink the box; second: filter rays).")
     alpha_mask_threshold: float = option(1e-4, "Alpha above which a (max-pooled) grid vertex counts as occupied.")
@@ -156,50 +158,6 @@ def voxel_schedule(voxels_init: int, voxels_final: int, num_upsamples: int) -> l
     """Voxel counts after each upsampling: log-linear from init to final (official ``N_voxel_list``)."""
     counts = torch.linspace(math.log(voxels_init), math.log(voxels_final), num_upsamples + 1)
     return torch.round(torch.exp(counts)).long().tolist()[1:]
-
-
-def positional_encoding(x: Tensor, frequencies: int) -> Tensor:
-    """The official PE layout: ``[sin(x_d 2^f)]_{d,f}`` then ``[cos(x_d 2^f)]_{d,f}``, d-major.
-
-    Args:
-        x: ``[S, D]``.
-        frequencies: number of octaves ``F``.
-
-    Returns:
-        ``[S, 2 D F]``.
-    """
-    bands = 2.0 ** torch.arange(frequencies, dtype=x.dtype, device=x.device)
-    scaled = (x[..., None] * bands).reshape(*x.shape[:-1], -1)
-    return torch.cat([torch.sin(scaled), torch.cos(scaled)], dim=-1)
-
-
-class FeatureShader(nn.Module):
-    """The official ``MLP_Fea`` colour decoder.
-
-    Input ``[f, d, PE(f), PE(d)]`` (``f`` the ``app_dim`` appearance features, ``d`` the unit view
-    direction) -> Linear -> ReLU -> Linear -> ReLU -> Linear(3) -> sigmoid. The last bias starts
-    at 0.
-    """
-
-    def __init__(self, app_dim: int, view_pe: int, feature_pe: int, hidden: int) -> None:
-        super().__init__()
-        self.view_pe, self.feature_pe = view_pe, feature_pe
-        in_dim = app_dim + 3 + 2 * feature_pe * app_dim + 2 * view_pe * 3
-        self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, 3),
-        )
-        nn.init.constant_(self.mlp[-1].bias, 0.0)
-
-    def forward(self, features: Tensor, directions: Tensor) -> Tensor:
-        """``[S, app_dim]``, ``[S, 3]`` -> ``[S, 3]`` colours in (0, 1)."""
-        parts = [features, directions]
-        if self.feature_pe > 0:
-            parts.append(positional_encoding(features, self.feature_pe))
-        if self.view_pe > 0:
-            parts.append(positional_encoding(directions, self.view_pe))
-        return torch.sigmoid(self.mlp(torch.cat(parts, dim=-1)))
 
 
 # ================================================================================== model
@@ -302,7 +260,18 @@ class TensoRF(Field):
         return F.softplus(feature + self.config.density_shift)
 
     def color(self, points: Tensor, directions: Tensor, times: Tensor | None = None) -> Tensor:
-        """``[S, 3]`` colour :math:`S(B \\mathcal{G}_c(\\hat x), d)` at world points and unit directions."""
+        """``[S, 3]`` colour :math:`S(B \\mathcal{G}_c(\\hat x), d)` at world points and unit directions.
+
+        Evaluated in chunks of ``config.color_chunk`` samples: the same values and gradients, but
+        the ``[S, 150]`` / ``[S, 128]`` temporaries stay small enough to be recycled by the
+        allocator instead of being mapped afresh (page faults) at every step.
+        """
+        chunk = int(self.config.color_chunk)
+        if chunk <= 0 or points.shape[0] <= chunk:
+            return self._color(points, directions)
+        return torch.cat([self._color(p, d) for p, d in zip(points.split(chunk), directions.split(chunk))])
+
+    def _color(self, points: Tensor, directions: Tensor) -> Tensor:
         features = self.basis(self.app_grids.features(self.normalize(points)))
         return self.shader(features, directions)
 

@@ -16,10 +16,8 @@ from tensorfield.datasets.cameras import Cameras, look_at
 from tensorfield.fields.base import RayBatch, SceneInfo
 from tensorfield.fields.factor_grids import CandecompGrids, VectorMatrixGrids
 from tensorfield.fields.tensorf import (
-    FeatureShader,
     TensoRF,
     TensoRFConfig,
-    positional_encoding,
     resolve_mode,
     voxel_schedule,
     voxels_to_resolution,
@@ -199,25 +197,6 @@ def test_step_size_and_sample_caps():
     assert capped.max_samples_per_ray == 100
 
 
-def test_positional_encoding_layout():
-    x = torch.tensor([[0.3, -0.7]])
-    expected = torch.tensor([[
-        math.sin(0.3), math.sin(0.6), math.sin(-0.7), math.sin(-1.4),
-        math.cos(0.3), math.cos(0.6), math.cos(-0.7), math.cos(-1.4),
-    ]])
-    torch.testing.assert_close(positional_encoding(x, 2), expected)
-
-
-def test_shader_layout_and_zero_last_bias():
-    shader = FeatureShader(27, view_pe=2, feature_pe=2, hidden=128)
-    assert shader.mlp[0].in_features == 27 + 3 + 2 * 2 * 27 + 2 * 2 * 3 == 150
-    assert [m.out_features for m in shader.mlp if isinstance(m, torch.nn.Linear)] == [128, 128, 3]
-    assert torch.count_nonzero(shader.mlp[-1].bias) == 0
-    features, dirs = torch.randn(5, 27), F.normalize(torch.randn(5, 3), dim=-1)
-    manual = torch.cat([features, dirs, positional_encoding(features, 2), positional_encoding(dirs, 2)], -1)
-    torch.testing.assert_close(shader(features, dirs), torch.sigmoid(shader.mlp(manual)))
-
-
 # ------------------------------------------------------------------------------ field values
 @pytest.mark.parametrize("method", ["tensorf_vm", "tensorf_cp"])
 def test_zero_factors_give_the_shifted_softplus(method):
@@ -390,6 +369,7 @@ def test_checkpoint_round_trip_is_bit_exact_and_resumes_exactly():
     config = tiny_config(upsample_steps=[3, 6], alpha_mask_steps=[4, 7])
     aabb = torch.tensor([[-1.0] * 3, [1.0] * 3])
     model = TensoRF(config, SceneInfo(aabb=aabb, near=2.0, far=6.0))
+    set_density_box(model, (5, 5, 5), (10, 10, 10), value=12.0)  # something for the masks to keep
     rays = ball_rays(2048, seed=4)
     train(model, range(9), rays)
     assert model.alpha_mask_updates == 2 and model.occupancy is not None
@@ -421,8 +401,9 @@ def test_render_view_shapes_and_background():
     cameras = Cameras.from_fov(c2w[None], 6, 5, math.radians(40))
     out = model.render_view(cameras, 0, None, torch.tensor([0.2, 0.4, 0.6]))
     assert out.rgb.shape == (5, 6, 3) and out.depth.shape == (5, 6) and out.alpha.shape == (5, 6)
-    torch.testing.assert_close(out.rgb, torch.tensor([0.2, 0.4, 0.6]).expand(5, 6, 3), atol=1e-3, rtol=0)
-    assert float(out.alpha.max()) < 1e-3
+    # zero factors leave sigma = softplus(-10): ~30 samples of length 2.5 give alpha ~ 0.0035
+    assert float(out.alpha.max()) < 0.01
+    torch.testing.assert_close(out.rgb, torch.tensor([0.2, 0.4, 0.6]).expand(5, 6, 3), atol=0.01, rtol=0)
 
 
 def test_prepare_for_state_refuses_the_other_mode():
