@@ -217,37 +217,31 @@ def sample_line_reference(table: Tensor, coord: Tensor) -> Tensor:
 class _FusedFeatures(torch.autograd.Function):
     """Products of interpolated factors through the native kernels (:mod:`.grid_kernels`).
 
-    ``groups`` lists, per product (a VM mode or the CP product), the indices of its tables, the
-    axes they are sampled along and their sizes; outputs go to consecutive column blocks, or are
-    all summed into one column with ``reduce``.
+    ``layout`` gives, per product (a VM mode or the CP product), its kind, the indices of its
+    tables in ``tables``, their axes and sizes; the outputs are consecutive column blocks, or all
+    summed into one value per sample with ``reduce``.
     """
 
     @staticmethod
-    def forward(ctx, kind: int, xyz: Tensor, reduce: bool, groups, *tables: Tensor) -> Tensor:  # noqa: D102
-        width = sum(tables[g[0][0]].shape[-1] for g in groups)
-        out = xyz.new_zeros(xyz.shape[0]) if reduce else xyz.new_empty(xyz.shape[0], width)
-        offset = 0
-        for indices, axis, sizes in groups:
-            members = [tables[i] for i in indices]
-            grid_kernels.features_forward(kind, xyz, axis, members, sizes, out, offset, reduce)
-            offset += members[0].shape[-1]
+    def forward(ctx, xyz: Tensor, reduce: bool, layout, *tables: Tensor) -> Tensor:  # noqa: D102
         ctx.save_for_backward(xyz, *tables)
-        ctx.kind, ctx.reduce, ctx.groups = kind, reduce, groups
-        return out
+        ctx.reduce, ctx.layout = reduce, layout
+        return grid_kernels.features_forward(xyz, _products(layout, tables), reduce)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):  # noqa: D102
         xyz, *tables = ctx.saved_tensors
-        grad = grad.contiguous()
+        per_product = grid_kernels.features_backward(xyz, _products(ctx.layout, tables), grad.contiguous(), ctx.reduce)
         grads: list[Tensor | None] = [None] * len(tables)
-        offset = 0
-        for indices, axis, sizes in ctx.groups:
-            members = [tables[i] for i in indices]
-            for i, g in zip(indices, grid_kernels.features_backward(ctx.kind, xyz, axis, members, sizes, grad, offset, ctx.reduce)):
+        for (_, indices, _, _), product_grads in zip(ctx.layout, per_product):
+            for i, g in zip(indices, product_grads):
                 grads[i] = g
-            offset += members[0].shape[-1]
-        return (None, None, None, None, *grads)
+        return (None, None, None, *grads)
+
+
+def _products(layout, tables) -> list[grid_kernels.Product]:
+    return [grid_kernels.Product(kind, axes, [tables[i] for i in indices], sizes) for kind, indices, axes, sizes in layout]
 
 
 # ====================================================================== regularisers
@@ -395,11 +389,11 @@ class VectorMatrixGrids(FactorGrids):
         tables = [*self.planes, *self.lines]
         if not grid_kernels.usable(xyz, *tables):
             return None
-        groups = tuple(
-            ((m, 3 + m), (a, b, c), (self.resolution[b], self.resolution[a], self.resolution[c]))
+        layout = tuple(
+            (grid_kernels.VM, (m, 3 + m), (a, b, c), (self.resolution[b], self.resolution[a], self.resolution[c]))
             for m, ((a, b), c) in enumerate(zip(MATRIX_AXES, VECTOR_AXES))
         )
-        return _FusedFeatures.apply(grid_kernels.VM, xyz, reduce, groups, *tables)
+        return _FusedFeatures.apply(xyz, reduce, layout, *tables)
 
     def features(self, xyz: Tensor) -> Tensor:
         """``[S, C_0 + C_1 + C_2]``: :math:`[M_m(x_a, x_b) \\odot v_m(x_c)]_m` concatenated over modes."""
@@ -476,8 +470,8 @@ class CandecompGrids(FactorGrids):
         tables = list(self.lines)
         if not grid_kernels.usable(xyz, *tables):
             return None
-        groups = (((0, 1, 2), VECTOR_AXES, tuple(self.resolution[c] for c in VECTOR_AXES)),)
-        return _FusedFeatures.apply(grid_kernels.CP, xyz, reduce, groups, *tables)
+        layout = ((grid_kernels.CP, (0, 1, 2), VECTOR_AXES, tuple(self.resolution[c] for c in VECTOR_AXES)),)
+        return _FusedFeatures.apply(xyz, reduce, layout, *tables)
 
     def feature_sum(self, xyz: Tensor) -> Tensor:
         """``[S]``: :math:`\\sum_k v_{0,k}(z) v_{1,k}(y) v_{2,k}(x)` (the density feature)."""

@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -43,8 +44,14 @@ from torch import Tensor
 _SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+
+#define BLOCK 16  /* components per backward work unit: one 64-byte cache line of a row */
+#define AHEAD 4   /* prefetch distance in samples */
+#define MAX_GROUPS 8
+#define MAX_THREADS 32
 
 /* align_corners=True corners of one axis: vertices i0, i1 (clamped into range) with weights
    w0, w1, zero for vertices outside [0, size) and for non-finite coordinates. */
@@ -59,168 +66,181 @@ static inline void axis_corners(float coord, int64_t size, int64_t *i0, int64_t 
     *i1 = b < 0 ? 0 : (b >= size ? size - 1 : b);
 }
 
+/* One product: a VM mode (kind 0: table 0 = plane [H, W, C] over axes (u, v) = axis[0..1],
+   table 1 = line [L, C] over axis[2]; size = H, W, L) or the CP product (kind 1: three lines
+   [size_m, C] over axis[m]). Its outputs are columns off .. off + C of the feature matrix. */
 typedef struct {
-    const float *xyz; int64_t samples;
-    int kind;                 /* 0: VM mode (plane + line), 1: CP (three lines) */
-    int axis[3];              /* VM: plane u (width), plane v (height), line; CP: line axes */
-    const float *table[3];    /* VM: plane, line; CP: three lines */
-    int64_t size[4];          /* VM: H, W, L; CP: L0, L1, L2 */
-    int64_t channels;
-    float *out; int64_t ld, off; int reduce;
-    const float *grad; float *dtable[3];
-    int64_t begin, end;       /* samples (forward) or channels (backward) */
-} job_t;
+    int kind, axis[3];
+    const float *table[3];
+    float *dtable[3];
+    int64_t size[3], channels, off;
+} group_t;
 
 typedef struct { int64_t row[6]; float w[6]; } corners_t;
 
-/* VM: rows 0-3 plane corners, 4-5 line corners. CP: rows (2m, 2m+1) for line m. */
-static inline void corners(const job_t *j, int64_t s, corners_t *c) {
-    const float *x = j->xyz + 3 * s;
-    if (j->kind == 0) {
+/* VM: rows 0-3 plane corners, 4-5 line corners. CP: rows (2m, 2m + 1) for line m. */
+static inline void corners(const group_t *g, const float *x, corners_t *c) {
+    if (g->kind == 0) {
         int64_t u0, u1, v0, v1; float wu0, wu1, wv0, wv1;
-        axis_corners(x[j->axis[0]], j->size[1], &u0, &u1, &wu0, &wu1);
-        axis_corners(x[j->axis[1]], j->size[0], &v0, &v1, &wv0, &wv1);
-        const int64_t W = j->size[1];
+        axis_corners(x[g->axis[0]], g->size[1], &u0, &u1, &wu0, &wu1);
+        axis_corners(x[g->axis[1]], g->size[0], &v0, &v1, &wv0, &wv1);
+        const int64_t W = g->size[1];
         c->row[0] = v0 * W + u0; c->w[0] = wv0 * wu0;
         c->row[1] = v0 * W + u1; c->w[1] = wv0 * wu1;
         c->row[2] = v1 * W + u0; c->w[2] = wv1 * wu0;
         c->row[3] = v1 * W + u1; c->w[3] = wv1 * wu1;
-        axis_corners(x[j->axis[2]], j->size[2], &c->row[4], &c->row[5], &c->w[4], &c->w[5]);
+        axis_corners(x[g->axis[2]], g->size[2], &c->row[4], &c->row[5], &c->w[4], &c->w[5]);
     } else {
         for (int m = 0; m < 3; ++m)
-            axis_corners(x[j->axis[m]], j->size[m], &c->row[2 * m], &c->row[2 * m + 1], &c->w[2 * m], &c->w[2 * m + 1]);
+            axis_corners(x[g->axis[m]], g->size[m], &c->row[2 * m], &c->row[2 * m + 1], &c->w[2 * m], &c->w[2 * m + 1]);
     }
 }
 
-/* Prefetch the table rows of sample s (and, for the backward pass, the gradient rows): the
-   samples of a ray are close but rows still miss the cache, and the loops are latency-bound. */
-#define AHEAD 4
-static inline void prefetch_rows(const job_t *j, int64_t s, int backward, int64_t k0, int64_t k1) {
-    if (s >= j->samples) return;
+static inline const float *row_of(const group_t *g, const float *const *tables, const corners_t *c, int r) {
+    const int t = g->kind == 0 ? (r < 4 ? 0 : 1) : r / 2;
+    return tables[t] + c->row[r] * g->channels;
+}
+
+/* The samples of a ray are close, but their rows still miss the cache: prefetch ahead. */
+static inline void prefetch(const group_t *g, const float *x, int64_t k0, int64_t k1, int backward) {
     corners_t c;
-    corners(j, s, &c);
-    const int64_t C = j->channels;
-    const int rows = 6;
-    for (int r = 0; r < rows; ++r) {
-        const int t = j->kind == 0 ? (r < 4 ? 0 : 1) : r / 2;
-        const float *row = j->table[t] + c.row[r] * C;
+    corners(g, x, &c);
+    for (int r = 0; r < 6; ++r) {
+        const float *row = row_of(g, g->table, &c, r);
+        const float *drow = backward ? row_of(g, (const float *const *)g->dtable, &c, r) : 0;
         for (int64_t k = k0; k < k1; k += 16) {
             __builtin_prefetch(row + k, 0, 1);
-            if (backward) __builtin_prefetch(j->dtable[t] + c.row[r] * C + k, 1, 1);
+            if (backward) __builtin_prefetch(drow + k, 1, 1);
         }
     }
 }
 
-#define BLOCK 64  /* components per block: local buffers stay in L1, loops vectorise */
+typedef struct {
+    const float *xyz; int64_t samples;
+    const group_t *groups; int ngroups;
+    float *out; int64_t ld; int reduce;   /* forward output, or the incoming gradient */
+    const float *grad;
+    int64_t begin, end;                   /* forward: this thread's samples */
+    int *next_unit; int nunits;           /* backward: shared work-unit counter and units */
+    const int *unit_group; const int64_t *unit_k0, *unit_k1;
+} job_t;
 
+/* forward: threads own sample ranges; out[s, off + k] = product_k, or out[s] = sum of all */
 static void *forward_job(void *arg) {
     const job_t *j = (const job_t *)arg;
-    const int64_t C = j->channels;
-    corners_t c;
-    float buf[BLOCK];
+    float v[512];
     for (int64_t s = j->begin; s < j->end; ++s) {
-        if (s + AHEAD < j->end) prefetch_rows(j, s + AHEAD, 0, 0, C);
-        corners(j, s, &c);
+        const float *x = j->xyz + 3 * s;
         float acc = 0.0f;
-        for (int64_t kb = 0; kb < C; kb += BLOCK) {
-            const int64_t n = C - kb < BLOCK ? C - kb : BLOCK;
-            float *restrict v = buf;
-            if (j->kind == 0) {
-                const float *restrict p0 = j->table[0] + c.row[0] * C + kb, *restrict p1 = j->table[0] + c.row[1] * C + kb;
-                const float *restrict p2 = j->table[0] + c.row[2] * C + kb, *restrict p3 = j->table[0] + c.row[3] * C + kb;
-                const float *restrict l0 = j->table[1] + c.row[4] * C + kb, *restrict l1 = j->table[1] + c.row[5] * C + kb;
-                for (int64_t k = 0; k < n; ++k)
-                    v[k] = (c.w[0] * p0[k] + c.w[1] * p1[k] + c.w[2] * p2[k] + c.w[3] * p3[k]) * (c.w[4] * l0[k] + c.w[5] * l1[k]);
-            } else {
-                const float *restrict a0 = j->table[0] + c.row[0] * C + kb, *restrict a1 = j->table[0] + c.row[1] * C + kb;
-                const float *restrict b0 = j->table[1] + c.row[2] * C + kb, *restrict b1 = j->table[1] + c.row[3] * C + kb;
-                const float *restrict d0 = j->table[2] + c.row[4] * C + kb, *restrict d1 = j->table[2] + c.row[5] * C + kb;
-                for (int64_t k = 0; k < n; ++k)
-                    v[k] = (c.w[0] * a0[k] + c.w[1] * a1[k]) * (c.w[2] * b0[k] + c.w[3] * b1[k]) * (c.w[4] * d0[k] + c.w[5] * d1[k]);
-            }
-            if (j->reduce) {
-                for (int64_t k = 0; k < n; ++k) acc += v[k];
-            } else {
-                float *restrict o = j->out + s * j->ld + j->off + kb;
-                for (int64_t k = 0; k < n; ++k) o[k] = v[k];
+        for (int gi = 0; gi < j->ngroups; ++gi) {
+            const group_t *g = &j->groups[gi];
+            const int64_t C = g->channels;
+            if (s + AHEAD < j->end) prefetch(g, x + 3 * AHEAD, 0, C, 0);
+            corners_t c;
+            corners(g, x, &c);
+            for (int64_t kb = 0; kb < C; kb += 512) {
+                const int64_t n = C - kb < 512 ? C - kb : 512;
+                const float *restrict r0 = row_of(g, g->table, &c, 0) + kb, *restrict r1 = row_of(g, g->table, &c, 1) + kb;
+                const float *restrict r2 = row_of(g, g->table, &c, 2) + kb, *restrict r3 = row_of(g, g->table, &c, 3) + kb;
+                const float *restrict r4 = row_of(g, g->table, &c, 4) + kb, *restrict r5 = row_of(g, g->table, &c, 5) + kb;
+                float *restrict vv = v;
+                if (g->kind == 0) {
+                    for (int64_t k = 0; k < n; ++k)
+                        vv[k] = (c.w[0] * r0[k] + c.w[1] * r1[k] + c.w[2] * r2[k] + c.w[3] * r3[k]) * (c.w[4] * r4[k] + c.w[5] * r5[k]);
+                } else {
+                    for (int64_t k = 0; k < n; ++k)
+                        vv[k] = (c.w[0] * r0[k] + c.w[1] * r1[k]) * (c.w[2] * r2[k] + c.w[3] * r3[k]) * (c.w[4] * r4[k] + c.w[5] * r5[k]);
+                }
+                if (j->reduce) {
+                    for (int64_t k = 0; k < n; ++k) acc += vv[k];
+                } else {
+                    float *restrict o = j->out + s * j->ld + g->off + kb;
+                    for (int64_t k = 0; k < n; ++k) o[k] = vv[k];
+                }
             }
         }
-        if (j->reduce) j->out[s] += acc;
+        if (j->reduce) j->out[s] = acc;
     }
     return 0;
 }
 
-/* dst[k] += w * src[k] for one corner row (skipped when the corner has no weight, which also
-   keeps clamped duplicate rows from being touched). */
+/* dst[k] += w * src[k] for one corner row (a corner without weight is skipped, which also
+   keeps clamped duplicate rows from being touched twice). */
 static inline void axpy(float *restrict dst, const float *restrict src, float w, int64_t n) {
     if (w == 0.0f) return;
     for (int64_t k = 0; k < n; ++k) dst[k] += w * src[k];
 }
 
-static void *backward_job(void *arg) {
-    const job_t *j = (const job_t *)arg;
-    const int64_t C = j->channels;
-    corners_t c;
+/* backward of one work unit: components k0 .. k1 of one group, over all samples in order */
+static void backward_unit(const job_t *j, const group_t *g, int64_t k0, int64_t k1) {
+    const int64_t C = g->channels, n = k1 - k0;
     float ga[BLOCK], gb[BLOCK], gc[BLOCK];
     for (int64_t s = 0; s < j->samples; ++s) {
-        const float *g = j->reduce ? j->grad + s : j->grad + s * j->ld + j->off;
-        prefetch_rows(j, s + AHEAD, 1, j->begin, j->end);
-        if (j->reduce && *g == 0.0f) continue;
-        corners(j, s, &c);
-        for (int64_t kb = j->begin; kb < j->end; kb += BLOCK) {
-            const int64_t n = j->end - kb < BLOCK ? j->end - kb : BLOCK;
-            const float g0 = *g;
-            const float *restrict gk = g + kb;
-            if (j->kind == 0) {
-                const float *restrict p0 = j->table[0] + c.row[0] * C + kb, *restrict p1 = j->table[0] + c.row[1] * C + kb;
-                const float *restrict p2 = j->table[0] + c.row[2] * C + kb, *restrict p3 = j->table[0] + c.row[3] * C + kb;
-                const float *restrict l0 = j->table[1] + c.row[4] * C + kb, *restrict l1 = j->table[1] + c.row[5] * C + kb;
-                float *restrict gp = ga, *restrict gl = gb;
-                for (int64_t k = 0; k < n; ++k) {
-                    const float gg = j->reduce ? g0 : gk[k];
-                    gp[k] = gg * (c.w[4] * l0[k] + c.w[5] * l1[k]);
-                    gl[k] = gg * (c.w[0] * p0[k] + c.w[1] * p1[k] + c.w[2] * p2[k] + c.w[3] * p3[k]);
-                }
-                for (int r = 0; r < 4; ++r) axpy(j->dtable[0] + c.row[r] * C + kb, gp, c.w[r], n);
-                axpy(j->dtable[1] + c.row[4] * C + kb, gl, c.w[4], n);
-                axpy(j->dtable[1] + c.row[5] * C + kb, gl, c.w[5], n);
-            } else {
-                const float *restrict a0 = j->table[0] + c.row[0] * C + kb, *restrict a1 = j->table[0] + c.row[1] * C + kb;
-                const float *restrict b0 = j->table[1] + c.row[2] * C + kb, *restrict b1 = j->table[1] + c.row[3] * C + kb;
-                const float *restrict d0 = j->table[2] + c.row[4] * C + kb, *restrict d1 = j->table[2] + c.row[5] * C + kb;
-                float *restrict x = ga, *restrict y = gb, *restrict z = gc;
-                for (int64_t k = 0; k < n; ++k) {
-                    const float gg = j->reduce ? g0 : gk[k];
-                    const float va = c.w[0] * a0[k] + c.w[1] * a1[k];
-                    const float vb = c.w[2] * b0[k] + c.w[3] * b1[k];
-                    const float vd = c.w[4] * d0[k] + c.w[5] * d1[k];
-                    x[k] = gg * vb * vd;
-                    y[k] = gg * va * vd;
-                    z[k] = gg * va * vb;
-                }
-                const float *bufs[3] = {x, y, z};
-                for (int m = 0; m < 3; ++m) {
-                    axpy(j->dtable[m] + c.row[2 * m] * C + kb, bufs[m], c.w[2 * m], n);
-                    axpy(j->dtable[m] + c.row[2 * m + 1] * C + kb, bufs[m], c.w[2 * m + 1], n);
-                }
+        const float *x = j->xyz + 3 * s;
+        if (s + AHEAD < j->samples) prefetch(g, x + 3 * AHEAD, k0, k1, 1);
+        const float *gs = j->reduce ? j->grad + s : j->grad + s * j->ld + g->off + k0;
+        if (j->reduce && *gs == 0.0f) continue;
+        const float g0 = *gs;
+        corners_t c;
+        corners(g, x, &c);
+        const float *restrict r0 = row_of(g, g->table, &c, 0) + k0, *restrict r1 = row_of(g, g->table, &c, 1) + k0;
+        const float *restrict r2 = row_of(g, g->table, &c, 2) + k0, *restrict r3 = row_of(g, g->table, &c, 3) + k0;
+        const float *restrict r4 = row_of(g, g->table, &c, 4) + k0, *restrict r5 = row_of(g, g->table, &c, 5) + k0;
+        float *d[6];
+        for (int r = 0; r < 6; ++r) d[r] = (float *)row_of(g, (const float *const *)g->dtable, &c, r) + k0;
+        if (g->kind == 0) {
+            float *restrict gp = ga, *restrict gl = gb;
+            for (int64_t k = 0; k < n; ++k) {
+                const float gg = j->reduce ? g0 : gs[k];
+                gp[k] = gg * (c.w[4] * r4[k] + c.w[5] * r5[k]);
+                gl[k] = gg * (c.w[0] * r0[k] + c.w[1] * r1[k] + c.w[2] * r2[k] + c.w[3] * r3[k]);
+            }
+            for (int r = 0; r < 4; ++r) axpy(d[r], gp, c.w[r], n);
+            axpy(d[4], gl, c.w[4], n);
+            axpy(d[5], gl, c.w[5], n);
+        } else {
+            float *restrict xa = ga, *restrict xb = gb, *restrict xc = gc;
+            for (int64_t k = 0; k < n; ++k) {
+                const float gg = j->reduce ? g0 : gs[k];
+                const float va = c.w[0] * r0[k] + c.w[1] * r1[k];
+                const float vb = c.w[2] * r2[k] + c.w[3] * r3[k];
+                const float vd = c.w[4] * r4[k] + c.w[5] * r5[k];
+                xa[k] = gg * vb * vd;
+                xb[k] = gg * va * vd;
+                xc[k] = gg * va * vb;
+            }
+            const float *bufs[3] = {xa, xb, xc};
+            for (int m = 0; m < 3; ++m) {
+                axpy(d[2 * m], bufs[m], c.w[2 * m], n);
+                axpy(d[2 * m + 1], bufs[m], c.w[2 * m + 1], n);
             }
         }
+    }
+}
+
+/* backward: threads take (group, 16-component block) units; each unit owns its gradient
+   columns, so no two threads write the same cache line and the result is independent of the
+   thread count and schedule. */
+static void *backward_job(void *arg) {
+    const job_t *j = (const job_t *)arg;
+    for (;;) {
+        const int u = __atomic_fetch_add(j->next_unit, 1, __ATOMIC_RELAXED);
+        if (u >= j->nunits) break;
+        backward_unit(j, &j->groups[j->unit_group[u]], j->unit_k0[u], j->unit_k1[u]);
     }
     return 0;
 }
 
-/* Runs `job` on `threads` threads, splitting [0, total) into contiguous ranges. */
-static int run(job_t *job, int64_t total, int threads, int backward) {
+static int run(job_t *proto, int threads, int backward) {
     if (threads < 1) threads = 1;
-    if (threads > 32) threads = 32;
-    if (threads > total) threads = total > 0 ? (int)total : 1;
-    job_t jobs[32];
-    pthread_t ids[32];
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    job_t jobs[MAX_THREADS];
+    pthread_t ids[MAX_THREADS];
     void *(*fn)(void *) = backward ? backward_job : forward_job;
     for (int t = 0; t < threads; ++t) {
-        jobs[t] = *job;
-        jobs[t].begin = total * t / threads;
-        jobs[t].end = total * (t + 1) / threads;
+        jobs[t] = *proto;
+        jobs[t].begin = proto->samples * t / threads;
+        jobs[t].end = proto->samples * (t + 1) / threads;
     }
     int started = 1;
     for (int t = 1; t < threads; ++t, ++started)
@@ -231,32 +251,62 @@ static int run(job_t *job, int64_t total, int threads, int backward) {
     return 0;
 }
 
-int tf_features(int kind, const float *xyz, int64_t samples, const int *axis, const float **tables,
-                const int64_t *sizes, int64_t channels, float *out, int64_t ld, int64_t off, int reduce,
-                int threads) {
-    job_t job;
-    memset(&job, 0, sizeof job);
-    job.xyz = xyz; job.samples = samples; job.kind = kind; job.channels = channels;
-    for (int m = 0; m < 3; ++m) { job.axis[m] = axis[m]; job.table[m] = tables[m]; job.size[m] = sizes[m]; }
-    job.out = out; job.ld = ld; job.off = off; job.reduce = reduce;
-    return run(&job, samples, threads, 0);
+#define MAX_CHANNELS 1024
+#define MAX_UNITS (MAX_GROUPS * MAX_CHANNELS / BLOCK)
+
+static int setup(job_t *job, const float *xyz, int64_t samples, const group_t *groups, int ngroups, int64_t ld, int reduce) {
+    if (ngroups < 1 || ngroups > MAX_GROUPS) return -1;
+    for (int gi = 0; gi < ngroups; ++gi)
+        if (groups[gi].channels < 1 || groups[gi].channels > MAX_CHANNELS) return -1;
+    memset(job, 0, sizeof *job);
+    job->xyz = xyz; job->samples = samples; job->groups = groups; job->ngroups = ngroups;
+    job->ld = ld; job->reduce = reduce;
+    return 0;
 }
 
-int tf_features_backward(int kind, const float *xyz, int64_t samples, const int *axis, const float **tables,
-                         const int64_t *sizes, int64_t channels, const float *grad, int64_t ld, int64_t off,
-                         int reduce, float **dtables, int threads) {
+int tf_features(const float *xyz, int64_t samples, const group_t *groups, int ngroups,
+                float *out, int64_t ld, int reduce, int threads) {
     job_t job;
-    memset(&job, 0, sizeof job);
-    job.xyz = xyz; job.samples = samples; job.kind = kind; job.channels = channels;
-    for (int m = 0; m < 3; ++m) {
-        job.axis[m] = axis[m]; job.table[m] = tables[m]; job.size[m] = sizes[m]; job.dtable[m] = dtables[m];
-    }
-    job.grad = grad; job.ld = ld; job.off = off; job.reduce = reduce;
-    return run(&job, channels, threads, 1);
+    if (setup(&job, xyz, samples, groups, ngroups, ld, reduce) != 0) return -1;
+    job.out = out;
+    return run(&job, threads, 0);
+}
+
+int tf_features_backward(const float *xyz, int64_t samples, const group_t *groups, int ngroups,
+                         const float *grad, int64_t ld, int reduce, int threads) {
+    job_t job;
+    if (setup(&job, xyz, samples, groups, ngroups, ld, reduce) != 0) return -1;
+    int *unit_group = (int *)malloc(MAX_UNITS * sizeof(int));
+    int64_t *unit_k = (int64_t *)malloc(2 * MAX_UNITS * sizeof(int64_t));
+    if (!unit_group || !unit_k) { free(unit_group); free(unit_k); return -1; }
+    int next = 0, units = 0;
+    for (int gi = 0; gi < ngroups; ++gi)
+        for (int64_t k0 = 0; k0 < groups[gi].channels; k0 += BLOCK, ++units) {
+            unit_group[units] = gi;
+            unit_k[units] = k0;
+            unit_k[MAX_UNITS + units] = k0 + BLOCK < groups[gi].channels ? k0 + BLOCK : groups[gi].channels;
+        }
+    job.grad = grad; job.next_unit = &next; job.nunits = units;
+    job.unit_group = unit_group; job.unit_k0 = unit_k; job.unit_k1 = unit_k + MAX_UNITS;
+    int status = run(&job, threads < units ? threads : units, 1);
+    free(unit_group); free(unit_k);
+    return status;
 }
 """
 
 VM, CP = 0, 1
+
+
+class _Group(ctypes.Structure):
+    _fields_ = [
+        ("kind", ctypes.c_int),
+        ("axis", ctypes.c_int * 3),
+        ("table", ctypes.c_void_p * 3),
+        ("dtable", ctypes.c_void_p * 3),
+        ("size", ctypes.c_int64 * 3),
+        ("channels", ctypes.c_int64),
+        ("off", ctypes.c_int64),
+    ]
 
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
@@ -304,18 +354,14 @@ def _compile() -> ctypes.CDLL | None:
             continue
     else:
         return None
-    pointers = ctypes.POINTER(ctypes.c_void_p)
+    group_array = ctypes.POINTER(_Group)
     library.tf_features.restype = ctypes.c_int
     library.tf_features.argtypes = [
-        ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(ctypes.c_int), pointers,
-        ctypes.POINTER(ctypes.c_int64), ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-        ctypes.c_int, ctypes.c_int,
+        ctypes.c_void_p, ctypes.c_int64, group_array, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int,
     ]
     library.tf_features_backward.restype = ctypes.c_int
     library.tf_features_backward.argtypes = [
-        ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(ctypes.c_int), pointers,
-        ctypes.POINTER(ctypes.c_int64), ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-        ctypes.c_int, pointers, ctypes.c_int,
+        ctypes.c_void_p, ctypes.c_int64, group_array, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int,
     ]
     return library
 
@@ -349,53 +395,79 @@ def _threads(work: int) -> int:
     return max(1, min(torch.get_num_threads(), 32, work // 16384 + 1))
 
 
-def _arrays(axis: Sequence[int], tables: Sequence[Tensor], sizes: Sequence[int]):
-    axis_arr = (ctypes.c_int * 3)(*axis)
-    table_arr = (ctypes.c_void_p * 3)(*[t.data_ptr() for t in tables], *([0] * (3 - len(tables))))
-    size_arr = (ctypes.c_int64 * 4)(*sizes, *([0] * (4 - len(sizes))))
-    return axis_arr, table_arr, size_arr
+@dataclass
+class Product:
+    """One product of interpolated factors (a ``group_t`` of the C source).
+
+    Attributes:
+        kind: :data:`VM` (tables: plane ``[H, W, C]``, line ``[L, C]``; axes: plane width axis,
+            plane height axis, line axis; sizes: ``H, W, L``) or :data:`CP` (three lines
+            ``[L_m, C]``, their axes and lengths).
+        axes: the coordinate (0, 1, 2 = x, y, z) each table is indexed by.
+        tables: contiguous float32 factor tables.
+        sizes: as described for ``kind``.
+    """
+
+    kind: int
+    axes: tuple[int, int, int]
+    tables: Sequence[Tensor]
+    sizes: tuple[int, int, int]
+
+    @property
+    def channels(self) -> int:
+        return int(self.tables[0].shape[-1])
 
 
-def features_forward(
-    kind: int, xyz: Tensor, axis: Sequence[int], tables: Sequence[Tensor], sizes: Sequence[int],
-    out: Tensor, offset: int, reduce: bool,
-) -> None:
-    """Write one VM mode's / the CP products into ``out`` (see module docstring).
+def _groups(products: Sequence[Product], grads: Sequence[Sequence[Tensor]] | None = None):
+    groups = (_Group * len(products))()
+    offset = 0
+    for i, product in enumerate(products):
+        group = groups[i]
+        group.kind = product.kind
+        group.axis[:] = list(product.axes)
+        group.size[:] = list(product.sizes)
+        group.channels = product.channels
+        group.off = offset
+        for t, table in enumerate(product.tables):
+            group.table[t] = table.data_ptr()
+            if grads is not None:
+                group.dtable[t] = grads[i][t].data_ptr()
+        offset += product.channels
+    return groups
+
+
+def features_forward(xyz: Tensor, products: Sequence[Product], reduce: bool) -> Tensor:
+    """Interpolate and multiply the factors of every product at ``xyz``.
 
     Args:
-        kind: :data:`VM` (tables = plane ``[H, W, C]``, line ``[L, C]``; axis = plane u, plane v,
-            line; sizes = H, W, L) or :data:`CP` (three lines ``[L_m, C]``, their axes and lengths).
-        xyz: ``[S, 3]`` normalised positions.
-        out: ``[S, D]`` (written at columns ``offset:offset + C``) or ``[S]`` when ``reduce``
-            (accumulated into).
+        xyz: ``[S, 3]`` contiguous float32 normalised positions.
+        products: the products; their components form consecutive column blocks.
+        reduce: sum everything into one value per sample.
+
+    Returns:
+        ``[S, sum of C]`` products, or ``[S]`` sums with ``reduce``.
     """
-    library = native_library()
-    channels = tables[0].shape[-1]
-    axis_arr, table_arr, size_arr = _arrays(axis, tables, sizes)
-    ld = 1 if reduce else out.shape[-1]
-    status = library.tf_features(
-        kind, xyz.data_ptr(), xyz.shape[0], axis_arr, table_arr, size_arr, channels,
-        out.data_ptr(), ld, offset, int(reduce), _threads(xyz.shape[0]),
+    width = sum(p.channels for p in products)
+    out = xyz.new_empty(xyz.shape[0]) if reduce else xyz.new_empty(xyz.shape[0], width)
+    groups = _groups(products)
+    status = native_library().tf_features(
+        xyz.data_ptr(), xyz.shape[0], groups, len(products), out.data_ptr(), 1 if reduce else width,
+        int(reduce), _threads(xyz.shape[0]),
     )
     if status != 0:
-        raise RuntimeError("native factor-grid kernel failed")
+        raise RuntimeError("native factor-grid kernel refused its arguments")
+    return out
 
 
-def features_backward(
-    kind: int, xyz: Tensor, axis: Sequence[int], tables: Sequence[Tensor], sizes: Sequence[int],
-    grad: Tensor, offset: int, reduce: bool,
-) -> list[Tensor]:
-    """Gradients of :func:`features_forward` w.r.t. ``tables`` for the output gradient ``grad``."""
-    library = native_library()
-    channels = tables[0].shape[-1]
-    grads = [torch.zeros_like(t) for t in tables]
-    axis_arr, table_arr, size_arr = _arrays(axis, tables, sizes)
-    grad_arr = (ctypes.c_void_p * 3)(*[g.data_ptr() for g in grads], *([0] * (3 - len(grads))))
-    ld = 1 if reduce else grad.shape[-1]
-    status = library.tf_features_backward(
-        kind, xyz.data_ptr(), xyz.shape[0], axis_arr, table_arr, size_arr, channels,
-        grad.data_ptr(), ld, offset, int(reduce), grad_arr, max(1, min(torch.get_num_threads(), channels)),
+def features_backward(xyz: Tensor, products: Sequence[Product], grad: Tensor, reduce: bool) -> list[list[Tensor]]:
+    """Gradients of :func:`features_forward` w.r.t. every table, for the output gradient ``grad``."""
+    grads = [[torch.zeros_like(t) for t in p.tables] for p in products]
+    groups = _groups(products, grads)
+    width = sum(p.channels for p in products)
+    status = native_library().tf_features_backward(
+        xyz.data_ptr(), xyz.shape[0], groups, len(products), grad.data_ptr(), 1 if reduce else width,
+        int(reduce), max(1, min(torch.get_num_threads(), 32)),
     )
     if status != 0:
-        raise RuntimeError("native factor-grid kernel failed")
+        raise RuntimeError("native factor-grid kernel refused its arguments")
     return grads

@@ -46,7 +46,9 @@ Differences from the official code, all deliberate:
   code does so only when the mask and factor grids differ; otherwise the boxes agree to float
   rounding);
 * a shrink that happens without an upsample in the same step also rebuilds the optimiser (the
-  official code would keep optimising the discarded tensors).
+  official code would keep optimising the discarded tensors);
+* :meth:`TensoRF.ray_filter` tests the marched segment ``[near, far]`` of a ray, not its
+  infinite line, and an alpha mask that would be empty is not installed.
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ class TensoRFConfig(MethodConfig):
     max_samples: int = option(1000000, "Cap on samples per ray (official nSamples); the cap used is min(this, |reso| / step_ratio).")
     weight_threshold: float = option(1e-4, "Colour is evaluated only where the sample weight exceeds this.")
     transmittance_threshold: float = option(1e-4, "Stop a ray once its transmittance drops below this (0 = never, as the official code).")
-    color_chunk: int = option(16384, "Evaluate the appearance branch in chunks of this many samples (smaller temporaries; 0 = one chunk).")
+    color_chunk: int = option(16384, "Run the basis and shader MLP in chunks of this many samples (smaller temporaries; 0 = one chunk).")
     # alpha mask
     alpha_mask_steps: list[int] = option([2000, 4000], "Steps after which the alpha mask is rebuilt (first: shrink the box; second: filter rays).")
     alpha_mask_threshold: float = option(1e-4, "Alpha above which a (max-pooled) grid vertex counts as occupied.")
@@ -161,6 +163,10 @@ def voxel_schedule(voxels_init: int, voxels_final: int, num_upsamples: int) -> l
 
 
 # ================================================================================== model
+def _after_load_hook(module: "TensoRF", incompatible_keys) -> None:
+    module._after_load()
+
+
 class TensoRF(Field):
     """TensoRF VM / CP radiance field, trained on random rays and rendered by the ray marcher.
 
@@ -205,7 +211,7 @@ class TensoRF(Field):
         self.alpha_mask_updates = 0  # how many alpha-mask updates have happened
         self.lr_scale = 1.0  # learning-rate multiplier of the next param_groups()
         self._occupancy: OccupancyGrid | None = None
-        self.register_load_state_dict_post_hook(lambda module, keys: module._invalidate_occupancy())
+        self.register_load_state_dict_post_hook(_after_load_hook)
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -248,6 +254,15 @@ class TensoRF(Field):
     def _invalidate_occupancy(self) -> None:
         self._occupancy = None
 
+    def _after_load(self) -> None:
+        self._invalidate_occupancy()
+        self._generator.set_state(self.rng_state.cpu())
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The CPU generator of the jitter offsets; its state is mirrored in the ``rng_state`` buffer."""
+        return self._generator
+
     def normalize(self, points: Tensor) -> Tensor:
         """World ``[S, 3]`` -> ``[-1, 1]^3`` in the current box."""
         lo, hi = self.aabb[0].to(points), self.aabb[1].to(points)
@@ -262,18 +277,18 @@ class TensoRF(Field):
     def color(self, points: Tensor, directions: Tensor, times: Tensor | None = None) -> Tensor:
         """``[S, 3]`` colour :math:`S(B \\mathcal{G}_c(\\hat x), d)` at world points and unit directions.
 
-        Evaluated in chunks of ``config.color_chunk`` samples: the same values and gradients, but
-        the ``[S, 150]`` / ``[S, 128]`` temporaries stay small enough to be recycled by the
-        allocator instead of being mapped afresh (page faults) at every step.
+        The grid features are computed in one pass; the basis and shader run in chunks of
+        ``config.color_chunk`` samples (the same values and gradients, but ``[S, 150]`` /
+        ``[S, 128]`` temporaries small enough for the allocator to recycle instead of mapping
+        fresh pages at every step).
         """
+        features = self.app_grids.features(self.normalize(points))
         chunk = int(self.config.color_chunk)
         if chunk <= 0 or points.shape[0] <= chunk:
-            return self._color(points, directions)
-        return torch.cat([self._color(p, d) for p, d in zip(points.split(chunk), directions.split(chunk))])
-
-    def _color(self, points: Tensor, directions: Tensor) -> Tensor:
-        features = self.basis(self.app_grids.features(self.normalize(points)))
-        return self.shader(features, directions)
+            return self.shader(self.basis(features), directions)
+        return torch.cat([
+            self.shader(self.basis(f), d) for f, d in zip(features.split(chunk), directions.split(chunk))
+        ])
 
     @torch.no_grad()
     def radiance(self, points: Tensor, directions: Tensor) -> Tensor:
@@ -354,10 +369,10 @@ class TensoRF(Field):
 
         (Sec. 4 "Loss"; the TV weights decay with the learning-rate ratio :math:`\\gamma` per step
         like the official code). The jitter offsets come from the model's own generator, whose
-        state is the ``rng_state`` buffer.
+        state is mirrored in the ``rng_state`` buffer after every step (and restored from it by
+        ``load_state_dict``), so checkpoints resume bit-exactly.
         """
         config = self.config
-        self._generator.set_state(self.rng_state.cpu())
         out = march_rays(
             batch.origins,
             batch.directions,
