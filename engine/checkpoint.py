@@ -133,8 +133,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                 "which could run code; tensorfield checkpoints hold only tensors and plain data"
             ) from None
         raise CheckpointError(f"{path}: corrupt checkpoint ({_one_line(err)})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as err:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({_one_line(err)})") from None
+    except Exception as err:  # noqa: BLE001 - any failure to parse bytes means a damaged file
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(err).__name__}: {_one_line(err)})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a tensorfield checkpoint")
     if data.get("version") != VERSION:

@@ -36,6 +36,8 @@ that the tests check values and gradients against.
 
 from __future__ import annotations
 
+import abc
+
 from typing import Sequence
 
 import torch
@@ -283,7 +285,7 @@ def _resize_channel_last(table: Tensor, size: Sequence[int]) -> Tensor:
     return out[0, :, :, 0].t().contiguous()
 
 
-class FactorGrids(nn.Module):
+class FactorGrids(nn.Module, abc.ABC):
     """Common interface of :class:`VectorMatrixGrids` and :class:`CandecompGrids`.
 
     Attributes:
@@ -294,12 +296,13 @@ class FactorGrids(nn.Module):
     resolution: tuple[int, int, int]
 
     @property
+    @abc.abstractmethod
     def feature_dim(self) -> int:
-        raise NotImplementedError
+        """Length of the feature vector."""
 
+    @abc.abstractmethod
     def features(self, xyz: Tensor) -> Tensor:
         """``[S, feature_dim]`` features at normalised positions ``xyz [S, 3]`` in ``[-1, 1]``."""
-        raise NotImplementedError
 
     def feature_sum(self, xyz: Tensor) -> Tensor:
         """``[S]`` sum of :meth:`features` (the density feature), without materialising them."""
@@ -333,8 +336,9 @@ class FactorGrids(nn.Module):
             lambda table, size: table.new_empty(*size, table.shape[-1]), resolution
         )
 
+    @abc.abstractmethod
     def _apply_to_tables(self, fn, resolution: Sequence[int], with_axes: bool = False) -> None:
-        raise NotImplementedError
+        """Replace every factor table by ``fn(table, new_size[, axes])``."""
 
 
 class VectorMatrixGrids(FactorGrids):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 
 import pytest
 import torch
@@ -105,7 +106,7 @@ def test_damaged_file_is_a_one_line_error_naming_it(parts, tmp_path, damage):
     config, model, optimizer = parts
     path = _save(tmp_path, 5, config, model, optimizer)
     raw = path.read_bytes()
-    path.write_bytes({"truncate": raw[: len(raw) // 2], "garbage": os.urandom(500), "empty": b""}[damage])
+    path.write_bytes({"truncate": raw[: len(raw) // 2], "garbage": bytes(random.Random(damage).getrandbits(8) for _ in range(500)), "empty": b""}[damage])
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(path)
     message = str(err.value)
@@ -145,3 +146,13 @@ def test_foreign_file_is_not_a_checkpoint(tmp_path):
     torch.save({"weight": torch.zeros(2)}, path)
     with pytest.raises(CheckpointError, match="not a tensorfield checkpoint"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_bytes_are_a_checkpoint_error(tmp_path, seed):
+    path = tmp_path / "step_000001.ckpt"
+    rng = random.Random(seed)
+    path.write_bytes(bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 2000))))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert "step_000001.ckpt" in str(err.value) and "\n" not in str(err.value)
