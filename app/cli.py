@@ -128,4 +128,4 @@ if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
 
 
-__all__ = ["main", "build_parser", "Path"]
+__all__ = ["Path", "build_parser", "main"]

@@ -134,7 +134,6 @@ def cmd_eval(args) -> int:
 # ------------------------------------------------------------------------------- render
 def _camera_path(trainer, spec: str, frames: int):
     import torch
-
     from tensorfield.engine.render import CameraPath, load_camera_path, orbit_path
 
     scene = trainer.scene
@@ -163,7 +162,12 @@ def cmd_render(args) -> int:
 
 # ------------------------------------------------------------------------------- export
 def cmd_export(args) -> int:
-    from tensorfield.engine.export import extract_mesh, extract_point_cloud, write_mesh, write_point_cloud
+    from tensorfield.engine.export import (
+        extract_mesh,
+        extract_point_cloud,
+        write_mesh,
+        write_point_cloud,
+    )
 
     trainer = _load_run(args.run, args.device)
     model, scene = trainer.model, trainer.scene
