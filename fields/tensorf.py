@@ -115,7 +115,7 @@ class TensoRFConfig(MethodConfig):
     max_samples: int = option(1000000, "Cap on samples per ray (official nSamples); the cap used is min(this, |reso| / step_ratio).")
     weight_threshold: float = option(1e-4, "Colour is evaluated only where the sample weight exceeds this.")
     transmittance_threshold: float = option(1e-4, "Stop a ray once its transmittance drops below this (0 = never, as the official code).")
-    color_chunk: int = option(16384, "Run the basis and shader MLP in chunks of this many samples (smaller temporaries; 0 = one chunk).")
+    color_chunk: int = option(16384, "Run the shader MLP in chunks of this many samples (smaller temporaries; 0 = one chunk).")
     # alpha mask
     alpha_mask_steps: list[int] = option([2000, 4000], "Steps after which the alpha mask is rebuilt (first: shrink the box; second: filter rays).")
     alpha_mask_threshold: float = option(1e-4, "Alpha above which a (max-pooled) grid vertex counts as occupied.")
@@ -277,18 +277,16 @@ class TensoRF(Field):
     def color(self, points: Tensor, directions: Tensor, times: Tensor | None = None) -> Tensor:
         """``[S, 3]`` colour :math:`S(B \\mathcal{G}_c(\\hat x), d)` at world points and unit directions.
 
-        The grid features are computed in one pass; the basis and shader run in chunks of
+        The grid features and the basis are computed in one pass, the shader MLP in chunks of
         ``config.color_chunk`` samples (the same values and gradients, but ``[S, 150]`` /
         ``[S, 128]`` temporaries small enough for the allocator to recycle instead of mapping
         fresh pages at every step).
         """
-        features = self.app_grids.features(self.normalize(points))
+        features = self.basis(self.app_grids.features(self.normalize(points)))
         chunk = int(self.config.color_chunk)
         if chunk <= 0 or points.shape[0] <= chunk:
-            return self.shader(self.basis(features), directions)
-        return torch.cat([
-            self.shader(self.basis(f), d) for f, d in zip(features.split(chunk), directions.split(chunk))
-        ])
+            return self.shader(features, directions)
+        return torch.cat([self.shader(f, d) for f, d in zip(features.split(chunk), directions.split(chunk))])
 
     @torch.no_grad()
     def radiance(self, points: Tensor, directions: Tensor) -> Tensor:
@@ -408,6 +406,8 @@ class TensoRF(Field):
         num_rays = max(batch.origins.shape[0], 1)
         metrics["num_samples"] = float(out.num_samples)
         metrics["samples_per_ray"] = out.num_samples / num_rays
+        if out.weights is not None:  # samples whose colour was evaluated (w > weight_threshold)
+            metrics["color_samples_per_ray"] = float((out.weights.detach() > config.weight_threshold).sum()) / num_rays
         return StepOutput(loss, metrics)
 
     @torch.no_grad()
