@@ -59,7 +59,7 @@ def small_config(mode: str) -> TensoRFConfig:
 
 
 class Rays:
-    """All training rays of a scene, drawn uniformly (like the trainer's RaySource)."""
+    """All training rays of a scene, walked in a random permutation per epoch (like the trainer's RaySource)."""
 
     def __init__(self, cameras: Cameras, images: torch.Tensor, background: torch.Tensor):
         origins, directions = cameras.generate_all_rays()
@@ -68,13 +68,18 @@ class Rays:
         self.rgb = images.reshape(-1, 3)
         self.background = background
         self.active = torch.arange(self.rgb.shape[0])
+        self.order, self.cursor = None, 0
 
     def filter(self, model: TensoRF) -> None:
         keep = model.ray_filter(self.origins[self.active], self.directions[self.active])
         self.active = self.active[keep]
+        self.order = None
 
     def sample(self, n: int, generator: torch.Generator) -> RayBatch:
-        ids = self.active[torch.randint(self.active.numel(), (n,), generator=generator)]
+        if self.order is None or self.cursor + n > self.order.numel():
+            self.order, self.cursor = torch.randperm(self.active.numel(), generator=generator), 0
+        ids = self.active[self.order[self.cursor : self.cursor + n]]
+        self.cursor += n
         return RayBatch(self.origins[ids], self.directions[ids], self.rgb[ids], torch.full((n,), float("nan")), self.background)
 
 
@@ -227,7 +232,7 @@ def main() -> None:
     result["grid150_mask"] = timed_phase(model, rays, args.steps, 81, generator)
 
     before_mask.upsample(voxels_to_resolution(3375000, before_mask.aabb))
-    rays.active = torch.arange(rays.rgb.shape[0])
+    rays.active, rays.order = torch.arange(rays.rgb.shape[0]), None
     rays.filter(before_mask)
     result["grid150_nomask"] = timed_phase(before_mask, rays, args.steps, 41, generator)
 

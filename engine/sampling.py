@@ -5,7 +5,10 @@
   image tensor and the camera times (the same values as precomputing them, at a quarter of the
   memory). The model's :meth:`~tensorfield.fields.base.Field.ray_filter` shrinks the set of
   active rays; filtering is cumulative (a refilter only tests the rays still active), as in the
-  official TensoRF. Batches are drawn uniformly with replacement from the active rays.
+  official TensoRF. Batches walk through a random permutation of the active rays (every ray
+  once per epoch, a new permutation each epoch, as the official ``SimpleSampler``); a filter
+  starts a new epoch. Only the generator state that drew the permutation and the cursor are
+  checkpointed: the permutation is drawn again on resume.
 * :class:`ImageSource` (``BatchKind.IMAGES``) draws ``batch_size`` distinct training images.
 * :class:`CoordinateSource` (``BatchKind.COORDINATES``) delegates to a
   :class:`CoordinateSampler` — any object with ``sample(batch_size, generator)``; for Einstein
@@ -84,6 +87,9 @@ class RaySource:
         self.rgb = images.detach().float().cpu().reshape(-1, 3)  # [R, 3]
         self.alphas = split.alphas.detach().float().cpu().reshape(-1) if split.alphas is not None else None
         self.active = torch.arange(self.num_rays)  # indices of the rays that survive the filter
+        self._order: Tensor | None = None  # permutation of positions in ``active`` (this epoch)
+        self._order_state: Tensor | None = None  # generator state that drew ``_order``
+        self._cursor = 0
 
     @property
     def num_active(self) -> int:
@@ -109,14 +115,27 @@ class RaySource:
             keep.append(mask.to("cpu", torch.bool).reshape(-1))
         if keep:
             self.active = self.active[torch.cat(keep)]
+        self._order, self._order_state, self._cursor = None, None, 0
         if self.num_active == 0:
             raise RuntimeError(f"{type(model).__name__}.ray_filter rejected every training ray")
         return before, self.num_active
 
+    def _next_positions(self, batch_size: int, generator: torch.Generator) -> Tensor:
+        """The next ``batch_size`` positions of the epoch permutation (a new one when it runs out)."""
+        count = self.num_active
+        if batch_size > count:  # fewer rays than a batch: with replacement
+            return torch.randint(count, (batch_size,), generator=generator)
+        if self._order is None or self._cursor + batch_size > count:
+            self._order_state = generator.get_state()
+            self._order = torch.randperm(count, generator=generator)
+            self._cursor = 0
+        picks = self._order[self._cursor : self._cursor + batch_size]
+        self._cursor += batch_size
+        return picks
+
     def sample(self, batch_size: int, generator: torch.Generator) -> RayBatch:
-        """``batch_size`` active rays drawn uniformly with replacement."""
-        picks = torch.randint(self.num_active, (batch_size,), generator=generator)
-        ray_ids = self.active[picks]
+        """The next ``batch_size`` active rays of the current epoch's permutation."""
+        ray_ids = self.active[self._next_positions(batch_size, generator)]
         origins, directions = self.rays(ray_ids)
         rgb = self.rgb[ray_ids]
         background = self.background
@@ -132,10 +151,14 @@ class RaySource:
         return batch.to(self.device)
 
     def state_dict(self) -> dict:
-        """The active-ray mask, bit-packed (1 bit per training ray)."""
+        """The active-ray mask, bit-packed (1 bit per training ray), and the epoch position."""
         mask = np.zeros(self.num_rays, dtype=bool)
         mask[self.active.numpy()] = True
-        return {"num_rays": self.num_rays, "active_bits": torch.from_numpy(np.packbits(mask))}
+        state = {"num_rays": self.num_rays, "active_bits": torch.from_numpy(np.packbits(mask))}
+        if self._order is not None:
+            state["order_rng"] = self._order_state.clone()
+            state["cursor"] = torch.tensor(self._cursor, dtype=torch.int64)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if int(state["num_rays"]) != self.num_rays:
@@ -144,6 +167,13 @@ class RaySource:
             )
         mask = np.unpackbits(state["active_bits"].numpy(), count=self.num_rays).astype(bool)
         self.active = torch.from_numpy(np.flatnonzero(mask)).long()
+        self._order, self._order_state, self._cursor = None, None, 0
+        if state.get("order_rng") is not None:
+            replay = torch.Generator()
+            replay.set_state(state["order_rng"])
+            self._order_state = state["order_rng"].clone()
+            self._order = torch.randperm(self.num_active, generator=replay)
+            self._cursor = int(state["cursor"])
 
 
 class ImageSource:

@@ -205,3 +205,26 @@ def test_tensorboard_requested_but_missing(toys, make_ray_config, tmp_path, monk
     with pytest.raises(ConfigError) as err:
         Trainer.from_config(make_ray_config(tensorboard=True), tmp_path, scene=toys.make_scene())
     assert str(err.value) == "tensorboard=true but the tensorboard package is not installed (pip install tensorboard)"
+
+
+def test_rays_walk_a_permutation_per_epoch_and_resume_mid_epoch(toys, make_ray_config, tmp_path):
+    """Every active ray once per epoch (official SimpleSampler); a state round trip mid-epoch continues the same walk."""
+    scene = toys.make_scene()
+    source = Trainer.from_config(make_ray_config(steps=1), tmp_path, scene=scene).batch_source
+    count, batch = source.num_active, 32
+    generator = torch.Generator().manual_seed(3)
+    key = lambda b: [tuple(r) for r in torch.cat([b.directions, b.rgb], dim=1).tolist()]  # noqa: E731
+    every = torch.cat([source.directions[source.active], source.rgb[source.active]], dim=1)
+    epoch = [row for _ in range(count // batch) for row in key(source.sample(batch, generator))]
+    assert len(set(epoch)) == len(epoch) == (count // batch) * batch  # no repeats within an epoch
+    assert set(epoch) <= {tuple(r) for r in every.tolist()}
+
+    source.sample(batch, generator)  # the next epoch's permutation starts
+    state = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in source.state_dict().items()}
+    saved_generator = generator.get_state()
+    ahead = [key(source.sample(batch, generator)) for _ in range(count // batch + 2)]
+
+    twin = Trainer.from_config(make_ray_config(steps=1), tmp_path / "twin", scene=scene).batch_source
+    twin.load_state_dict(state)
+    generator.set_state(saved_generator)
+    assert [key(twin.sample(batch, generator)) for _ in range(count // batch + 2)] == ahead
