@@ -7,11 +7,16 @@ Each :class:`~tensorfield.fields.base.ParamGroup` decays as
 where ``base_step`` is the first step taken by the current optimiser: 0 at the start, and the
 step after a hook that asked for ``rebuild_optimizer`` (TensoRF's "reset the learning rate at
 each upsampling"). So the first optimiser step after a rebuild uses the undecayed ``lr``.
+
+:func:`apply_param_surgery` is the other way a model can change its parameters: Gaussians added or
+removed row by row (:class:`~tensorfield.fields.base.ParamSurgery`). The optimiser is kept; each
+replaced parameter takes over its predecessor's group and per-row state.
 """
 
 from __future__ import annotations
 
-from tensorfield.fields.base import ParamGroup
+import torch
+from tensorfield.fields.base import ParamGroup, ParamSurgery
 from torch import nn, optim
 
 DEFAULT_BETAS = (0.9, 0.99)
@@ -58,3 +63,47 @@ def apply_lr_schedule(optimizer: optim.Optimizer, groups: list[ParamGroup], step
         torch_group["lr"] = scheduled_lr(group, step, base_step)
         rates[group.name] = torch_group["lr"]
     return rates
+
+
+def apply_param_surgery(optimizer: optim.Optimizer, groups: list[ParamGroup], surgery: tuple[ParamSurgery, ...] | list[ParamSurgery]) -> None:
+    """Move the optimiser to the replaced parameters of ``surgery``, keeping the surviving state.
+
+    For each :class:`ParamSurgery`, in order: ``new`` takes ``old``'s place in its optimiser group
+    (and in the matching :class:`ParamGroup`); every state tensor shaped like ``old`` (Adam's
+    ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``) is gathered along rows with ``rows``, zero
+    where ``rows == -1``; other state (Adam's ``step`` counter) is kept as it is. A parameter
+    without state yet (no step taken) just gets swapped.
+
+    Raises:
+        ValueError: ``old`` is not in the optimiser, or ``rows`` does not match ``new``.
+    """
+    for change in surgery:
+        old, new, rows = change.old, change.new, change.rows
+        if rows.ndim != 1 or rows.shape[0] != new.shape[0] or new.shape[1:] != old.shape[1:]:
+            raise ValueError(
+                f"parameter surgery: rows {tuple(rows.shape)} / shapes {tuple(old.shape)} -> {tuple(new.shape)} do not fit"
+            )
+        placed = False
+        for torch_group in optimizer.param_groups:
+            for i, param in enumerate(torch_group["params"]):
+                if param is old:
+                    torch_group["params"][i] = new
+                    placed = True
+        if not placed:
+            raise ValueError(f"parameter surgery: a {tuple(old.shape)} parameter is not in the optimiser")
+        for group in groups:
+            group.params = [new if param is old else param for param in group.params]
+        state = optimizer.state.pop(old, None)
+        if not state:
+            continue
+        rows = rows.to(new.device)
+        keep = rows >= 0
+        source = rows.clamp_min(0)
+        moved = {}
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == old.shape:
+                gathered = value.index_select(0, source)
+                moved[key] = torch.where(keep.view(-1, *([1] * (value.ndim - 1))), gathered, torch.zeros_like(gathered))
+            else:
+                moved[key] = value
+        optimizer.state[new] = moved

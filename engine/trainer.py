@@ -7,7 +7,7 @@ One loop trains every model family through the :class:`~tensorfield.fields.base.
         batch = source.sample(config.batch_size, sampler_generator)   # rays, images or coordinates
         set each group's lr = lr * decay_ratio ** ((step - base_step) / decay_steps)
         out = model.training_step(batch, step); out.loss.backward(); adam.step()
-        react(model.after_step(step))                                   # rebuild optimiser / refilter rays
+        react(model.after_step(step))       # rebuild optimiser / refilter rays / move optimiser state (surgery)
         log, evaluate, checkpoint
 
 Run directory layout::
@@ -52,7 +52,7 @@ from tensorfield.engine.checkpoint import (
 from tensorfield.engine.config import ConfigError, config_from_dict, save_config
 from tensorfield.engine.logger import MetricsLogger
 from tensorfield.engine.metrics import load_lpips, mse_to_psnr, psnr, ssim
-from tensorfield.engine.optim import apply_lr_schedule, build_optimizer
+from tensorfield.engine.optim import apply_lr_schedule, apply_param_surgery, build_optimizer
 from tensorfield.engine.sampling import CoordinateSource, ImageSource, RaySource
 from tensorfield.fields.base import BatchKind, Field, HookResult
 
@@ -468,6 +468,8 @@ class Trainer:
     def _react(self, hook: HookResult | None, next_step: int) -> None:
         if hook is None:
             return
+        if hook.surgery and not hook.rebuild_optimizer:
+            apply_param_surgery(self.optimizer, self._groups, hook.surgery)
         if hook.rebuild_optimizer:
             self.optimizer, self._groups = build_optimizer(self.model, self.config)
             self.base_step = next_step

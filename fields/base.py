@@ -12,8 +12,15 @@ Three kinds of model share one trainer:
 A model declares its optimiser parameter groups (:class:`ParamGroup`, with learning rates and an
 exponential schedule), turns a batch into a loss (:meth:`Field.training_step`), and reacts to
 explicit hooks (:meth:`Field.before_step`, :meth:`Field.after_step`) whose :class:`HookResult`
-tells the trainer what changed (new parameter tensors, a smaller training set). The trainer owns
-everything else: the loop, optimisers, schedules, evaluation, logging and checkpoints.
+tells the trainer what changed (new parameter tensors, a smaller training set, Gaussians added or
+removed as :class:`ParamSurgery`). The trainer owns everything else: the loop, optimisers,
+schedules, evaluation, logging and checkpoints.
+
+Models whose number of primitives changes during training (Gaussian densification) never touch the
+optimiser: ``after_step`` replaces the parameters and returns, per parameter, which old row each
+new row continues (:class:`ParamSurgery`); the trainer carries the optimiser state over. The
+gradients of the step just taken are still on the parameters (and on any tensor the model kept
+from ``training_step``, e.g. screen-space means with ``retain_grad``) when ``after_step`` runs.
 """
 
 from __future__ import annotations
@@ -120,6 +127,32 @@ class StepOutput:
 
 
 @dataclass
+class ParamSurgery:
+    """One parameter tensor replaced by another whose rows derive from it (densification).
+
+    Gaussian models add, duplicate and remove Gaussians between steps; each per-Gaussian
+    parameter (rows = Gaussians) is then replaced by a new ``nn.Parameter``. The optimiser must
+    keep its moments for the Gaussians that survive and start the others from zero, as the
+    original 3DGS code does (``cat_tensors_to_optimizer`` / ``_prune_optimizer``). A model
+    describes that with ``rows``; the trainer applies it to the optimiser
+    (:func:`tensorfield.engine.optim.apply_param_surgery`) without rebuilding it, so learning-rate
+    schedules and the other parameters' state are untouched.
+
+    Attributes:
+        old: the parameter the optimiser currently holds.
+        new: its replacement (already installed in the model); ``new.shape[1:] == old.shape[1:]``.
+        rows: ``[new.shape[0]]`` int64: row ``i`` of ``new`` continues row ``rows[i]`` of ``old``
+            (its per-element optimiser state, e.g. Adam's ``exp_avg`` / ``exp_avg_sq``, is
+            gathered from there); ``-1`` marks a new row whose state starts at zero. All ``-1``
+            resets the whole state (e.g. the opacity reset).
+    """
+
+    old: nn.Parameter
+    new: nn.Parameter
+    rows: Tensor
+
+
+@dataclass
 class HookResult:
     """What a hook changed, so the trainer can react.
 
@@ -128,15 +161,21 @@ class HookResult:
             builds a new optimiser from :meth:`Field.param_groups` and restarts the decay.
         refilter_rays: the model can now reject more training rays (e.g. after the alpha mask
             shrank the bounding box); the trainer calls :meth:`Field.ray_filter`.
+        surgery: parameters replaced row by row (densification, pruning, opacity reset); the
+            trainer keeps the optimiser and moves each one's state to the new tensor
+            (:class:`ParamSurgery`). Applied in order, so a later entry may take the ``new``
+            of an earlier one as its ``old``.
     """
 
     rebuild_optimizer: bool = False
     refilter_rays: bool = False
+    surgery: tuple[ParamSurgery, ...] = ()
 
     def __or__(self, other: "HookResult") -> "HookResult":
         return HookResult(
             self.rebuild_optimizer or other.rebuild_optimizer,
             self.refilter_rays or other.refilter_rays,
+            tuple(self.surgery) + tuple(other.surgery),
         )
 
 
@@ -165,6 +204,8 @@ class SceneInfo:
         is_dynamic: whether images carry different times.
         num_train_images: number of training images (per-image embeddings, etc.).
         points: optional ``[P, 3]`` initial point cloud (SfM points); ``points_rgb`` its colours.
+        camera_centers: optional ``[C, 3]`` training camera positions (Gaussian models derive
+            the scene extent from them, as 3DGS's ``getNerfppNorm``).
     """
 
     aabb: Tensor
@@ -174,6 +215,7 @@ class SceneInfo:
     num_train_images: int = 0
     points: Tensor | None = None
     points_rgb: Tensor | None = None
+    camera_centers: Tensor | None = None
 
 
 # ---------------------------------------------------------------------------------- the field
@@ -205,7 +247,11 @@ class Field(nn.Module, abc.ABC):
         return HookResult()
 
     def after_step(self, step: int) -> HookResult:
-        """Called after the optimiser step of ``step`` (upsampling, masks, densification)."""
+        """Called after the optimiser step of ``step`` (upsampling, masks, densification).
+
+        Gradients of ``step`` are still available here (the trainer clears them only before the
+        next backward pass).
+        """
         return HookResult()
 
     def ray_filter(self, origins: Tensor, directions: Tensor) -> Tensor:

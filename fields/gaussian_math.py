@@ -1,0 +1,332 @@
+"""Geometry and colour of 3D and 4D Gaussians, in plain differentiable torch.
+
+Everything the Gaussian models (:mod:`tensorfield.fields.gaussians`) compute before handing a
+:class:`~tensorfield.cuda.rasterize.GaussianBatch` to the rasteriser lives here, so that tests can
+check each formula on its own:
+
+* **3D rotations** from unit quaternions ``(w, x, y, z)`` (gsplat's order), and back.
+* **4D rotations** (Yang et al., ICLR 2024, Sec. 3.2): a rotation of R^4 factors into a
+  left-isoclinic and a right-isoclinic rotation, :math:`R = L(q_l) R(q_r)`, each given by a unit
+  quaternion. :func:`left_isoclinic` is left multiplication by :math:`q_l`,
+  :func:`right_isoclinic` is right multiplication by the conjugate of :math:`q_r` (so that
+  :math:`q_l = q_r = q` gives the 3D rotation of :math:`q` on the imaginary part and leaves the
+  real part alone), both acting on quaternion coordinates ``(w, i, j, k)``. The official code then
+  reverses the coordinate order, mapping ``(x, y, z, t) = (k, j, i, w)``: time is the real part.
+  We keep that order (:func:`rotation_4d`), so parameters of the official code mean the same here
+  and a pair :math:`q_l = q_r` never mixes space and time.
+* **Slicing a 4D Gaussian at time t** (Sec. 3.2, Eq. 6-7): with :math:`\\Sigma = R S S^T R^T`
+  (:math:`S` the diagonal of scales) split into the spatial block :math:`\\Sigma_{1:3,1:3}`, the
+  space-time column :math:`\\Sigma_{1:3,4}` and the temporal variance :math:`\\Sigma_{44}`, the
+  conditional distribution of space given time is the 3D Gaussian
+
+  .. math::
+
+      \\mu_{xyz|t} = \\mu_{1:3} + \\Sigma_{1:3,4} \\Sigma_{44}^{-1} (t - \\mu_t), \\qquad
+      \\Sigma_{xyz|t} = \\Sigma_{1:3,1:3} - \\Sigma_{1:3,4} \\Sigma_{44}^{-1} \\Sigma_{4,1:3}
+
+  and the Gaussian's opacity is scaled by the (unnormalised) temporal marginal
+  :math:`p(t) = \\exp(-\\tfrac12 (t - \\mu_t)^2 / \\Sigma_{44})`.
+* **Spherical harmonics** up to degree 3 with the basis, ordering and constants of the original
+  3DGS / gsplat (real SH, coefficient 0 is the DC term; colour = value + 0.5, clamped at 0).
+* **4D spherindrical harmonics** (Sec. 3.3, official ``eval_shfs_4d``): the product of the SH
+  basis of the view direction with a Fourier cosine series in time,
+
+  .. math::
+
+      c(d, t) = \\sum_{n=0}^{N_t} \\cos\\Big(\\frac{2 \\pi n (\\mu_t - t)}{T}\\Big)
+                \\sum_{l \\le L} \\sum_m c_{n l m} Y_l^m(d)
+
+  where :math:`T` is the duration of the sequence (the period), :math:`N_t \\le 2` the temporal
+  degree; coefficient ``n * (L_max + 1)^2 + lm`` of a Gaussian's table holds :math:`c_{nlm}`
+  (the official layout: the SH block of every temporal order in turn, including the
+  :math:`n = 0` block, whose cosine is 1). With :math:`N_t = 0`, or at :math:`t = \\mu_t` after
+  summing the blocks, this is ordinary SH; :func:`collapse_spherindrical` does that sum for any
+  ``t``, which is how a 4D slice is exported as a standard 3DGS splat.
+
+Shapes follow the conventions of the models: ``N`` Gaussians, quaternions ``[N, 4]``, SH tables
+``[N, K, 3]`` (``K`` coefficients per colour channel).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Real spherical-harmonics normalisation constants (degree 0..3) in the 3DGS / gsplat basis.
+SH_C0 = 0.28209479177387814
+SH_C1 = 0.4886025119029199
+SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
+SH_C3 = (
+    -0.5900435899266435,
+    2.890611442640554,
+    -0.4570457994644658,
+    0.3731763325901154,
+    -0.4570457994644658,
+    1.445305721320277,
+    -0.5900435899266435,
+)
+MAX_SH_DEGREE = 3
+MAX_TIME_DEGREE = 2
+
+
+def num_sh_bases(degree: int) -> int:
+    """Coefficients per channel of SH up to ``degree``: :math:`(L + 1)^2`."""
+    return (degree + 1) ** 2
+
+
+def rgb_to_sh(rgb: Tensor) -> Tensor:
+    """DC coefficient giving colour ``rgb`` (the inverse of ``SH_C0 * c + 0.5``)."""
+    return (rgb - 0.5) / SH_C0
+
+
+def sh_to_rgb(dc: Tensor) -> Tensor:
+    """Colour of a DC coefficient alone: ``SH_C0 * dc + 0.5``."""
+    return dc * SH_C0 + 0.5
+
+
+# ------------------------------------------------------------------------------------ rotations
+def quat_to_rotmat(quats: Tensor) -> Tensor:
+    """``[..., 4]`` quaternions ``(w, x, y, z)`` (any norm) -> ``[..., 3, 3]`` rotation matrices."""
+    w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
+    rows = (
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    )  # fmt: skip
+    return torch.stack(rows, dim=-1).reshape(*quats.shape[:-1], 3, 3)
+
+
+def rotmat_to_quat(rotations: Tensor) -> Tensor:
+    """``[..., 3, 3]`` proper rotations -> ``[..., 4]`` unit quaternions ``(w, x, y, z)``, ``w >= 0``.
+
+    Shepperd's method: take the largest of the four squared components as the pivot, so no branch
+    divides by a small number.
+    """
+    m = rotations
+    m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
+    candidates = torch.stack(
+        [
+            torch.stack([1 + m00 + m11 + m22, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
+            torch.stack([m[..., 2, 1] - m[..., 1, 2], 1 + m00 - m11 - m22, m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]], -1),
+            torch.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], 1 - m00 + m11 - m22, m[..., 1, 2] + m[..., 2, 1]], -1),
+            torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1], 1 - m00 - m11 + m22], -1),
+        ],
+        dim=-2,
+    )  # [..., 4 pivots, 4]; row p is 4 q_p q, so its p-th entry is 4 q_p^2
+    pivot = torch.stack([candidates[..., p, p] for p in range(4)], -1).argmax(-1)
+    chosen = torch.gather(candidates, -2, pivot[..., None, None].expand(*pivot.shape, 1, 4)).squeeze(-2)
+    quats = F.normalize(chosen, dim=-1)
+    return torch.where(quats[..., :1] < 0, -quats, quats)
+
+
+def left_isoclinic(quats: Tensor) -> Tensor:
+    """``[..., 4, 4]`` matrix of :math:`v \\mapsto q v` on quaternion coordinates ``(w, i, j, k)``."""
+    a, b, c, d = F.normalize(quats, dim=-1).unbind(-1)
+    rows = (
+        a, -b, -c, -d,
+        b, a, -d, c,
+        c, d, a, -b,
+        d, -c, b, a,
+    )  # fmt: skip
+    return torch.stack(rows, dim=-1).reshape(*quats.shape[:-1], 4, 4)
+
+
+def right_isoclinic(quats: Tensor) -> Tensor:
+    """``[..., 4, 4]`` matrix of :math:`v \\mapsto v \\bar q` on quaternion coordinates ``(w, i, j, k)``."""
+    p, q, r, s = F.normalize(quats, dim=-1).unbind(-1)
+    rows = (
+        p, q, r, s,
+        -q, p, -s, r,
+        -r, s, p, -q,
+        -s, -r, q, p,
+    )  # fmt: skip
+    return torch.stack(rows, dim=-1).reshape(*quats.shape[:-1], 4, 4)
+
+
+def rotation_4d(quats_left: Tensor, quats_right: Tensor) -> Tensor:
+    """``[..., 4, 4]`` rotation :math:`L(q_l) R(q_r)` in ``(x, y, z, t)`` coordinates.
+
+    The isoclinic factors act on ``(w, i, j, k)``; reversing both axes maps them to
+    ``(x, y, z, t) = (k, j, i, w)`` as in the official code (see module docstring).
+    """
+    return (left_isoclinic(quats_left) @ right_isoclinic(quats_right)).flip(-1, -2)
+
+
+# ------------------------------------------------------------------------------------ covariances
+def covariance_3d(scales: Tensor, quats: Tensor) -> Tensor:
+    """``[N, 3, 3]`` :math:`\\Sigma = R S S^T R^T` from activated ``scales [N, 3]`` and ``quats [N, 4]``."""
+    m = quat_to_rotmat(quats) * scales[..., None, :]
+    return m @ m.transpose(-1, -2)
+
+
+def covariance_4d(scales: Tensor, quats_left: Tensor, quats_right: Tensor) -> Tensor:
+    """``[N, 4, 4]`` :math:`\\Sigma = R S S^T R^T` from activated ``scales [N, 4]`` (x, y, z, t)."""
+    m = rotation_4d(quats_left, quats_right) * scales[..., None, :]
+    return m @ m.transpose(-1, -2)
+
+
+def slice_4d(means: Tensor, covariances: Tensor, time: float | Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Condition 4D Gaussians on ``t = time`` (see module docstring).
+
+    Args:
+        means: ``[N, 4]`` (x, y, z, t).
+        covariances: ``[N, 4, 4]``.
+        time: scalar time (same units as ``means[:, 3]``).
+
+    Returns:
+        ``means3d [N, 3]``, ``covariances3d [N, 3, 3]`` of space given time, and the temporal
+        marginal ``[N]`` :math:`\\exp(-\\tfrac12 (t - \\mu_t)^2 / \\Sigma_{44})` (1 at the
+        Gaussian's own time).
+    """
+    cross = covariances[:, :3, 3]  # [N, 3]
+    var_t = covariances[:, 3, 3]  # [N]
+    dt = time - means[:, 3]
+    means3d = means[:, :3] + cross * (dt / var_t)[:, None]
+    covariances3d = covariances[:, :3, :3] - cross[:, :, None] * cross[:, None, :] / var_t[:, None, None]
+    marginal = torch.exp(-0.5 * dt * dt / var_t)
+    return means3d, covariances3d, marginal
+
+
+def temporal_variance(scales: Tensor, quats_left: Tensor, quats_right: Tensor) -> Tensor:
+    """``[N]`` :math:`\\Sigma_{44} = \\sum_k R_{4k}^2 s_k^2` without building the 4x4 covariance."""
+    row = rotation_4d(quats_left, quats_right)[..., 3, :]
+    return (row * row * scales * scales).sum(-1)
+
+
+def covariance_to_scales_quats(covariances: Tensor, min_scale: float = 1e-8) -> tuple[Tensor, Tensor]:
+    """Factor symmetric positive ``[N, 3, 3]`` covariances as :math:`R S S^T R^T`.
+
+    Returns ``scales [N, 3]`` (square roots of the eigenvalues, at least ``min_scale``) and
+    ``quats [N, 4]`` ``(w, x, y, z)`` of the eigenvector frame, made a proper rotation by
+    flipping the last eigenvector where the determinant is -1. Computed in float64.
+    """
+    values, vectors = torch.linalg.eigh(covariances.double())
+    flip = torch.linalg.det(vectors) < 0
+    vectors = torch.where(flip[:, None, None], vectors * torch.tensor([1.0, 1.0, -1.0], dtype=vectors.dtype, device=vectors.device), vectors)
+    scales = values.clamp_min(min_scale**2).sqrt()
+    return scales.to(covariances.dtype), rotmat_to_quat(vectors).to(covariances.dtype)
+
+
+# ------------------------------------------------------------------------------------ harmonics
+def sh_basis(degree: int, directions: Tensor) -> Tensor:
+    """``[..., (degree + 1)^2]`` real SH basis of unit ``directions [..., 3]`` (3DGS order)."""
+    if not 0 <= degree <= MAX_SH_DEGREE:
+        raise ValueError(f"SH degree must be in [0, {MAX_SH_DEGREE}], got {degree}")
+    x, y, z = directions.unbind(-1)
+    bases = [torch.full_like(x, SH_C0)]
+    if degree > 0:
+        bases += [-SH_C1 * y, SH_C1 * z, -SH_C1 * x]
+    if degree > 1:
+        xx, yy, zz = x * x, y * y, z * z
+        xy, yz, xz = x * y, y * z, x * z
+        bases += [
+            SH_C2[0] * xy,
+            SH_C2[1] * yz,
+            SH_C2[2] * (2 * zz - xx - yy),
+            SH_C2[3] * xz,
+            SH_C2[4] * (xx - yy),
+        ]
+    if degree > 2:
+        bases += [
+            SH_C3[0] * y * (3 * xx - yy),
+            SH_C3[1] * xy * z,
+            SH_C3[2] * y * (4 * zz - xx - yy),
+            SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy),
+            SH_C3[4] * x * (4 * zz - xx - yy),
+            SH_C3[5] * z * (xx - yy),
+            SH_C3[6] * x * (xx - 3 * yy),
+        ]
+    return torch.stack(bases, dim=-1)
+
+
+def time_basis(time_degree: int, dt: Tensor, period: float) -> Tensor:
+    """``[..., time_degree + 1]`` Fourier terms :math:`\\cos(2 \\pi n\\, dt / T)`, ``n = 0..N_t``."""
+    if not 0 <= time_degree <= MAX_TIME_DEGREE:
+        raise ValueError(f"temporal degree must be in [0, {MAX_TIME_DEGREE}], got {time_degree}")
+    orders = torch.arange(time_degree + 1, dtype=dt.dtype, device=dt.device)
+    return torch.cos((2 * math.pi / period) * dt[..., None] * orders)
+
+
+def eval_spherindrical(
+    coefficients: Tensor,
+    directions: Tensor,
+    degree: int,
+    dt: Tensor | None = None,
+    time_degree: int = 0,
+    period: float = 1.0,
+    max_degree: int = MAX_SH_DEGREE,
+) -> Tensor:
+    """Colour values (before the +0.5 offset) of SH / 4D spherindrical harmonics.
+
+    Args:
+        coefficients: ``[N, K, C]`` tables laid out in blocks of ``(max_degree + 1)^2`` SH
+            coefficients per temporal order; only the first ``degree`` / ``time_degree`` terms are
+            used (the active degrees).
+        directions: ``[N, 3]`` unit view directions (camera to Gaussian).
+        degree: active SH degree (<= ``max_degree``).
+        dt: ``[N]`` time offsets :math:`\\mu_t - t` (ignored when ``time_degree`` is 0).
+        time_degree: active temporal degree.
+        period: the Fourier period :math:`T` (duration of the sequence).
+        max_degree: the SH degree the tables were allocated for (block size).
+
+    Returns:
+        ``[N, C]`` :math:`\\sum_n \\cos(2\\pi n\\, dt / T) \\sum_{lm} c_{nlm} Y_{lm}(d)`.
+    """
+    block = num_sh_bases(max_degree)
+    used = num_sh_bases(degree)
+    basis = sh_basis(degree, directions)  # [N, used]
+    result = (coefficients[:, :used] * basis[..., None]).sum(1)
+    if time_degree > 0:
+        if dt is None:
+            raise ValueError("eval_spherindrical: time_degree > 0 needs dt")
+        cosines = time_basis(time_degree, dt, period)  # [N, time_degree + 1]
+        for order in range(1, time_degree + 1):
+            start = order * block
+            term = (coefficients[:, start : start + used] * basis[..., None]).sum(1)
+            result = result + cosines[:, order : order + 1] * term
+    return result
+
+
+def collapse_spherindrical(
+    coefficients: Tensor, dt: Tensor, time_degree: int, period: float, max_degree: int = MAX_SH_DEGREE
+) -> Tensor:
+    """``[N, (max_degree + 1)^2, C]`` SH table equal to the 4D table at time offsets ``dt [N]``.
+
+    Sums the temporal blocks weighted by their cosines; evaluating the result with
+    :func:`eval_spherindrical` (no time) gives the same colours as the 4D table at that time.
+    """
+    block = num_sh_bases(max_degree)
+    cosines = time_basis(time_degree, dt, period)
+    table = coefficients[:, :block].clone()
+    for order in range(1, time_degree + 1):
+        table = table + cosines[:, order, None, None] * coefficients[:, order * block : (order + 1) * block]
+    return table
+
+
+# ------------------------------------------------------------------------------------ neighbours
+def mean_neighbour_distance(points: Tensor, k: int = 3, chunk: int = 2048) -> Tensor:
+    """``[P]`` :math:`\\sqrt{\\tfrac1k \\sum_{j \\le k} d_j^2}` over the ``k`` nearest other points.
+
+    The original 3DGS initial scale (``distCUDA2``: mean squared distance to the 3 nearest
+    neighbours). Uses scipy's KD-tree when available, else chunked ``torch.cdist``.
+    """
+    count = points.shape[0]
+    if count <= 1:
+        return torch.ones(count, dtype=points.dtype, device=points.device)
+    k = min(k, count - 1)
+    try:
+        from scipy.spatial import cKDTree
+
+        array = points.detach().double().cpu().numpy()
+        distances, _ = cKDTree(array).query(array, k=k + 1)
+        squared = torch.from_numpy(distances[:, 1:] ** 2).to(points)
+    except ImportError:  # pragma: no cover - scipy comes with scikit-image
+        parts = []
+        for start in range(0, count, chunk):
+            d = torch.cdist(points[start : start + chunk].double(), points.double())
+            parts.append(d.topk(k + 1, dim=1, largest=False).values[:, 1:] ** 2)
+        squared = torch.cat(parts).to(points)
+    return squared.mean(1).sqrt()
