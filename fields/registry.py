@@ -44,6 +44,18 @@ METHODS: dict[str, MethodSpec] = {
             "tensorfield.fields.tensorf:TensoRF",
             "TensoRF with CANDECOMP/PARAFAC (vector x vector x vector) factorised grids.",
         ),
+        MethodSpec(
+            "gaussians3d",
+            "tensorfield.fields.gaussians:GaussianConfig",
+            "tensorfield.fields.gaussians:GaussianSplatting",
+            "3D Gaussian splatting (static scenes): SH colour, densification, opacity reset.",
+        ),
+        MethodSpec(
+            "gaussians4d",
+            "tensorfield.fields.gaussians:GaussianConfig",
+            "tensorfield.fields.gaussians:GaussianSplatting",
+            "4D Gaussian splatting (Yang et al. 2024): space-time Gaussians sliced per frame, spherindrical harmonics.",
+        ),
     )
 }
 
