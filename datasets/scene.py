@@ -1,10 +1,12 @@
 """Scenes: posed images split into train / val / test, and :func:`load_scene`, the one loader.
 
 :func:`load_scene` detects the layout (``transforms_train.json``: Blender, or D-NeRF when frames
-carry ``time``; ``transforms.json``: nerfstudio), reads the metadata with the format's parser,
-then runs every format through the same image pipeline (:mod:`.images`) and camera construction,
-so all scenes obey the conventions of :mod:`.cameras` (OpenCV poses, pixel centres at +0.5, times
-in [0, 1] or ``nan``).
+carry ``time``; ``transforms.json``: nerfstudio; ``poses_bounds.npy`` + ``cam*.mp4``: N3V
+multi-view video, :mod:`.n3v`), reads the metadata with the format's parser, then runs every image
+format through the same image pipeline (:mod:`.images`) and camera construction (videos through
+:func:`.n3v.load_video_split`, which shares the resizing and the caches), so all scenes obey the
+conventions of :mod:`.cameras` (OpenCV poses, pixel centres at +0.5, times in [0, 1] or ``nan``).
+SfM points come from the parser or, failing that, from :func:`.points.find_scene_points`.
 
 Images with alpha are composited as ``rgb * a + background * (1 - a)`` (alpha premultiplied before
 any resampling) and the alphas are kept. ``background="random"`` stores the images composited on
@@ -27,8 +29,10 @@ from .blender import is_blender, parse_blender
 from .cameras import Cameras
 from .errors import DatasetError
 from .images import ImageRequest, load_images, resize, resized_size
+from .n3v import VideoOptions, is_n3v, load_video_split, parse_n3v
 from .nerfstudio import is_nerfstudio, parse_nerfstudio
 from .parsing import FrameRecord, ParsedScene
+from .points import find_scene_points
 
 BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0), "random": (1.0, 1.0, 1.0)}
 
@@ -66,7 +70,7 @@ class Scene:
 
     Attributes:
         root: scene folder.
-        format: ``"blender"``, ``"dnerf"`` or ``"nerfstudio"``.
+        format: ``"blender"``, ``"dnerf"``, ``"nerfstudio"`` or ``"n3v"``.
         splits: split name -> :class:`SceneSplit` (only splits present on disk and asked for).
         aabb: ``[2, 3]`` float32 bounding box (min, max corners).
         near, far: default ray distance range.
@@ -154,11 +158,16 @@ def load_scene(
     background: str | Sequence[float] = "white",
     splits: Sequence[str] = ("train", "val", "test"),
     disk_cache: bool = False,
+    frame_stride: int = 1,
+    max_frames: int | None = None,
+    time_range: tuple[float, float] | None = None,
+    test_cameras: Sequence[str | int] | None = None,
 ) -> Scene:
     """Load a scene folder in any supported layout.
 
     Args:
-        path: scene folder (with ``transforms_train.json`` or ``transforms.json``).
+        path: scene folder (with ``transforms_train.json``, ``transforms.json`` or
+            ``poses_bounds.npy`` + ``cam*.mp4``).
         downscale: divide the image resolution by this (>= 1); images are box/antialias filtered
             and the cameras scaled with :meth:`Cameras.scaled`.
         background: ``"white"``, ``"black"``, ``"random"`` (stored on white, see
@@ -166,6 +175,11 @@ def load_scene(
         splits: splits to load; absent ones are skipped silently, except ``"train"``.
         disk_cache: also keep decoded images in a ``.npz`` cache under ``$TENSORFIELD_CACHE``
             (default ``~/.cache/tensorfield``); the in-process cache is always on.
+        frame_stride, max_frames, time_range, test_cameras: video scenes (N3V) only, see
+            :class:`.n3v.VideoOptions`: keep every ``frame_stride``-th frame, at most
+            ``max_frames``, within ``time_range`` seconds; hold out ``test_cameras`` (names such
+            as ``"cam00"`` or pose rows; default ``("cam00",)``). Setting them for an image
+            scene is a ``ValueError``.
 
     Returns:
         the :class:`Scene`.
@@ -179,16 +193,34 @@ def load_scene(
         raise ValueError(f"downscale must be >= 1, got {downscale}")
     colour, random_background = parse_background(background)
     splits = tuple(splits)
+    video_options = VideoOptions(
+        frame_stride=frame_stride,
+        max_frames=max_frames,
+        time_range=None if time_range is None else tuple(time_range),
+        test_cameras=tuple(test_cameras) if test_cameras is not None else VideoOptions.test_cameras,
+    )
     if not root.is_dir():
         raise DatasetError(root, "scene folder not found")
+    if is_n3v(root) and not is_blender(root) and not is_nerfstudio(root):
+        return _load_video_scene(root, splits, float(downscale), colour, disk_cache, video_options)
+    if video_options != VideoOptions():
+        raise ValueError(
+            "frame_stride / max_frames / time_range / test_cameras apply to video scenes (N3V) only"
+        )
     if is_blender(root):
         parsed = parse_blender(root, splits)
     elif is_nerfstudio(root):
         parsed = parse_nerfstudio(root, splits)
     else:
         raise DatasetError(
-            root, "no transforms_train.json (Blender / D-NeRF) or transforms.json (nerfstudio)"
+            root,
+            "no transforms_train.json (Blender / D-NeRF), transforms.json (nerfstudio) or "
+            "poses_bounds.npy + cam*.mp4 (N3V)",
         )
+    if parsed.points is None:
+        found = find_scene_points(root, parsed.format)
+        if found is not None:
+            parsed.points, parsed.points_rgb = found
 
     loaded = {
         name: _build_split(name, records, parsed, float(downscale), colour, disk_cache)
@@ -206,6 +238,35 @@ def load_scene(
         points=as_tensor(parsed.points),
         points_rgb=as_tensor(parsed.points_rgb),
         random_background=random_background,
+    )
+
+
+def _load_video_scene(
+    root: Path,
+    splits: tuple[str, ...],
+    downscale: float,
+    background: Tensor,
+    disk_cache: bool,
+    options: VideoOptions,
+) -> Scene:
+    """An N3V scene (:mod:`.n3v`): videos have no alpha, so ``background`` is only recorded."""
+    parsed = parse_n3v(root, splits, options)
+    loaded = {}
+    for name, camera_indices in parsed.splits.items():
+        cameras, images, paths = load_video_split(parsed, camera_indices, downscale, disk_cache)
+        loaded[name] = SceneSplit(name, cameras, images, None, paths)
+    found = find_scene_points(root, "n3v")
+    as_tensor = lambda a: None if a is None else torch.as_tensor(np.asarray(a, dtype=np.float32))
+    return Scene(
+        root=root,
+        format="n3v",
+        splits=loaded,
+        aabb=as_tensor(parsed.aabb),
+        near=parsed.near,
+        far=parsed.far,
+        background=background,
+        points=None if found is None else as_tensor(found[0]),
+        points_rgb=None if found is None else as_tensor(found[1]),
     )
 
 

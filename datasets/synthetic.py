@@ -20,6 +20,9 @@ elevation. Dynamic scenes (``kind="dynamic"``, D-NeRF layout): a sphere moves al
 spins, a sphere bobs up and down and another exists only for t in [0.35, 0.75]; training and
 validation views get random times, test views evenly spaced held-out times ``(k + 0.5) / n``.
 
+:func:`make_video_scene` renders the dynamic scene as multi-view video in the N3V layout
+(``poses_bounds.npy`` + ``camXX.mp4``, :mod:`.n3v`) from a fixed forward-facing rig.
+
 :func:`load_primitives`, :func:`scene_density` and :func:`render_rays` give the same geometry
 analytically for tests.
 """
@@ -54,7 +57,9 @@ __all__ = [
     "load_light",
     "load_primitives",
     "make_scene",
+    "make_video_scene",
     "render_rays",
+    "video_rig_poses",
     "render_view",
     "scene_density",
     "scene_primitives",
@@ -287,6 +292,117 @@ def make_scene(
         "aabb": [list(SCENE_AABB[0]), list(SCENE_AABB[1])],
         "near": max(0.05, radius - 1.05 * diagonal),
         "far": radius + 1.05 * diagonal,
+        "light": light.to_json(),
+        "primitives": [p.to_json() for p in primitives],
+    }
+    (out / "scene.json").write_text(json.dumps(description, indent=2), encoding="utf-8")
+    return out
+
+
+# ---------------------------------------------------------------------------------- N3V video
+def video_rig_poses(n: int, radius: float, seed: int = 0) -> Tensor:
+    """``[n, 3, 4]`` OpenCV poses of a forward-facing rig (as N3V's): cameras on an arc of
+    +-35 degrees of azimuth around -y, at 12 or 28 degrees of elevation (alternating, jittered by
+    ``seed`` up to 2 degrees), all looking at the origin from ``radius``."""
+    rng = np.random.default_rng([seed, 5])
+    azimuth = -0.5 * np.pi + np.radians(np.linspace(-35.0, 35.0, n) if n > 1 else np.zeros(1))
+    elevation = np.radians(np.where(np.arange(n) % 2 == 0, 12.0, 28.0) + rng.uniform(-2, 2, n))
+    up = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    poses = []
+    for a, e in zip(azimuth, elevation):
+        eye = torch.tensor(
+            [np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)], dtype=torch.float64
+        )
+        poses.append(look_at(eye * radius, torch.zeros(3, dtype=torch.float64), up))
+    return torch.stack(poses)
+
+
+def make_video_scene(
+    out_dir: str | Path,
+    *,
+    n_cameras: int = 5,
+    n_frames: int = 12,
+    resolution: int = 64,
+    fps: float = 10.0,
+    seed: int = 0,
+    radius: float = 4.0,
+    crf: int = 0,
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+) -> Path:
+    """Render the dynamic synthetic scene as multi-view video in the N3V layout.
+
+    Camera ``k`` (:func:`video_rig_poses`) films frame ``j`` at scene time ``j / (n_frames - 1)``
+    (so the loader's normalised times equal the scene times), composited on ``background``, and
+    writes::
+
+        out_dir/
+          poses_bounds.npy   [n_cameras, 17] LLFF poses (:func:`.n3v.write_poses_bounds`);
+                             bounds = radius -+ the scene's bounding radius (exact z-depth
+                             bounds of a sphere holding every object at every time)
+          camXX.mp4          H.264, yuv444p (no chroma subsampling), constant quality ``crf``
+                             (0 = lossless up to RGB<->YUV rounding), ``fps`` frames per second
+          scene.json         generator settings, primitives, light, OpenCV poses, frame times
+
+    Args:
+        out_dir: folder to write (created; files of the same names are overwritten).
+        n_cameras, n_frames: rig size and video length (>= 1 and >= 2).
+        resolution: square frame size (even, as H.264 needs).
+        fps: frame rate written in the videos.
+        seed: rig jitter and object placement.
+        radius: camera distance from the origin (> 2).
+        crf: x264 constant rate factor (0..51, lower is better).
+        background: colour behind the objects.
+
+    Returns:
+        ``out_dir`` as a :class:`Path`.
+    """
+    import imageio.v2 as iio2
+
+    from .n3v import write_poses_bounds
+
+    if n_cameras < 1 or n_frames < 2 or resolution < 2 or resolution % 2:
+        raise ValueError("need n_cameras >= 1, n_frames >= 2 and an even resolution >= 2")
+    if radius <= 2.0:
+        raise ValueError(f"radius must be > 2 (cameras outside the scene), got {radius}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    primitives = scene_primitives("dynamic", seed)
+    light = Light()
+    reach = max(p.bounding_radius() for p in primitives)
+    fov_x = 2.0 * math.asin(min(1.03 * reach / radius, 0.95))
+    focal = 0.5 * resolution / math.tan(0.5 * fov_x)
+    poses = video_rig_poses(n_cameras, radius, seed)
+    times = np.arange(n_frames) / (n_frames - 1)
+    colour = np.asarray(background, dtype=np.float64)
+    width = max(2, len(str(n_cameras - 1)))
+    names = [f"cam{k:0{width}d}" for k in range(n_cameras)]
+    for name, pose in zip(names, poses):
+        writer = iio2.get_writer(
+            out / f"{name}.mp4", format="ffmpeg", fps=fps, codec="libx264", quality=None,
+            pixelformat="yuv444p", output_params=["-crf", str(int(crf))], macro_block_size=1,
+        )  # fmt: skip
+        try:
+            for time in times:
+                rgba, _ = render_view(primitives, pose, resolution, focal, float(time), light)
+                rgb = rgba[..., :3] * rgba[..., 3:] + colour * (1.0 - rgba[..., 3:])
+                writer.append_data(np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8))
+        finally:
+            writer.close()
+    bounds = np.tile([radius - reach, radius + reach], (n_cameras, 1))
+    write_poses_bounds(out / "poses_bounds.npy", poses.numpy(), [resolution, resolution, focal], bounds)
+    description = {
+        "generator": "tensorfield.datasets.synthetic.make_video_scene",
+        "kind": "dynamic",
+        "layout": "n3v",
+        "seed": seed,
+        "resolution": resolution,
+        "radius": radius,
+        "focal": focal,
+        "fps": fps,
+        "crf": crf,
+        "background": list(colour),
+        "cameras": {name: pose.tolist() for name, pose in zip(names, poses)},
+        "times": times.tolist(),
         "light": light.to_json(),
         "primitives": [p.to_json() for p in primitives],
     }
