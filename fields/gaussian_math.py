@@ -250,6 +250,37 @@ def time_basis(time_degree: int, dt: Tensor, period: float) -> Tensor:
     return torch.cos((2 * math.pi / period) * dt[..., None] * orders)
 
 
+def spherindrical_weights(
+    directions: Tensor,
+    num_coefficients: int,
+    degree: int,
+    dt: Tensor | None = None,
+    time_degree: int = 0,
+    period: float = 1.0,
+    max_degree: int = MAX_SH_DEGREE,
+) -> Tensor:
+    """``[N, num_coefficients]`` basis values :math:`\cos(2\pi n\, dt / T)\, Y_{lm}(d)` per table entry.
+
+    Entry ``n * (max_degree + 1)^2 + lm`` of a table multiplies weight ``n, lm``; entries above
+    the active ``degree`` / ``time_degree`` get weight 0 (see :func:`eval_spherindrical`).
+    """
+    block = num_sh_bases(max_degree)
+    basis = sh_basis(degree, directions)
+    if basis.shape[-1] < block:
+        basis = F.pad(basis, (0, block - basis.shape[-1]))
+    orders = max(num_coefficients // block, 1)
+    if orders == 1:
+        return basis[:, :num_coefficients]
+    if time_degree > 0:
+        if dt is None:
+            raise ValueError("spherindrical_weights: time_degree > 0 needs dt")
+        cosines = time_basis(min(time_degree, orders - 1), dt, period)
+    else:
+        cosines = torch.ones_like(basis[:, :1])
+    cosines = F.pad(cosines, (0, orders - cosines.shape[-1]))
+    return (cosines[:, :, None] * basis[:, None, :]).reshape(basis.shape[0], orders * block)[:, :num_coefficients]
+
+
 def eval_spherindrical(
     coefficients: Tensor,
     directions: Tensor,
@@ -267,27 +298,17 @@ def eval_spherindrical(
             used (the active degrees).
         directions: ``[N, 3]`` unit view directions (camera to Gaussian).
         degree: active SH degree (<= ``max_degree``).
-        dt: ``[N]`` time offsets :math:`\\mu_t - t` (ignored when ``time_degree`` is 0).
+        dt: ``[N]`` time offsets :math:`\mu_t - t` (ignored when ``time_degree`` is 0).
         time_degree: active temporal degree.
         period: the Fourier period :math:`T` (duration of the sequence).
         max_degree: the SH degree the tables were allocated for (block size).
 
     Returns:
-        ``[N, C]`` :math:`\\sum_n \\cos(2\\pi n\\, dt / T) \\sum_{lm} c_{nlm} Y_{lm}(d)`.
+        ``[N, C]`` :math:`\sum_n \cos(2\pi n\, dt / T) \sum_{lm} c_{nlm} Y_{lm}(d)`, one
+        batched matrix product with :func:`spherindrical_weights`.
     """
-    block = num_sh_bases(max_degree)
-    used = num_sh_bases(degree)
-    basis = sh_basis(degree, directions)  # [N, used]
-    result = (coefficients[:, :used] * basis[..., None]).sum(1)
-    if time_degree > 0:
-        if dt is None:
-            raise ValueError("eval_spherindrical: time_degree > 0 needs dt")
-        cosines = time_basis(time_degree, dt, period)  # [N, time_degree + 1]
-        for order in range(1, time_degree + 1):
-            start = order * block
-            term = (coefficients[:, start : start + used] * basis[..., None]).sum(1)
-            result = result + cosines[:, order : order + 1] * term
-    return result
+    weights = spherindrical_weights(directions, coefficients.shape[1], degree, dt, time_degree, period, max_degree)
+    return torch.einsum("nk,nkc->nc", weights.to(coefficients.dtype), coefficients)
 
 
 def collapse_spherindrical(

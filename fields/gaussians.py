@@ -112,13 +112,13 @@ from tensorfield.fields.gaussian_math import (
     collapse_spherindrical,
     covariance_4d,
     covariance_to_scales_quats,
-    eval_spherindrical,
     mean_neighbour_distance,
     num_sh_bases,
     quat_to_rotmat,
     rgb_to_sh,
     rotation_4d,
     slice_4d,
+    spherindrical_weights,
     temporal_variance,
 )
 
@@ -224,12 +224,18 @@ class _Slice:
 
     means: Tensor  # [M, 3]
     opacities: Tensor  # [M]
-    coefficients: Tensor  # [M, K, 3]
+    sh_dc: Tensor  # [M, 1, 3]
+    sh_rest: Tensor  # [M, K - 1, 3]
     scales: Tensor | None  # [M, 3] (3D)
     quats: Tensor | None  # [M, 4] (3D)
     covariances: Tensor | None  # [M, 3, 3] (4D)
     dt: Tensor | None  # [M] mu_t - t (4D)
     index: Tensor | None  # [M] rows in the full set, None = all
+
+    @property
+    def coefficients(self) -> Tensor:
+        """``[M, K, 3]`` the full colour table (DC first)."""
+        return torch.cat([self.sh_dc, self.sh_rest], dim=1)
 
 
 # ================================================================================== model
@@ -336,24 +342,35 @@ class GaussianSplatting(Field):
 
     # ------------------------------------------------------------------ slicing and colour
     def gaussians_at(self, time: float) -> _Slice:
-        """The 3D Gaussians seen at model time ``time`` (4D: conditioned and culled)."""
+        """The 3D Gaussians seen at model time ``time`` (4D: conditioned and culled).
+
+        Each parameter is indexed once (and not at all when every Gaussian is alive), so the
+        backward pass scatters into each parameter's gradient once.
+        """
         if self.dim == 3:
-            return _Slice(self.means, self.opacities, self.coefficients, self.scales, self.quats, None, None, None)
-        scales = self._scales_4d()
-        var_t = temporal_variance(scales, self.quats, self.quats_right)
-        marginal = torch.exp(-0.5 * (time - self.times) ** 2 / var_t)
-        index = (marginal.detach() > self.config.temporal_threshold).nonzero().squeeze(1)
-        covariances = covariance_4d(scales[index], self.quats[index], self.quats_right[index])
-        means4 = self._means_4d()[index]
-        means3, covariances3, marginal_visible = slice_4d(means4, covariances, time)
+            return _Slice(self.means, self.opacities, self.sh_dc, self.sh_rest, self.scales, self.quats, None, None, None)
+        with torch.no_grad():
+            var_t = temporal_variance(self._scales_4d(), self.quats, self.quats_right)
+            alive = torch.exp(-0.5 * (time - self.times) ** 2 / var_t) > self.config.temporal_threshold
+        index = None if bool(alive.all()) else alive.nonzero().squeeze(1)
+
+        def take(param: Tensor) -> Tensor:
+            return param if index is None else param[index]
+
+        times = take(self.times)
+        scales = torch.exp(torch.cat([take(self.log_scales), take(self.log_scale_t)[:, None]], dim=1))
+        covariances = covariance_4d(scales, take(self.quats), take(self.quats_right))
+        means4 = torch.cat([take(self.means), times[:, None]], dim=1)
+        means3, covariances3, marginal = slice_4d(means4, covariances, time)
         return _Slice(
             means=means3,
-            opacities=self.opacities[index] * marginal_visible,
-            coefficients=self.coefficients[index],
+            opacities=torch.sigmoid(take(self.opacity_logits)) * marginal,
+            sh_dc=take(self.sh_dc),
+            sh_rest=take(self.sh_rest),
             scales=None,
             quats=None,
             covariances=covariances3,
-            dt=self.times[index] - time,
+            dt=times - time,
             index=index,
         )
 
@@ -363,15 +380,16 @@ class GaussianSplatting(Field):
         if self.dim == 4:
             directions = directions.detach()
         directions = F.normalize(directions, dim=-1)
-        values = eval_spherindrical(
-            gaussians.coefficients,
+        weights = spherindrical_weights(
             directions,
+            gaussians.sh_rest.shape[1] + 1,
             self.active_sh_degree,
             dt=gaussians.dt,
             time_degree=self.active_time_degree,
             period=float(self.config.time_duration),
             max_degree=self.config.sh_degree,
         )
+        values = weights[:, :1] * gaussians.sh_dc[:, 0] + torch.einsum("nk,nkc->nc", weights[:, 1:], gaussians.sh_rest)
         return (values + 0.5).clamp_min(0.0)
 
     # ------------------------------------------------------------------ rendering
