@@ -259,7 +259,7 @@ def spherindrical_weights(
     period: float = 1.0,
     max_degree: int = MAX_SH_DEGREE,
 ) -> Tensor:
-    """``[N, num_coefficients]`` basis values :math:`\cos(2\pi n\, dt / T)\, Y_{lm}(d)` per table entry.
+    """``[N, num_coefficients]`` basis values :math:`\\cos(2\\pi n\\, dt / T)\\, Y_{lm}(d)` per table entry.
 
     Entry ``n * (max_degree + 1)^2 + lm`` of a table multiplies weight ``n, lm``; entries above
     the active ``degree`` / ``time_degree`` get weight 0 (see :func:`eval_spherindrical`).
@@ -298,13 +298,13 @@ def eval_spherindrical(
             used (the active degrees).
         directions: ``[N, 3]`` unit view directions (camera to Gaussian).
         degree: active SH degree (<= ``max_degree``).
-        dt: ``[N]`` time offsets :math:`\mu_t - t` (ignored when ``time_degree`` is 0).
+        dt: ``[N]`` time offsets :math:`\\mu_t - t` (ignored when ``time_degree`` is 0).
         time_degree: active temporal degree.
         period: the Fourier period :math:`T` (duration of the sequence).
         max_degree: the SH degree the tables were allocated for (block size).
 
     Returns:
-        ``[N, C]`` :math:`\sum_n \cos(2\pi n\, dt / T) \sum_{lm} c_{nlm} Y_{lm}(d)`, one
+        ``[N, C]`` :math:`\\sum_n \\cos(2\\pi n\\, dt / T) \\sum_{lm} c_{nlm} Y_{lm}(d)`, one
         batched matrix product with :func:`spherindrical_weights`.
     """
     weights = spherindrical_weights(directions, coefficients.shape[1], degree, dt, time_degree, period, max_degree)
