@@ -141,7 +141,7 @@ def write_points3d_text(path: Path, points: np.ndarray, colors: np.ndarray) -> N
     rgb = np.clip(np.round(np.asarray(colors) * 255.0), 0, 255).astype(int)
     lines = ["# 3D point list with one line of data per point:",
              "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)"]  # fmt: skip
-    for i, (p, c) in enumerate(zip(np.asarray(points, dtype=np.float64), rgb), start=1):
+    for i, (p, c) in enumerate(zip(np.asarray(points, dtype=np.float64).tolist(), rgb.tolist()), start=1):
         lines.append(f"{i} {p[0]!r} {p[1]!r} {p[2]!r} {c[0]} {c[1]} {c[2]} 0")
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 

@@ -522,7 +522,7 @@ def load_video_split(
         focal.append(np.full(len(frames), camera.focal * info.width / camera.width))
         paths += [camera.video / f"{camera.name}_{int(f):04d}" for f in frames]
     count = images.shape[0]
-    full = lambda value: torch.full((count,), float(value))  # noqa: E731
+    full = lambda value: torch.full((count,), float(value))
     fx = torch.as_tensor(np.concatenate(focal), dtype=torch.float32)
     cameras = Cameras(
         c2w=torch.as_tensor(np.concatenate(c2w), dtype=torch.float32),

@@ -59,10 +59,10 @@ __all__ = [
     "make_scene",
     "make_video_scene",
     "render_rays",
-    "video_rig_poses",
     "render_view",
     "scene_density",
     "scene_primitives",
+    "video_rig_poses",
 ]
 
 KINDS = ("static", "dynamic")

@@ -6,12 +6,16 @@
 * :func:`extract_point_cloud` back-projects rendered depth of the training cameras.
 * :func:`write_mesh` / :func:`write_point_cloud` pick the file format from the extension
   (``.ply``, ``.obj``, ``.glb``/``.gltf`` for meshes; ``.ply``, ``.pcd``, ``.xyz`` for points).
+* :func:`write_splat_ply` / :func:`read_splat_ply`: Gaussian splats in the PLY layout of the
+  original 3DGS code, which splat viewers open.
 
 open3d is imported lazily: it is heavy and only needed here.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -280,3 +284,201 @@ def extract_point_cloud(
         pts = np.asarray(cloud.points, dtype=np.float32)
         cols = np.asarray(cloud.colors, dtype=np.float32)
     return pts, cols
+
+
+# ----------------------------------------------------------------------------- Gaussian splats
+@dataclass
+class SplatArrays:
+    """Gaussians as stored in a 3DGS PLY (pre-activation values, float32 numpy).
+
+    Attributes:
+        means: ``[N, 3]`` centres.
+        sh_dc: ``[N, 3]`` degree-0 SH coefficients (RGB).
+        sh_rest: ``[N, K - 1, 3]`` higher SH coefficients, ``K = (degree + 1)^2``
+            (``[N, 0, 3]`` for degree 0).
+        opacity_logits: ``[N]`` opacity before the sigmoid.
+        log_scales: ``[N, 3]`` log of the axis scales.
+        quats: ``[N, 4]`` rotations ``(w, x, y, z)``, not necessarily normalised.
+    """
+
+    means: np.ndarray
+    sh_dc: np.ndarray
+    sh_rest: np.ndarray
+    opacity_logits: np.ndarray
+    log_scales: np.ndarray
+    quats: np.ndarray
+
+    def __len__(self) -> int:
+        return self.means.shape[0]
+
+
+def splat_ply_properties(num_rest: int) -> list[str]:
+    """Vertex property names of a 3DGS PLY with ``num_rest`` = ``K - 1`` higher SH coefficients
+    per channel, in file order (the original ``construct_list_of_attributes``)."""
+    names = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+    names += [f"f_rest_{i}" for i in range(3 * num_rest)]
+    names += ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    return names
+
+
+def _as_float32(value, name: str, shape: tuple) -> np.ndarray:
+    if isinstance(value, Tensor):
+        value = value.detach().cpu()
+    array = np.asarray(value, dtype=np.float32)
+    if array.ndim != len(shape) or any(s is not None and a != s for a, s in zip(array.shape, shape)):
+        want = "x".join("N" if s is None else str(s) for s in shape)
+        raise ExportError(f"{name} must be [{want}], got {list(array.shape)}")
+    return array
+
+
+def write_splat_ply(
+    path: str | Path,
+    means,
+    sh_dc,
+    sh_rest,
+    opacity_logits,
+    log_scales,
+    quats,
+) -> Path:
+    """Write Gaussians as the standard 3DGS PLY (binary little endian, all properties float).
+
+    Layout (graphdeco-inria/gaussian-splatting ``GaussianModel.save_ply``), one ``vertex`` per
+    Gaussian with properties, in order: ``x, y, z``; ``nx, ny, nz`` (zeros); ``f_dc_0..2``;
+    ``f_rest_0 .. f_rest_{3(K-1)-1}`` **channel-major**: ``f_rest_{c (K-1) + k} = sh_rest[:, k, c]``
+    (the original transposes its ``[N, K-1, 3]`` features to ``[N, 3, K-1]`` before flattening);
+    ``opacity`` (logit); ``scale_0..2`` (log); ``rot_0..3`` (quaternion ``w, x, y, z``).
+
+    The file is written to a temporary file in the same folder, fsynced and renamed over
+    ``path``, so a crash never leaves a half-written splat and an existing file stays intact
+    until the new one is complete.
+
+    Args:
+        path: output ``.ply``.
+        means: ``[N, 3]``; sh_dc: ``[N, 3]``; sh_rest: ``[N, K-1, 3]`` or ``None`` (degree 0);
+        opacity_logits: ``[N]`` or ``[N, 1]``; log_scales: ``[N, 3]``; quats: ``[N, 4]`` wxyz.
+            Tensors (any device) or arrays; stored as float32.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ExportError: inconsistent shapes or non-finite values (one line).
+    """
+    path = Path(path)
+    means = _as_float32(means, "means", (None, 3))
+    n = means.shape[0]
+    sh_dc = _as_float32(sh_dc, "sh_dc", (n, 3))
+    if sh_rest is None:
+        sh_rest = np.zeros((n, 0, 3), dtype=np.float32)
+    sh_rest = _as_float32(sh_rest, "sh_rest", (n, None, 3))
+    opacity = _as_float32(opacity_logits, "opacity_logits", (n,) if np.ndim(opacity_logits) == 1 else (n, 1))
+    log_scales = _as_float32(log_scales, "log_scales", (n, 3))
+    quats = _as_float32(quats, "quats", (n, 4))
+    columns = [means, np.zeros_like(means), sh_dc,
+               sh_rest.transpose(0, 2, 1).reshape(n, -1),  # channel-major, as the original
+               opacity.reshape(n, 1), log_scales, quats]  # fmt: skip
+    table = np.concatenate(columns, axis=1)
+    if not np.isfinite(table).all():
+        raise ExportError(f"{path}: the splat holds NaN/inf values")
+    names = splat_ply_properties(sh_rest.shape[1])
+    header = ["ply", "format binary_little_endian 1.0", f"element vertex {n}"]
+    header += [f"property float {name}" for name in names]
+    header.append("end_header")
+    data = ("\n".join(header) + "\n").encode("ascii") + table.astype("<f4").tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".partial")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+_PLY_TYPES = {
+    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
+    "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
+    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
+}  # fmt: skip
+
+
+def read_splat_ply(path: str | Path) -> SplatArrays:
+    """Read a 3DGS splat PLY (as written by :func:`write_splat_ply`, the original 3DGS code or
+    other tools that follow it: binary, any scalar property types, properties in any order,
+    normals optional, other elements without list properties allowed).
+
+    ``K - 1`` is the number of ``f_rest_*`` properties divided by 3.
+
+    Raises:
+        ExportError: ``<path>: <problem>`` on one line (missing file, not a binary PLY, missing
+            or list-typed properties, truncated data, ``f_rest`` count not a multiple of 3).
+    """
+    path = Path(path)
+
+    def fail(problem: str) -> ExportError:
+        return ExportError(f"{path}: {problem}")
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise fail("missing file") from None
+    except OSError as error:
+        raise fail(f"unreadable file ({error.strerror})") from None
+    end = data.find(b"end_header")
+    newline = data.find(b"\n", end) if end >= 0 else -1
+    if not data.startswith(b"ply") or newline < 0:
+        raise fail("not a PLY file (no 'ply' magic or no end_header line)")
+    header = data[:end].decode("ascii", errors="replace").splitlines()
+    fmt, elements = None, []  # elements: [name, count, [(property, dtype)]]
+    for line in header[1:]:
+        words = line.split()
+        if not words or words[0] in ("comment", "obj_info"):
+            continue
+        if words[0] == "format" and len(words) >= 2:
+            fmt = words[1]
+        elif words[0] == "element" and len(words) == 3 and words[2].isdigit():
+            elements.append([words[1], int(words[2]), []])
+        elif words[0] == "property" and elements and len(words) == 3 and words[1] in _PLY_TYPES:
+            elements[-1][2].append((words[2], _PLY_TYPES[words[1]]))
+        elif words[0] == "property" and elements and words[1:2] == ["list"]:
+            raise fail(f"element '{elements[-1][0]}' has a list property (not a splat PLY)")
+        else:
+            raise fail(f"malformed header line '{line.strip()[:60]}'")
+    if fmt not in ("binary_little_endian", "binary_big_endian"):
+        raise fail(f"format {fmt} is not supported (splat PLYs are binary)")
+    order = "<" if fmt == "binary_little_endian" else ">"
+    offset = newline + 1
+    vertex = None
+    for name, count, props in elements:
+        record = np.dtype([(p, order + t) for p, t in props])
+        if len(data) < offset + count * record.itemsize:
+            raise fail(f"truncated: element '{name}' needs {count * record.itemsize} bytes")
+        if name == "vertex":
+            vertex = np.frombuffer(data, dtype=record, count=count, offset=offset)
+        offset += count * record.itemsize
+    if vertex is None:
+        raise fail("no vertex element")
+    names = set(vertex.dtype.names or ())
+    rest = sorted((p for p in names if p.startswith("f_rest_")), key=lambda p: int(p[7:]) if p[7:].isdigit() else -1)
+    required = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
+                "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]  # fmt: skip
+    missing = [p for p in required if p not in names]
+    if missing:
+        raise fail(f"not a Gaussian splat PLY: missing properties {', '.join(missing)}")
+    if len(rest) % 3 or rest != [f"f_rest_{i}" for i in range(len(rest))]:
+        raise fail(f"f_rest properties must be f_rest_0..f_rest_{{3m-1}}, found {len(rest)}")
+    column = lambda *props: np.stack([vertex[p].astype(np.float32) for p in props], axis=1)
+    n, num_rest = len(vertex), len(rest) // 3
+    sh_rest = column(*rest) if rest else np.zeros((n, 0), dtype=np.float32)
+    return SplatArrays(
+        means=column("x", "y", "z"),
+        sh_dc=column("f_dc_0", "f_dc_1", "f_dc_2"),
+        sh_rest=np.ascontiguousarray(sh_rest.reshape(n, 3, num_rest).transpose(0, 2, 1)),
+        opacity_logits=vertex["opacity"].astype(np.float32),
+        log_scales=column("scale_0", "scale_1", "scale_2"),
+        quats=column("rot_0", "rot_1", "rot_2", "rot_3"),
+    )
