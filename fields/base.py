@@ -164,7 +164,8 @@ class HookResult:
         surgery: parameters replaced row by row (densification, pruning, opacity reset); the
             trainer keeps the optimiser and moves each one's state to the new tensor
             (:class:`ParamSurgery`). Applied in order, so a later entry may take the ``new``
-            of an earlier one as its ``old``.
+            of an earlier one as its ``old``; ignored when ``rebuild_optimizer`` is also set
+            (the new optimiser starts from the current parameters anyway).
     """
 
     rebuild_optimizer: bool = False
