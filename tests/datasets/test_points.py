@@ -153,3 +153,16 @@ def test_empty_colmap_model_means_no_points(ds_static_scene, tmp_path):
     (root / "sparse" / "points3D.txt").write_text("# no points\n")
     with pytest.warns(UserWarning, match="sparse/points3D.txt: no points"):
         assert load_scene(root, splits=("train",)).points is None
+
+
+def test_n3v_scene_gets_colmap_points_as_read(tmp_path):
+    """LLFF keeps COLMAP's world frame: the points are used as read."""
+    from tensorfield.datasets.synthetic import make_video_scene
+
+    root = make_video_scene(tmp_path / "n3v", n_cameras=2, n_frames=2, resolution=16)
+    assert load_scene(root).points is None
+    (root / "sparse" / "0").mkdir(parents=True)
+    (root / "sparse" / "0" / "points3D.txt").write_text(POINTS_TXT)
+    info = load_scene(root, splits=("train",)).scene_info()
+    assert info.is_dynamic and torch.equal(info.points, torch.from_numpy(EXPECTED_XYZ))
+    assert torch.allclose(info.points_rgb, torch.from_numpy(EXPECTED_RGB))
