@@ -114,6 +114,7 @@ class Scene:
             num_train_images=len(train) if train is not None else 0,
             points=self.points,
             points_rgb=self.points_rgb,
+            camera_centers=train.cameras.c2w[:, :, 3].clone() if train is not None else None,
         )
 
 

@@ -125,7 +125,23 @@ def load_scene_for(config):
     if not config.data:
         raise ConfigError("no training data: pass --data PATH (or set data=PATH)")
     background = "white" if config.background == "random" else config.background
-    return load_scene(config.data, downscale=config.downscale, background=background)
+    video = {}
+    if int(getattr(config, "frame_stride", 1)) != 1:
+        video["frame_stride"] = int(config.frame_stride)
+    if int(getattr(config, "max_frames", 0)) > 0:
+        video["max_frames"] = int(config.max_frames)
+    if list(getattr(config, "time_range", []) or []):
+        if len(config.time_range) != 2:
+            raise ConfigError(f"time_range must be [start, end] in seconds, got {list(config.time_range)}")
+        video["time_range"] = (float(config.time_range[0]), float(config.time_range[1]))
+    if list(getattr(config, "test_cameras", []) or []):
+        video["test_cameras"] = [str(c) for c in config.test_cameras]
+    try:
+        return load_scene(config.data, downscale=config.downscale, background=background, **video)
+    except ValueError as err:
+        if video and "video" in str(err).lower():
+            raise ConfigError(f"{config.data}: {err}") from None
+        raise
 
 
 def _capture_rng() -> dict:

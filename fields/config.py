@@ -31,6 +31,10 @@ class MethodConfig:
     data: str = option("", "Path of the training data (set by `tensorfield train --data`).")
     downscale: float = option(1.0, "Divide image resolution by this factor at load time.")
     background: str = option("white", "Background the RGBA images are composited on: white, black or random.")
+    frame_stride: int = option(1, "Video scenes (N3V): keep every N-th frame.")
+    max_frames: int = option(0, "Video scenes (N3V): keep at most this many frames per camera (0 = all).")
+    time_range: list[float] = option([], "Video scenes (N3V): [start, end] in seconds to load (empty = all).")
+    test_cameras: list[str] = option([], "Video scenes (N3V): held-out cameras by name, e.g. [cam00] (empty = cam00).")
     # logging / evaluation / checkpoints
     log_every: int = option(50, "Write a metrics.jsonl line every N steps.")
     eval_every: int = option(0, "Evaluate on the test split every N steps (0 = only at the end).")
