@@ -1,6 +1,6 @@
 """The ``tensorfield`` command line.
 
-Subcommands: ``demo``, ``train``, ``eval``, ``render``, ``export``, ``methods``. Errors that come
+Subcommands: ``demo``, ``train``, ``eval``, ``render``, ``export``, ``view``, ``methods``. Errors that come
 from the user's input (data, configs, checkpoints, camera paths) print one line and exit with
 status 2; nothing already written is removed.
 """
@@ -17,6 +17,7 @@ EPILOG = """examples:
   tensorfield eval runs/lego
   tensorfield render runs/lego --path orbit --out orbit.mp4
   tensorfield export runs/lego mesh --out lego.ply
+  tensorfield export runs/dyn splat --time 0.5 --out dyn.ply
 """
 
 
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--help-config", action="store_true", help="list the config fields of CONFIG's method and exit")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--view", action="store_true", help="train in the background with the desktop viewer attached (needs PyQt6)")
     _add_device(p)
 
     p = sub.add_parser("eval", help="compute PSNR/SSIM of a run on its test split", description="Render the test split of RUN, print and store PSNR and SSIM (RUN/eval.json).")
@@ -87,14 +89,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-depth", action="store_true", help="do not write depth renders")
     _add_device(p)
 
-    p = sub.add_parser("export", help="export a mesh or point cloud", description="Export RUN as a mesh (marching cubes on the density grid, vertex colours from the radiance field, small floating parts removed) or a point cloud. The format follows --out's extension: .ply .obj .glb for meshes; .ply .pcd .xyz for points.")
+    p = sub.add_parser("export", help="export a mesh, point cloud or Gaussian splats", description="Export RUN as a mesh (grid fields: marching cubes on the density grid; Gaussians: TSDF fusion of rendered depth and colour; vertex colours from the radiance field, small floating parts removed), a point cloud, or Gaussian splats (the standard 3DGS .ply that splat viewers open; 4D models: the slice at --time). The format follows --out's extension: .ply .obj .glb for meshes; .ply .pcd .xyz for points; .ply for splats.")
     p.add_argument("run", help="run folder or checkpoint file")
-    p.add_argument("what", choices=["mesh", "pointcloud"], help="what to export")
+    p.add_argument("what", choices=["mesh", "pointcloud", "splat"], help="what to export")
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--resolution", type=int, default=None, help="grid resolution per axis (default: the model's)")
     p.add_argument("--level", type=float, default=0.005, help="alpha iso-level for marching cubes (default: 0.005)")
     p.add_argument("--min-component", type=float, default=0.02, help="drop mesh parts smaller than this fraction of the largest")
     p.add_argument("--time", type=float, default=None, help="time in [0, 1] for dynamic models")
+    _add_device(p)
+
+    p = sub.add_parser(
+        "view",
+        help="open the desktop viewer on a run (needs PyQt6)",
+        description="Open RUN (a run folder or checkpoint) in the desktop viewer: orbit/pan/zoom with the mouse, "
+        "WASD/QE to fly, snap to dataset cameras, scrub time for dynamic scenes, colour/depth/alpha modes, "
+        "snapshots, keyframe camera paths (JSON that `render --path` accepts) and MP4 renders. "
+        "Install the viewer with: pip install 'tensorfield[viewer]'.",
+    )
+    p.add_argument("run", nargs="?", default=None, help="run folder or checkpoint file (optional: open one from the window)")
     _add_device(p)
 
     sub.add_parser("methods", help="list the registered methods")

@@ -101,6 +101,8 @@ def cmd_train(args) -> int:
         if latest_checkpoint(run_dir) is not None:
             raise CommandError(f"{run_dir}: already holds a run; use --resume to continue it or another --out")
         trainer = Trainer.from_config(config, run_dir, data_path=data, device=args.device)
+    if getattr(args, "view", False):
+        return _train_with_viewer(trainer, args)
     summary = trainer.train(progress=not args.no_progress)
     trainer.close()
     _print_summary(f"trained {summary['method']} for {summary['steps']} steps -> {summary['run_dir']}", {
@@ -109,6 +111,34 @@ def cmd_train(args) -> int:
         "train_psnr": summary.get("psnr"),
         **({f"test_{k}": v for k, v in (summary.get("eval") or {}).items() if isinstance(v, float)}),
     })
+    return 0
+
+
+# ------------------------------------------------------------------------------- view
+def _viewer_module():
+    """The Qt viewer, or a one-line error naming the missing dependency."""
+    try:
+        from tensorfield.app.viewer import window
+    except ImportError as err:
+        raise CommandError(f"the viewer needs PyQt6 ({err}); install it with: pip install 'tensorfield[viewer]'") from None
+    return window
+
+
+def cmd_view(args) -> int:
+    window = _viewer_module()
+    if args.run is not None and not Path(args.run).exists():
+        raise CommandError(f"{args.run}: no such run folder or checkpoint")
+    window.run_viewer(args.run, device=args.device)
+    return 0
+
+
+def _train_with_viewer(trainer, args) -> int:
+    """``train --view``: training runs in a background thread, the viewer in the foreground."""
+    window = _viewer_module()
+    closed = window.run_viewer(trainer=trainer, live=True)
+    trainer.close()
+    state = closed.training_state or "stopped"
+    print(f"{state} {trainer.config.method} at step {trainer.step} / {trainer.config.steps} -> {trainer.run_dir}")
     return 0
 
 
@@ -171,6 +201,8 @@ def cmd_export(args) -> int:
 
     trainer = _load_run(args.run, args.device)
     model, scene = trainer.model, trainer.scene
+    if args.what == "splat":
+        return _export_splat(model, args)
     cameras = scene.split("train").cameras
     if args.what == "mesh":
         mesh = extract_mesh(
@@ -189,6 +221,41 @@ def cmd_export(args) -> int:
         points, colors = extract_point_cloud(model, cameras, scene.background, time=args.time, voxel_size=extent / 512)
         write_point_cloud(points, colors, args.out)
         print(f"wrote {args.out}: {len(points)} points")
+    return 0
+
+
+def _export_splat(model, args) -> int:
+    """``export RUN splat``: the model's Gaussians (4D: the slice at ``--time``) as a 3DGS PLY."""
+    import torch
+
+    from tensorfield.engine.export import write_splat_ply
+
+    if not hasattr(model, "splat_attributes"):
+        raise CommandError(f"{args.run}: a {type(model).__name__} has no Gaussians to export as splats (use mesh or pointcloud)")
+    if Path(args.out).suffix.lower() != ".ply":
+        raise CommandError(f"{args.out}: splats are written as .ply")
+    with torch.no_grad():
+        attributes = model.splat_attributes(args.time)
+    column = {name: i for i, name in enumerate(attributes.names)}
+    values = attributes.values
+    rest = [name for name in attributes.names if name.startswith("f_rest_")]
+    count = values.shape[0]
+    sh_rest = None
+    if rest:  # channel-major in the file: f_rest_{c (K-1) + k}
+        block = values[:, column[rest[0]] : column[rest[-1]] + 1]
+        sh_rest = block.reshape(count, 3, len(rest) // 3).transpose(1, 2)
+    pick = lambda *names: values[:, [column[n] for n in names]]  # noqa: E731
+    write_splat_ply(
+        args.out,
+        pick("x", "y", "z"),
+        pick("f_dc_0", "f_dc_1", "f_dc_2"),
+        sh_rest,
+        values[:, column["opacity"]],
+        pick("scale_0", "scale_1", "scale_2"),
+        pick("rot_0", "rot_1", "rot_2", "rot_3"),
+    )
+    when = f" at time {args.time}" if args.time is not None else ""
+    print(f"wrote {args.out}: {count} Gaussians{when}")
     return 0
 
 

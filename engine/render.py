@@ -1,7 +1,8 @@
 """The render service: camera paths in, images and videos out.
 
-Both ``tensorfield render`` and the desktop viewer go through :func:`render_frame`, so a frame in
-the viewer and the CLI's render of the same camera and time are identical.
+Both ``tensorfield render`` and the desktop viewer go through :func:`render_frame` and
+:func:`output_image` (together :func:`render_image`: camera, time, identity, mode -> image), so a
+frame in the viewer and the CLI's render of the same camera and time are identical.
 
 Camera paths are read from three sources:
 
@@ -173,21 +174,68 @@ def apply_time(camera_path: CameraPath, time: float | None = None, time_range: t
 
 
 # ------------------------------------------------------------------------------- rendering
+RENDER_MODES = ("rgb", "depth", "alpha")
+
+
 @torch.no_grad()
-def render_frame(model, cameras: Cameras, index: int, background: Tensor, time: float | None = None) -> RenderOutput:
+def render_frame(
+    model,
+    cameras: Cameras,
+    index: int,
+    background: Tensor,
+    time: float | None = None,
+    identity: int | None = None,
+) -> RenderOutput:
     """Render one camera of ``cameras`` with ``model`` (the single entry point for CLI and viewer).
 
-    ``time`` overrides the camera's own time; ``nan`` / ``None`` keeps it.
+    ``time`` overrides the camera's own time; ``nan`` / ``None`` keeps it (static models ignore
+    time). ``identity`` selects a subject of a model with identities (avatars: a model that sets
+    ``supports_identity = True`` and accepts ``render_view(..., identity=)``); other models
+    ignore it.
     """
     if time is not None and not math.isfinite(time):
         time = None
+    extra = {"identity": int(identity)} if identity is not None and getattr(model, "supports_identity", False) else {}
     was_training = model.training
     model.eval()
     try:
         device = next(iter(model.parameters())).device
-        return model.render_view(cameras.to(device), index, time, background.to(device))
+        return model.render_view(cameras.to(device), index, time, background.to(device), **extra)
     finally:
         model.train(was_training)
+
+
+def output_image(output: RenderOutput, mode: str = "rgb") -> np.ndarray:
+    """The ``[H, W, 3]`` uint8 image of one render mode of ``output``.
+
+    Modes: ``rgb`` (colour on the background), ``depth`` (:func:`colorize_depth`), ``alpha``
+    (accumulated opacity as grey).
+    """
+    if mode == "rgb":
+        return to_uint8(output.rgb)
+    if mode == "depth":
+        return colorize_depth(output.depth, output.alpha)
+    if mode == "alpha":
+        return np.repeat(to_uint8(output.alpha[..., None]), 3, axis=-1)
+    raise ValueError(f"unknown render mode '{mode}' (use one of {', '.join(RENDER_MODES)})")
+
+
+def render_image(
+    model,
+    cameras: Cameras,
+    index: int,
+    background: Tensor,
+    time: float | None = None,
+    identity: int | None = None,
+    mode: str = "rgb",
+) -> np.ndarray:
+    """The render service: (camera, time, identity, mode) -> ``[H, W, 3]`` uint8 image.
+
+    ``tensorfield render`` (:func:`render_path`) and the desktop viewer both produce their
+    images as ``output_image(render_frame(...), mode)``, so a viewer frame and the CLI's frame of
+    the same camera and time are identical bit for bit.
+    """
+    return output_image(render_frame(model, cameras, index, background, time, identity), mode)
 
 
 def to_uint8(image: Tensor) -> np.ndarray:
@@ -261,9 +309,9 @@ def render_path(
     colour_frames, depth_frames = [], []
     for i in tqdm(range(len(cams)), desc="render", unit="frame", disable=not progress, leave=False):
         result = render_frame(model, cams, i, background)
-        colour_frames.append(to_uint8(result.rgb))
+        colour_frames.append(output_image(result, "rgb"))
         if depth:
-            depth_frames.append(colorize_depth(result.depth, result.alpha))
+            depth_frames.append(output_image(result, "depth"))
     written: list[Path] = []
     if out.suffix.lower() in (".mp4", ".mov", ".mkv", ".gif"):
         write_video(out, colour_frames, fps)

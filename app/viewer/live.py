@@ -1,0 +1,186 @@
+"""Training in a background thread with the viewer attached, free of Qt.
+
+The common trainer runs unchanged (:meth:`Trainer.train`) in its own thread. To pause, stop and
+watch it without touching the engine, :class:`LiveTraining` wraps three of the model's hooks
+for the duration (instance attributes shadowing the methods):
+
+* ``before_step``: waits while paused; raises :class:`StopTraining` when asked to stop;
+* ``training_step``: keeps the step's loss and metrics for the readout;
+* ``after_step``: at most every ``snapshot_interval`` seconds, publishes the loss / PSNR and a
+  deep copy of the model. The copy is taken between two steps, so it is consistent (after
+  upsampling or densification), and the viewer renders from it while training goes on: the two
+  threads never share a tensor.
+
+When the thread ends (steps done, stopped, or an error) the wrappers are removed; a stopped run
+writes a checkpoint, so ``tensorfield train --resume`` continues it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from tensorfield.engine.metrics import mse_to_psnr
+
+WRAPPED = ("before_step", "training_step", "after_step")
+
+
+class StopTraining(Exception):
+    """Raised inside the training loop to end it early (caught by :class:`LiveTraining`)."""
+
+
+@dataclass
+class TrainingProgress:
+    step: int
+    total: int
+    loss: float | None
+    psnr: float | None
+    steps_per_s: float | None
+
+
+def snapshot_model(model):
+    """A deep copy of ``model`` for rendering, in eval mode, without the live wrappers."""
+    clone = copy.deepcopy(model)
+    for name in WRAPPED:
+        clone.__dict__.pop(name, None)
+    clone.eval()
+    return clone
+
+
+class LiveTraining:
+    """Runs ``trainer.train()`` in a daemon thread with pause / resume / stop.
+
+    Args:
+        trainer: a :class:`~tensorfield.engine.trainer.Trainer` ready to train.
+        on_progress: ``(TrainingProgress, model_snapshot)``, called from the training thread.
+        on_finished: ``(summary | None, error_message | None, stopped)``, from the training thread.
+        snapshot_interval: seconds between two published snapshots.
+    """
+
+    def __init__(
+        self,
+        trainer,
+        on_progress: Callable[[TrainingProgress, object], None],
+        on_finished: Callable[[dict | None, str | None, bool], None],
+        snapshot_interval: float = 0.5,
+        progress_bar: bool = False,
+    ):
+        self.trainer = trainer
+        self._on_progress = on_progress
+        self._on_finished = on_finished
+        self.snapshot_interval = snapshot_interval
+        self.progress_bar = progress_bar
+        self._running = threading.Event()
+        self._running.set()
+        self._stop = threading.Event()
+        self._last_output = None
+        self._last_publish = -math.inf
+        self._last_step_time = None
+        self._steps_since = 0
+        self._thread: threading.Thread | None = None
+        self.outcome: str | None = None  # "finished", "stopped" or "failed" once the thread ends
+
+    # ------------------------------------------------------------------ control (any thread)
+    def start(self) -> None:
+        self._install()
+        self._thread = threading.Thread(target=self._run, name="tensorfield-train", daemon=True)
+        self._thread.start()
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop after the current step (a checkpoint is written); returns whether it ended."""
+        self._stop.set()
+        self._running.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return not self.alive
+
+    # ------------------------------------------------------------------ training thread
+    def _install(self) -> None:
+        model = self.trainer.model
+        originals = {name: getattr(model, name) for name in WRAPPED}
+
+        def before_step(step):
+            while not self._running.wait(0.1):
+                if self._stop.is_set():
+                    break
+            if self._stop.is_set():
+                raise StopTraining
+            return originals["before_step"](step)
+
+        def training_step(batch, step):
+            output = originals["training_step"](batch, step)
+            self._last_output = output
+            return output
+
+        def after_step(step):
+            result = originals["after_step"](step)
+            self._steps_since += 1
+            now = time.perf_counter()
+            if now - self._last_publish >= self.snapshot_interval or step + 1 >= self.trainer.config.steps:
+                self._publish(step + 1, now, model)
+            return result
+
+        for name, fn in (("before_step", before_step), ("training_step", training_step), ("after_step", after_step)):
+            model.__dict__[name] = fn
+
+    def _uninstall(self) -> None:
+        for name in WRAPPED:
+            self.trainer.model.__dict__.pop(name, None)
+
+    def _publish(self, step: int, now: float, model) -> None:
+        output = self._last_output
+        loss = psnr = None
+        if output is not None:
+            loss = float(output.loss.detach())
+            mse = output.metrics.get("mse")
+            psnr = mse_to_psnr(float(mse)) if mse is not None else None
+        rate = None
+        if self._last_step_time is not None and now > self._last_step_time:
+            rate = self._steps_since / (now - self._last_step_time)
+        self._last_step_time, self._steps_since, self._last_publish = now, 0, now
+        with torch.no_grad():
+            snapshot = snapshot_model(model)
+        self._on_progress(TrainingProgress(step, int(self.trainer.config.steps), loss, psnr, rate), snapshot)
+
+    def _run(self) -> None:
+        summary, error, stopped = None, None, False
+        try:
+            summary = self.trainer.train(progress=self.progress_bar)
+        except StopTraining:
+            stopped = True
+            try:
+                self.trainer.save_checkpoint()
+            except Exception as err:  # the run is still usable; say why it was not saved
+                error = f"stopped, but the checkpoint was not written: {err}"
+        except Exception as err:
+            lines = str(err).strip().splitlines()
+            error = f"{type(err).__name__}: {lines[0] if lines else ''}"
+        finally:
+            self._uninstall()
+        if not stopped and error is None:
+            self._publish(self.trainer.step, time.perf_counter(), self.trainer.model)
+        self.outcome = "stopped" if stopped else ("failed" if error else "finished")
+        self._on_finished(summary, error, stopped)
