@@ -1,0 +1,121 @@
+"""Frames per second of the viewer's render path (no window needed).
+
+Renders through exactly what the viewer's render thread runs
+(:func:`tensorfield.app.viewer.worker.render_request`, i.e. the engine's render service) on an
+orbit of viewpoints, at the preview and full resolutions, for each model family present:
+
+* TensoRF-VM on lego_100 at 160x160 (preview 0.5x = 80x80 and the viewer's default 0.25x =
+  40x40), from a short run (trained here unless ``--run`` names one; cached in
+  ``runs/viewer_bench_lego``);
+* 4D Gaussians (``gaussians4d``) at 320x240 and 640x480 with ``--gaussians`` Gaussians, when the
+  rasteriser (``tensorfield.cuda.rasterize``) is present; the Gaussians are the model's random
+  initialisation in the scene box (no training), so the figure is indicative only.
+
+Prints one JSON line.
+
+    python benchmarks/viewer.py
+    python benchmarks/viewer.py --run runs/lego --frames 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "lego_100"
+
+
+def fps(model, camera_views, width: int, height: int, time_value, frames: int) -> dict:
+    from tensorfield.app.viewer.worker import FrameRequest, render_request
+
+    def request(i):
+        return FrameRequest(camera_views[i % len(camera_views)], width, height, time_value, None, "rgb", (1.0, 1.0, 1.0))
+
+    render_request(model, request(0))  # warm-up (kernel compilation, allocations)
+    times = []
+    for i in range(frames):
+        tick = time.perf_counter()
+        render_request(model, request(i))
+        times.append(time.perf_counter() - tick)
+    median = float(np.median(times))
+    return {"width": width, "height": height, "fps": round(1.0 / median, 2), "ms_median": round(1000 * median, 2)}
+
+
+def orbit_views(session, n: int = 12):
+    views = []
+    base = session.default_view()
+    for i in range(n):
+        views.append(base.orbit(2 * math.pi * i / n, 0.0))
+    return views
+
+
+def tensorf_entry(args) -> dict:
+    from tensorfield.app.viewer.session import load_session
+    from tensorfield.engine.checkpoint import latest_checkpoint
+    from tensorfield.engine.config import load_config
+    from tensorfield.engine.trainer import Trainer
+
+    run = Path(args.run) if args.run else ROOT / "runs" / "viewer_bench_lego"
+    if latest_checkpoint(run) is None:
+        config = load_config(ROOT / "configs" / "tensorf_vm_small.yaml", [f"steps={args.steps}", "eval_every=0"])
+        trainer = Trainer.from_config(config, run, data_path=args.data)
+        trainer.train(progress=False, final_eval=False)
+        trainer.close()
+    session = load_session(run)
+    views = orbit_views(session)
+    full = fps(session.model, views, 160, 160, None, args.frames)
+    preview = fps(session.model, views, 80, 80, None, args.frames)
+    default_preview = fps(session.model, views, 40, 40, None, args.frames)
+    return {"family": "tensorf_vm", "scene": f"lego_100 ({session.trainer.step} steps)", "full": full, "preview_0.5": preview, "preview_0.25": default_preview}
+
+
+def gaussians_entry(args) -> dict | None:
+    if importlib.util.find_spec("tensorfield.cuda.rasterize") is None:
+        return None
+    import torch
+    from tensorfield.app.viewer.camera import ViewCamera
+    from tensorfield.engine.config import load_config
+    from tensorfield.engine.trainer import build_model
+    from tensorfield.fields.base import SceneInfo
+
+    info = SceneInfo(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3]), near=0.1, far=10.0, is_dynamic=True)
+    config = load_config(None, [f"init_points={args.gaussians}"], method="gaussians4d")
+    model = build_model(config, info).eval()
+    base = ViewCamera.looking_at((0.0, -3.5, 1.2), (0.0, 0.0, 0.0), (0.0, 0.0, 1.0), fov_y=45.0)
+    views = [base.orbit(2 * math.pi * i / 12, 0.0) for i in range(12)]
+    return {
+        "family": "gaussians4d",
+        "scene": f"{args.gaussians} random 4D Gaussians at t=0.5",
+        "full": fps(model, views, 640, 480, 0.5, args.frames),
+        "preview_0.5": fps(model, views, 320, 240, 0.5, args.frames),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--run", default=None, help="an existing TensoRF run to view (default: train one)")
+    parser.add_argument("--steps", type=int, default=300, help="training steps of the TensoRF run it trains")
+    parser.add_argument("--frames", type=int, default=12, help="timed frames per resolution")
+    parser.add_argument("--gaussians", type=int, default=100_000)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    entries = [tensorf_entry(args)]
+    gaussians = gaussians_entry(args)
+    entries.append(gaussians if gaussians is not None else {"family": "gaussians4d", "skipped": "tensorfield.cuda.rasterize not present yet"})
+    print(json.dumps({"benchmark": "viewer_render_service", "device": "cpu", "threads": torch.get_num_threads(), "families": entries}))
+
+
+if __name__ == "__main__":
+    main()
