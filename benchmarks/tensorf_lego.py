@@ -61,7 +61,7 @@ def run_one(model: str, data: str, steps: int | None, threads: int | None, overr
         "seconds_per_step": round(summary["train_s"] / max(summary["steps"], 1), 4),
         "iterations_per_second": round(summary["it_per_s"], 3),
         "cpu_seconds_per_step": round(cpu_seconds / max(summary["steps"], 1), 4),
-        "render_seconds_per_view": round(evaluation.get("render_s", float("nan")) / max(evaluation.get("num_images", 1), 1), 3),
+        "render_seconds_per_view": round(evaluation.get("render_s", float("nan")), 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "param_mb": round(params / 2**20, 2),
         "checkpoint_mb": round(checkpoint_mb, 2) if checkpoint_mb else None,
