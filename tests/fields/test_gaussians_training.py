@@ -18,7 +18,7 @@ from tensorfield.engine.trainer import Trainer  # noqa: E402
 from tensorfield.fields.base import SceneInfo  # noqa: E402
 from tensorfield.fields.gaussians import GaussianConfig, GaussianSplatting  # noqa: E402
 
-BACKEND = "reference"
+BACKEND = "torch"
 
 
 @pytest.fixture(autouse=True)
