@@ -4,9 +4,10 @@ Every Gaussian model (3DGS, 4DGS, avatars) renders through :func:`rasterize`. Ba
 
 * ``"gsplat"``: ``gsplat.rasterization`` on CUDA tensors (packed=False, the same conventions);
 * ``"torch"``: a vectorised pure-torch implementation of the same algorithm (projection, tile
-  rectangles, depth order, front-to-back compositing with gsplat's thresholds), chunked over
-  pixels; autograd gives every gradient. It runs anywhere and is exact, but its cost is
-  ``pixels x Gaussians``: it is for small scenes and tests;
+  rectangles, depth order, tile-by-tile front-to-back compositing with gsplat's thresholds);
+  autograd gives every gradient. It runs anywhere and is exact, but it evaluates every
+  Gaussian of a tile at every pixel of the tile (no early exit) and loops over tiles in Python:
+  for small images and tests;
 * ``"reference"``: :mod:`tensorfield.cuda.rasterize_reference`, the same in float64 (tests);
 * ``"auto"``: gsplat for CUDA tensors when it imports, else ``"torch"``.
 
@@ -258,19 +259,38 @@ def tile_rectangles(means2d: Tensor, radii: Tensor, width: int, height: int, til
     return torch.where(culled, torch.zeros_like(lo), lo), torch.where(culled, torch.zeros_like(hi), hi)
 
 
+def _composite_pixels(dx, dy, con, op, col, z, channels, dtype, device):
+    """Front-to-back compositing of ``P`` pixels against ``n`` depth-sorted Gaussians (``[P, n]`` offsets)."""
+    if dx.shape[1] == 0:
+        zeros = torch.zeros(dx.shape[0], dtype=dtype, device=device)
+        return torch.zeros(dx.shape[0], channels, dtype=dtype, device=device), zeros, zeros
+    sigma = 0.5 * (con[None, :, 0] * dx * dx + con[None, :, 2] * dy * dy) + con[None, :, 1] * dx * dy
+    alpha = torch.clamp(op[None, :] * torch.exp(-sigma), max=MAX_ALPHA)
+    used = (sigma.detach() >= 0) & (alpha.detach() >= ALPHA_THRESHOLD)
+    alpha = torch.where(used, alpha, torch.zeros_like(alpha))
+    log_keep = torch.log1p(-alpha)
+    T_before = torch.exp(torch.cumsum(log_keep, dim=1) - log_keep)  # exclusive product
+    stops = used & (T_before.detach() * (1 - alpha.detach()) <= TRANSMITTANCE_THRESHOLD)
+    stopped_before = (torch.cumsum(stops.int(), dim=1) - stops.int()) > 0
+    active = used & ~stops & ~stopped_before
+    weight = torch.where(active, alpha * T_before, torch.zeros_like(alpha))
+    acc = weight.sum(1)
+    return weight @ col, acc, (weight * z[None, :]).sum(1) / torch.clamp(acc, min=1e-10)
+
+
 def composite_dense(
     projected: Projected,
     width: int,
     height: int,
     tile_size: int,
     background: Tensor | None,
-    pixel_chunk: int = 4096,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Front-to-back compositing of every pixel against every (depth-sorted) Gaussian.
+    """Tile-by-tile front-to-back compositing (the ``"torch"`` backend).
 
-    Vectorised per chunk of pixels as ``[P, N]`` matrices; the sequential early stop is exact:
-    a pixel composites the Gaussians before the first one whose next transmittance would be
-    ``<= 1e-4``. Differentiable by autograd.
+    For each 16x16 tile, the Gaussians whose tile rectangle covers it (in camera-z order) are
+    composited into its pixels at once as ``[pixels, Gaussians]`` matrices; the sequential early
+    stop is exact: a pixel composites the Gaussians before the first one whose next
+    transmittance would be ``<= 1e-4``. Differentiable by autograd.
 
     Returns:
         ``rgb [C, H, W, D]``, ``alpha [C, H, W]``, ``depth [C, H, W]``.
@@ -279,9 +299,7 @@ def composite_dense(
     dtype, device = projected.means2d.dtype, projected.means2d.device
     channels = projected.colors.shape[-1]
     lo, hi = tile_rectangles(projected.means2d, projected.radii, width, height, tile_size)
-    ys, xs = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")
-    px, py = xs.reshape(-1), ys.reshape(-1)
-    tx, ty = px // tile_size, py // tile_size
+    tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
     rgbs, alphas, depths = [], [], []
     for cam in range(cams):
         order = torch.argsort(projected.depths[cam].detach(), stable=True)
@@ -289,43 +307,37 @@ def composite_dense(
         m2, con = projected.means2d[cam, keep], projected.conics[cam, keep]
         op, col, z = projected.opacities[cam, keep], projected.colors[cam, keep], projected.depths[cam, keep]
         glo, ghi = lo[cam, keep], hi[cam, keep]
-        rgb_parts, alpha_parts, depth_parts = [], [], []
-        for start in range(0, px.numel(), pixel_chunk):
-            cx_, cy_ = px[start : start + pixel_chunk], py[start : start + pixel_chunk]
-            ctx, cty = tx[start : start + pixel_chunk], ty[start : start + pixel_chunk]
-            if keep.numel() == 0:
-                T = torch.ones(cx_.shape[0], dtype=dtype, device=device)
-                rgb = torch.zeros(cx_.shape[0], channels, dtype=dtype, device=device)
-                depth = torch.zeros_like(T)
-            else:
-                in_tile = (ctx[:, None] >= glo[None, :, 0]) & (ctx[:, None] < ghi[None, :, 0])
-                in_tile &= (cty[:, None] >= glo[None, :, 1]) & (cty[:, None] < ghi[None, :, 1])
-                dx = m2[None, :, 0] - (cx_.to(dtype)[:, None] + 0.5)
-                dy = m2[None, :, 1] - (cy_.to(dtype)[:, None] + 0.5)
-                sigma = 0.5 * (con[None, :, 0] * dx * dx + con[None, :, 2] * dy * dy) + con[None, :, 1] * dx * dy
-                alpha = torch.clamp(op[None, :] * torch.exp(-sigma), max=MAX_ALPHA)
-                used = in_tile & (sigma.detach() >= 0) & (alpha.detach() >= ALPHA_THRESHOLD)
-                alpha = torch.where(used, alpha, torch.zeros_like(alpha))
-                log_keep = torch.log1p(-alpha)
-                before = torch.cumsum(log_keep, dim=1) - log_keep  # exclusive
-                T_before = torch.exp(before)
-                next_T = T_before * (1 - alpha)
-                stops = used & (next_T.detach() <= TRANSMITTANCE_THRESHOLD)
-                stopped_before = (torch.cumsum(stops.int(), dim=1) - stops.int()) > 0
-                active = used & ~stops & ~stopped_before
-                weight = torch.where(active, alpha * T_before, torch.zeros_like(alpha))
-                rgb = weight @ col
-                acc = weight.sum(1)
-                T = 1 - acc
-                depth = (weight * z[None, :]).sum(1) / torch.clamp(acc, min=1e-10)
-            if background is not None:
-                rgb = rgb + T[:, None] * background[cam].to(dtype)
-            rgb_parts.append(rgb)
-            alpha_parts.append(1 - T)
-            depth_parts.append(depth)
-        rgbs.append(torch.cat(rgb_parts).reshape(height, width, channels))
-        alphas.append(torch.cat(alpha_parts).reshape(height, width))
-        depths.append(torch.cat(depth_parts).reshape(height, width))
+        rows_rgb, rows_alpha, rows_depth = [], [], []
+        for ty in range(tiles_y):
+            y0, y1 = ty * tile_size, min((ty + 1) * tile_size, height)
+            in_row = (glo[:, 1] <= ty) & (ghi[:, 1] > ty)
+            parts_rgb, parts_alpha, parts_depth = [], [], []
+            for tx in range(tiles_x):
+                x0, x1 = tx * tile_size, min((tx + 1) * tile_size, width)
+                idx = torch.nonzero(in_row & (glo[:, 0] <= tx) & (ghi[:, 0] > tx)).flatten()
+                ys, xs = torch.meshgrid(
+                    torch.arange(y0, y1, device=device, dtype=dtype) + 0.5,
+                    torch.arange(x0, x1, device=device, dtype=dtype) + 0.5,
+                    indexing="ij",
+                )
+                mean = m2.index_select(0, idx)
+                dx = mean[None, :, 0] - xs.reshape(-1, 1)
+                dy = mean[None, :, 1] - ys.reshape(-1, 1)
+                rgb, acc, depth = _composite_pixels(
+                    dx, dy, con.index_select(0, idx), op.index_select(0, idx), col.index_select(0, idx),
+                    z.index_select(0, idx), channels, dtype, device,
+                )
+                if background is not None:
+                    rgb = rgb + (1 - acc)[:, None] * background[cam].to(dtype)
+                parts_rgb.append(rgb.reshape(y1 - y0, x1 - x0, channels))
+                parts_alpha.append(acc.reshape(y1 - y0, x1 - x0))
+                parts_depth.append(depth.reshape(y1 - y0, x1 - x0))
+            rows_rgb.append(torch.cat(parts_rgb, dim=1))
+            rows_alpha.append(torch.cat(parts_alpha, dim=1))
+            rows_depth.append(torch.cat(parts_depth, dim=1))
+        rgbs.append(torch.cat(rows_rgb, dim=0))
+        alphas.append(torch.cat(rows_alpha, dim=0))
+        depths.append(torch.cat(rows_depth, dim=0))
     return torch.stack(rgbs), torch.stack(alphas), torch.stack(depths)
 
 
