@@ -14,6 +14,8 @@ open3d is imported lazily: it is heavy and only needed here.
 
 from __future__ import annotations
 
+import math
+
 import os
 import tempfile
 from dataclasses import dataclass
@@ -184,28 +186,54 @@ def tsdf_mesh(
     sdf_trunc: float | None = None,
     time: float | None = None,
     max_depth: float = 100.0,
+    max_resolution: int = 512,
 ) -> Mesh:
-    """TSDF fusion (open3d) of the model's rendered depth and colour from ``cameras``."""
+    """TSDF fusion (open3d) of the model's rendered depth and colour from ``cameras``.
+
+    Pixels with accumulated alpha below 0.5 carry no depth. The volume is open3d's
+    ``UniformTSDFVolume`` over the cube around every back-projected depth point (its voxel is
+    ``voxel_length``, enlarged if needed so that at most ``max_resolution`` voxels span the cube);
+    open3d 0.20's ``ScalableTSDFVolume`` was found to integrate nothing on this build.
+    """
     o3d = _open3d()
 
     from tensorfield.engine.render import render_frame, to_uint8
 
-    volume = o3d.pipelines.integration.ScalableTSDFVolume(
-        voxel_length=voxel_length,
-        sdf_trunc=sdf_trunc if sdf_trunc is not None else 4 * voxel_length,
-        color_type=o3d.pipelines.integration.TSDFVolumeColorType.RGB8,
-    )
+    views, lower, upper = [], None, None
     for i in range(len(cameras)):
         out = render_frame(model, cameras, i, background, time)
-        # render depth is distance along the unit ray; TSDF wants z-depth
-        _, directions = cameras.generate_rays(i)
-        cam_dirs = directions @ cameras.c2w[i, :, :3]
-        z = (out.depth.cpu() / out.alpha.cpu().clamp_min(1e-6)) * cam_dirs[..., 2]
-        z[out.alpha.cpu() < 0.5] = 0.0
-        color = o3d.geometry.Image(np.ascontiguousarray(to_uint8(out.rgb)))
-        depth = o3d.geometry.Image(np.ascontiguousarray(z.numpy().astype(np.float32)))
+        # render depth is the expected distance along the unit ray times alpha; TSDF wants z-depth
+        origins, directions = cameras.generate_rays(i)
+        alpha = out.alpha.cpu()
+        distance = out.depth.cpu() / alpha.clamp_min(1e-6)
+        z = distance * (directions @ cameras.c2w[i, :, :3])[..., 2]
+        valid = (alpha >= 0.5) & torch.isfinite(z) & (z > 0) & (z < max_depth)
+        z = torch.where(valid, z, torch.zeros_like(z))
+        if bool(valid.any()):
+            points = (origins + distance[..., None] * directions)[valid]
+            lo, hi = points.amin(0), points.amax(0)
+            lower = lo if lower is None else torch.minimum(lower, lo)
+            upper = hi if upper is None else torch.maximum(upper, hi)
+        views.append((i, to_uint8(out.rgb), z.numpy().astype(np.float32)))
+    if lower is None:
+        return Mesh(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64), None)
+    trunc = sdf_trunc if sdf_trunc is not None else 4 * voxel_length
+    length = float((upper - lower).max()) + 4 * trunc
+    voxel = max(voxel_length, length / max_resolution)
+    trunc = sdf_trunc if sdf_trunc is not None else 4 * voxel
+    length = float((upper - lower).max()) + 4 * trunc
+    origin = ((lower + upper) / 2 - length / 2).double().numpy()
+    volume = o3d.pipelines.integration.UniformTSDFVolume(
+        length=length,
+        resolution=max(2, int(math.ceil(length / voxel))),
+        sdf_trunc=trunc,
+        color_type=o3d.pipelines.integration.TSDFVolumeColorType.RGB8,
+        origin=origin,
+    )
+    for i, rgb, z in views:
         rgbd = o3d.geometry.RGBDImage.create_from_color_and_depth(
-            color, depth, depth_scale=1.0, depth_trunc=max_depth, convert_rgb_to_intensity=False
+            o3d.geometry.Image(np.ascontiguousarray(rgb)), o3d.geometry.Image(np.ascontiguousarray(z)),
+            depth_scale=1.0, depth_trunc=max_depth, convert_rgb_to_intensity=False,
         )
         intrinsic = o3d.camera.PinholeCameraIntrinsic(
             cameras.width, cameras.height, float(cameras.fx[i]), float(cameras.fy[i]), float(cameras.cx[i]) - 0.5, float(cameras.cy[i]) - 0.5
@@ -241,8 +269,10 @@ def extract_mesh(
         return mesh
     if cameras is None or background is None:
         raise ExportError("this model has no density grid; TSDF export needs cameras and a background")
-    extent = (cameras.c2w[:, :, 3].norm(dim=-1).mean().item()) / 2
-    voxel = extent / (resolution or 256)
+    distance = cameras.c2w[:, :, 3].norm(dim=-1).mean().item()
+    voxel = distance / 2 / (resolution or 256)
+    if resolution is None:  # no finer than about a pixel's footprint at the scene: TSDF needs overlap
+        voxel = max(voxel, distance / float(cameras.fx.float().mean()))
     mesh = tsdf_mesh(model, cameras, background, voxel_length=voxel, time=time)
     return remove_small_components(mesh, min_component_fraction)
 
