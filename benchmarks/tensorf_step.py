@@ -51,6 +51,7 @@ def small_config(mode: str) -> TensoRFConfig:
         voxels_final=3375000,
         upsample_steps=[40, 60, 80, 110, 140],
         alpha_mask_steps=[40, 80],
+        weight_threshold=1e-3,
     )
     if mode == "cp":
         config.voxels_final = 3375000
