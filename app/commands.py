@@ -227,7 +227,6 @@ def cmd_export(args) -> int:
 def _export_splat(model, args) -> int:
     """``export RUN splat``: the model's Gaussians (4D: the slice at ``--time``) as a 3DGS PLY."""
     import torch
-
     from tensorfield.engine.export import write_splat_ply
 
     if not hasattr(model, "splat_attributes"):
@@ -244,7 +243,7 @@ def _export_splat(model, args) -> int:
     if rest:  # channel-major in the file: f_rest_{c (K-1) + k}
         block = values[:, column[rest[0]] : column[rest[-1]] + 1]
         sh_rest = block.reshape(count, 3, len(rest) // 3).transpose(1, 2)
-    pick = lambda *names: values[:, [column[n] for n in names]]  # noqa: E731
+    pick = lambda *names: values[:, [column[n] for n in names]]
     write_splat_ply(
         args.out,
         pick("x", "y", "z"),

@@ -29,7 +29,6 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "lego_100"
 
 def run_one(model: str, data: str, steps: int | None, threads: int | None, overrides: list[str]) -> dict:
     import torch
-
     from tensorfield.engine.config import load_config
     from tensorfield.engine.trainer import Trainer
 

@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from tensorfield.datasets.cameras import Cameras, orbit_poses
 from tensorfield.engine.optim import apply_lr_schedule, build_optimizer
 from tensorfield.fields.base import RayBatch, SceneInfo

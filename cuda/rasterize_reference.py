@@ -12,8 +12,6 @@ gradients. Cost ``O(N)`` torch calls on ``H x W`` tensors: small scenes only.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
-
 from tensorfield.cuda.rasterize import (
     ALPHA_THRESHOLD,
     MAX_ALPHA,
@@ -23,6 +21,7 @@ from tensorfield.cuda.rasterize import (
     project,
     tile_rectangles,
 )
+from torch import Tensor
 
 
 def _to64(x: Tensor | None) -> Tensor | None:

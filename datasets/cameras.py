@@ -77,12 +77,12 @@ class Cameras:
         height: int,
         fov_x: float,
         times: Tensor | None = None,
-    ) -> "Cameras":
+    ) -> Cameras:
         """Cameras with the principal point at the image centre and a horizontal FOV (radians)."""
         c2w = c2w.reshape(-1, *c2w.shape[-2:])[:, :3, :4].float()
         n = c2w.shape[0]
         focal = 0.5 * width / torch.tan(torch.tensor(0.5 * fov_x, dtype=torch.float64))
-        full = lambda v: torch.full((n,), float(v))  # noqa: E731
+        full = lambda v: torch.full((n,), float(v))
         return cls(
             c2w=c2w,
             fx=full(focal),
@@ -98,7 +98,7 @@ class Cameras:
     def __len__(self) -> int:
         return self.c2w.shape[0]
 
-    def __getitem__(self, index) -> "Cameras":
+    def __getitem__(self, index) -> Cameras:
         """Select cameras by int, slice, list or tensor index (always returns a batch)."""
         if isinstance(index, int):
             index = slice(index, index + 1) if index != -1 else slice(-1, None)
@@ -112,7 +112,7 @@ class Cameras:
             times=self.times[index],
         )
 
-    def to(self, device: torch.device | str) -> "Cameras":
+    def to(self, device: torch.device | str) -> Cameras:
         return replace(
             self,
             c2w=self.c2w.to(device),
@@ -127,7 +127,7 @@ class Cameras:
     def is_dynamic(self) -> bool:
         return bool(torch.isfinite(self.times).any())
 
-    def scaled(self, factor: float) -> "Cameras":
+    def scaled(self, factor: float) -> Cameras:
         """Cameras for images resized by ``factor`` (e.g. 0.5 halves the resolution).
 
         Pixel-centre convention makes this exact: a pixel edge at ``x`` maps to ``x * factor``.

@@ -15,7 +15,6 @@ open3d is imported lazily: it is heavy and only needed here.
 from __future__ import annotations
 
 import math
-
 import os
 import tempfile
 from dataclasses import dataclass
@@ -23,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
-
 from tensorfield.datasets.cameras import Cameras
+from torch import Tensor
 
 MESH_SUFFIXES = (".ply", ".obj", ".glb", ".gltf", ".off", ".stl")
 POINT_SUFFIXES = (".ply", ".pcd", ".xyz", ".xyzrgb", ".pts")
@@ -68,7 +66,7 @@ class Mesh:
         return mesh
 
     @classmethod
-    def from_open3d(cls, mesh) -> "Mesh":
+    def from_open3d(cls, mesh) -> Mesh:
         colors = np.asarray(mesh.vertex_colors, dtype=np.float32) if mesh.has_vertex_colors() else None
         return cls(
             np.asarray(mesh.vertices, dtype=np.float32),

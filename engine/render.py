@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
-
 from tensorfield.datasets.cameras import Cameras, look_at, opengl_to_opencv
 from tensorfield.fields.base import RenderOutput
+from torch import Tensor
 
 
 class CameraPathError(ValueError):
@@ -42,7 +41,7 @@ class CameraPath:
     def __len__(self) -> int:
         return len(self.cameras)
 
-    def with_times(self, times: Tensor) -> "CameraPath":
+    def with_times(self, times: Tensor) -> CameraPath:
         cams = self.cameras
         return CameraPath(Cameras(cams.c2w, cams.fx, cams.fy, cams.cx, cams.cy, cams.width, cams.height, times.float()))
 

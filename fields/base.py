@@ -59,7 +59,7 @@ class RayBatch:
     times: Tensor
     background: Tensor
 
-    def to(self, device: torch.device | str) -> "RayBatch":
+    def to(self, device: torch.device | str) -> RayBatch:
         return RayBatch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
 
@@ -172,7 +172,7 @@ class HookResult:
     refilter_rays: bool = False
     surgery: tuple[ParamSurgery, ...] = ()
 
-    def __or__(self, other: "HookResult") -> "HookResult":
+    def __or__(self, other: HookResult) -> HookResult:
         return HookResult(
             self.rebuild_optimizer or other.rebuild_optimizer,
             self.refilter_rays or other.refilter_rays,

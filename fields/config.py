@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-def option(default, help: str, **kwargs):  # noqa: A002 - mirrors argparse's vocabulary
+def option(default, help: str, **kwargs):
     """A dataclass field with a one-line help string."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)

@@ -40,7 +40,7 @@ def positional_encoding(x: Tensor, frequencies: int) -> Tensor:
 
 class _PositionalEncoding(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, frequencies: int) -> Tensor:  # noqa: D102
+    def forward(ctx, x: Tensor, frequencies: int) -> Tensor:
         bands = 2.0 ** torch.arange(frequencies, dtype=x.dtype, device=x.device)
         scaled = (x[..., None] * bands).reshape(*x.shape[:-1], -1)
         out = torch.cat([torch.sin(scaled), torch.cos(scaled)], dim=-1)
@@ -49,7 +49,7 @@ class _PositionalEncoding(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor):  # noqa: D102
+    def backward(ctx, grad: Tensor):
         out, bands = ctx.saved_tensors
         half = out.shape[-1] // 2
         shape = (*out.shape[:-1], half // bands.numel(), bands.numel())
@@ -98,7 +98,7 @@ class _FusedShader(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, f: Tensor, d: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, w3: Tensor, b3: Tensor, feature_pe: int, view_pe: int) -> Tensor:  # noqa: D102
+    def forward(ctx, f: Tensor, d: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, w3: Tensor, b3: Tensor, feature_pe: int, view_pe: int) -> Tensor:
         linear = onednn_linear()
         samples, dim = f.shape
         pe_f, pe_d = 2 * feature_pe * dim, 2 * view_pe * 3
@@ -118,7 +118,7 @@ class _FusedShader(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor):  # noqa: D102
+    def backward(ctx, grad: Tensor):
         linear = onednn_linear()
         x, h1, h2, out, w1, w2, w3 = ctx.saved_tensors
         dim, feature_pe = ctx.dims

@@ -37,15 +37,13 @@ that the tests check values and gradients against.
 from __future__ import annotations
 
 import abc
-
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from tensorfield.fields import grid_kernels
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
-
-from tensorfield.fields import grid_kernels
 
 #: Plane axes ``(u, v)`` per mode: ``u`` runs along a plane's width, ``v`` along its height.
 MATRIX_AXES: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2))
@@ -113,7 +111,7 @@ class _PlaneSample(torch.autograd.Function):
     """Bilinear sampling of a channel-last plane: grid_sample forward, index_add backward."""
 
     @staticmethod
-    def forward(ctx, table: Tensor, uv: Tensor) -> Tensor:  # noqa: D102
+    def forward(ctx, table: Tensor, uv: Tensor) -> Tensor:
         height, width, channels = table.shape
         image = table.permute(2, 0, 1).unsqueeze(0)  # [1, C, H, W] view, channels-last strides
         out = F.grid_sample(image, uv.view(1, -1, 1, 2), mode="bilinear", padding_mode="zeros", align_corners=True)
@@ -123,7 +121,7 @@ class _PlaneSample(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out: Tensor):  # noqa: D102
+    def backward(ctx, grad_out: Tensor):
         (uv,) = ctx.saved_tensors
         height, width, channels = ctx.plane_shape
         index, weight = bilinear_corners(uv, height, width)
@@ -135,7 +133,7 @@ class _LineSample(torch.autograd.Function):
     """Linear sampling of a channel-last line: grid_sample forward, index_add backward."""
 
     @staticmethod
-    def forward(ctx, table: Tensor, coord: Tensor) -> Tensor:  # noqa: D102
+    def forward(ctx, table: Tensor, coord: Tensor) -> Tensor:
         length, channels = table.shape
         image = table.t().unsqueeze(0).unsqueeze(-1)  # [1, C, L, 1]
         grid = torch.stack([torch.zeros_like(coord), coord], dim=-1).view(1, -1, 1, 2)
@@ -146,7 +144,7 @@ class _LineSample(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out: Tensor):  # noqa: D102
+    def backward(ctx, grad_out: Tensor):
         (coord,) = ctx.saved_tensors
         length, channels = ctx.line_shape
         index, weight = linear_corners(coord, length)
@@ -225,14 +223,14 @@ class _FusedFeatures(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, xyz: Tensor, reduce: bool, layout, *tables: Tensor) -> Tensor:  # noqa: D102
+    def forward(ctx, xyz: Tensor, reduce: bool, layout, *tables: Tensor) -> Tensor:
         ctx.save_for_backward(xyz, *tables)
         ctx.reduce, ctx.layout = reduce, layout
         return grid_kernels.features_forward(xyz, _products(layout, tables), reduce)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor):  # noqa: D102
+    def backward(ctx, grad: Tensor):
         xyz, *tables = ctx.saved_tensors
         per_product = grid_kernels.features_backward(xyz, _products(ctx.layout, tables), grad.contiguous(), ctx.reduce)
         grads: list[Tensor | None] = [None] * len(tables)

@@ -93,8 +93,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from tensorfield.fields.base import (
     BatchKind,
     Field,
@@ -121,6 +119,7 @@ from tensorfield.fields.gaussian_math import (
     spherindrical_weights,
     temporal_variance,
 )
+from torch import Tensor, nn
 
 
 # ================================================================================== config

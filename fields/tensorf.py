@@ -55,14 +55,12 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from tensorfield.cuda.raymarch import (
     OccupancyGrid,
     march_rays,
@@ -83,6 +81,7 @@ from tensorfield.fields.base import (
 from tensorfield.fields.config import MethodConfig, option
 from tensorfield.fields.encoding import FeatureShader, positional_encoding  # noqa: F401 (re-export)
 from tensorfield.fields.factor_grids import CandecompGrids, FactorGrids, VectorMatrixGrids
+from torch import Tensor, nn
 
 
 # ================================================================================== config
@@ -163,7 +162,7 @@ def voxel_schedule(voxels_init: int, voxels_final: int, num_upsamples: int) -> l
 
 
 # ================================================================================== model
-def _after_load_hook(module: "TensoRF", incompatible_keys) -> None:
+def _after_load_hook(module: TensoRF, incompatible_keys) -> None:
     module._after_load()
 
 

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _commands() -> list[str]:
     text = (ROOT / "README.md").read_text()
-    block = re.search(r"```bash\n(.*?)```", text, re.S)
+    block = re.search(r"```bash\n(.*?)```", text, re.DOTALL)
     assert block, "README must open with a bash block of set-up commands"
     assert text.index("```bash") < 40, "the set-up block must be at the top of the README"
     return [line for line in block.group(1).splitlines() if line.strip()]
@@ -25,7 +25,7 @@ def test_readme_opens_with_demo_and_test_commands():
 
 def test_ci_runs_the_readme_test_command():
     script = (ROOT / ".ci" / "run").read_text()
-    extract = re.search(r"^(sed -n .*README\.md.*)$", script, re.M)
+    extract = re.search(r"^(sed -n .*README\.md.*)$", script, re.MULTILINE)
     assert extract, ".ci/run must take its test command from the README"
     sed_command = extract.group(1).split("|")[0]
     out = subprocess.run(sed_command, shell=True, cwd=ROOT, capture_output=True, text=True, check=True).stdout

@@ -5,7 +5,6 @@ import json
 import imageio.v3 as iio
 import numpy as np
 import pytest
-
 from tensorfield.app.cli import main
 from tensorfield.datasets.synthetic import make_scene
 

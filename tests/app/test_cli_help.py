@@ -1,7 +1,6 @@
 """Every subcommand has a help text and user errors are one line."""
 
 import pytest
-
 from tensorfield.app.cli import build_parser, main
 
 SUBCOMMANDS = ["demo", "train", "eval", "render", "export", "methods"]

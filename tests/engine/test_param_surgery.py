@@ -7,12 +7,19 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from tensorfield.engine.optim import apply_param_surgery, build_optimizer
 from tensorfield.engine.trainer import Trainer
-from tensorfield.fields.base import BatchKind, Field, HookResult, ParamGroup, ParamSurgery, RenderOutput, StepOutput
+from tensorfield.fields.base import (
+    BatchKind,
+    Field,
+    HookResult,
+    ParamGroup,
+    ParamSurgery,
+    RenderOutput,
+    StepOutput,
+)
 from tensorfield.fields.config import MethodConfig, option
+from torch import nn
 
 
 class Rows(nn.Module):

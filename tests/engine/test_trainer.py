@@ -213,7 +213,7 @@ def test_rays_walk_a_permutation_per_epoch_and_resume_mid_epoch(toys, make_ray_c
     source = Trainer.from_config(make_ray_config(steps=1), tmp_path, scene=scene).batch_source
     count, batch = source.num_active, 32
     generator = torch.Generator().manual_seed(3)
-    key = lambda b: [tuple(r) for r in torch.cat([b.directions, b.rgb], dim=1).tolist()]  # noqa: E731
+    key = lambda b: [tuple(r) for r in torch.cat([b.directions, b.rgb], dim=1).tolist()]
     every = torch.cat([source.directions[source.active], source.rgb[source.active]], dim=1)
     epoch = [row for _ in range(count // batch) for row in key(source.sample(batch, generator))]
     assert len(set(epoch)) == len(epoch) == (count // batch) * batch  # no repeats within an epoch

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from tensorfield.fields import encoding
 from tensorfield.fields.encoding import FeatureShader, positional_encoding
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from tensorfield.fields import grid_kernels
 from tensorfield.fields.factor_grids import (
     MATRIX_AXES,
@@ -266,7 +265,7 @@ def test_crop_keeps_values_inside_the_kept_vertices():
     grids = VectorMatrixGrids([2, 3, 2], (9, 8, 7), generator=torch.Generator().manual_seed(8)).double()
     lower, upper = (2, 1, 3), (7, 8, 6)  # vertex ranges [2, 7), [1, 8), [3, 6)
     # world coordinates of the kept vertices in the old normalised box
-    old = lambda i, n: -1 + 2 * i / (n - 1)  # noqa: E731
+    old = lambda i, n: -1 + 2 * i / (n - 1)
     lo = torch.tensor([old(l, n) for l, n in zip(lower, (9, 8, 7))], dtype=F64)
     hi = torch.tensor([old(u - 1, n) for u, n in zip(upper, (9, 8, 7))], dtype=F64)
     t = torch.rand(200, 3, generator=torch.Generator().manual_seed(9), dtype=F64)

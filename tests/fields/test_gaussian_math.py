@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from tensorfield.fields.gaussian_loss import photometric_loss, ssim, ssim_map
 from tensorfield.fields.gaussian_math import (
     collapse_spherindrical,

@@ -7,8 +7,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
-
 from tensorfield.engine.optim import apply_param_surgery, build_optimizer
 from tensorfield.fields.base import SceneInfo
 from tensorfield.fields.gaussian_math import (
@@ -19,7 +17,12 @@ from tensorfield.fields.gaussian_math import (
     sh_to_rgb,
     slice_4d,
 )
-from tensorfield.fields.gaussians import GaussianConfig, GaussianSplatting, resolve_dim, scene_extent
+from tensorfield.fields.gaussians import (
+    GaussianConfig,
+    GaussianSplatting,
+    resolve_dim,
+    scene_extent,
+)
 
 BOX = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
 

@@ -11,12 +11,12 @@ import torch
 
 pytest.importorskip("tensorfield.cuda.rasterize")
 
-from tensorfield.datasets.cameras import Cameras, look_at  # noqa: E402
-from tensorfield.datasets.scene import load_scene  # noqa: E402
-from tensorfield.datasets.synthetic import make_scene  # noqa: E402
-from tensorfield.engine.trainer import Trainer  # noqa: E402
-from tensorfield.fields.base import SceneInfo  # noqa: E402
-from tensorfield.fields.gaussians import GaussianConfig, GaussianSplatting  # noqa: E402
+from tensorfield.datasets.cameras import Cameras, look_at
+from tensorfield.datasets.scene import load_scene
+from tensorfield.datasets.synthetic import make_scene
+from tensorfield.engine.trainer import Trainer
+from tensorfield.fields.base import SceneInfo
+from tensorfield.fields.gaussians import GaussianConfig, GaussianSplatting
 
 BACKEND = "torch"
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from tensorfield.datasets.cameras import Cameras, look_at
 from tensorfield.fields.base import RayBatch, SceneInfo
 from tensorfield.fields.factor_grids import CandecompGrids, VectorMatrixGrids
@@ -149,7 +148,7 @@ def test_vm192_and_cp384_parameter_counts():
     cp = TensoRF(TensoRFConfig(method="tensorf_cp", voxels_init=res**3 + 4), scene_info())
     assert vm.resolution == cp.resolution == (res, res, res)
     mlp = (150 * 128 + 128) + (128 * 128 + 128) + (128 * 3 + 3)  # in = 27 + 3 + 2*2*27 + 2*2*3
-    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    count = lambda module: sum(p.numel() for p in module.parameters())
     assert isinstance(vm.density_grids, VectorMatrixGrids) and isinstance(cp.app_grids, CandecompGrids)
     assert count(vm.density_grids) == 3 * 16 * (res * res + res)
     assert count(vm.app_grids) == 3 * 48 * (res * res + res)
@@ -281,7 +280,7 @@ def test_alpha_mask_excludes_empty_space_and_first_update_shrinks():
     assert occupied.amax(0).tolist() == [u + 1 for u in upper]
     assert int(model.alpha_mask.sum()) == math.prod(u - l + 3 for l, u in zip(lower, upper))
     # the box shrank to those vertices and the grid was cropped, keeping the field inside
-    old_vertex = lambda i: CUBE[0] + torch.tensor(i, dtype=torch.float32) / 15 * 3.0  # noqa: E731
+    old_vertex = lambda i: CUBE[0] + torch.tensor(i, dtype=torch.float32) / 15 * 3.0
     torch.testing.assert_close(model.aabb[0], old_vertex([l - 1 for l in lower]))
     torch.testing.assert_close(model.aabb[1], old_vertex([u + 1 for u in upper]))
     assert model.resolution == tuple(u - l + 3 for l, u in zip(lower, upper))

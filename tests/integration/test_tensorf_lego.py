@@ -8,7 +8,6 @@ Runs are deterministic on CPU for a given seed, so the floors are not timers: th
 from pathlib import Path
 
 import pytest
-
 from tensorfield.engine.config import load_config
 from tensorfield.engine.trainer import Trainer
 
