@@ -111,6 +111,23 @@ def build_model(config, scene_info) -> Field:
     return spec.model_class()(config, scene_info)
 
 
+class TrainingCallback:
+    """Hooks into :meth:`Trainer.train` (subclass and override what you need; all optional).
+
+    ``before_step(trainer, step)`` runs before each step (it may block, e.g. to pause, or call
+    :meth:`Trainer.request_stop`); ``after_step(trainer, step, output)`` runs after the optimiser
+    step, the model's hooks and the step counter update (``trainer.step == step + 1``) with the
+    step's :class:`~tensorfield.fields.base.StepOutput`. Both run in the training thread, between
+    steps, so the model is consistent there (e.g. to copy it for a viewer).
+    """
+
+    def before_step(self, trainer: "Trainer", step: int) -> None:  # noqa: D102
+        pass
+
+    def after_step(self, trainer: "Trainer", step: int, output) -> None:  # noqa: D102
+        pass
+
+
 def load_scene_for(config):
     """Load ``config.data`` with the config's downscale and background.
 
@@ -405,16 +422,28 @@ class Trainer:
         MetricsLogger(self.run_dir).truncate_after(self.step)
 
     # ----------------------------------------------------------------------- training
-    def train(self, progress: bool = True, final_eval: bool = True) -> dict[str, Any]:
+    def request_stop(self) -> None:
+        """Ask :meth:`train` (from any thread) to stop before its next step, write a checkpoint
+        and return (``summary["stopped"]`` is then true and there is no final evaluation)."""
+        self._stop_requested = True
+
+    def train(
+        self,
+        progress: bool = True,
+        final_eval: bool = True,
+        callbacks: list[TrainingCallback] | tuple[TrainingCallback, ...] = (),
+    ) -> dict[str, Any]:
         """Train up to ``config.steps`` (continuing from :attr:`step`), then evaluate.
 
         Args:
             progress: show a tqdm bar (loss, PSNR, it/s).
             final_eval: evaluate on the test split (or val) at the end.
+            callbacks: :class:`TrainingCallback` objects called around every step.
 
         Returns:
             Summary: ``run_dir, method, steps, elapsed_s, train_s, it_per_s, loss, psnr,
-            checkpoint`` and ``eval`` (the evaluation's means, or ``None``).
+            checkpoint``, ``eval`` (the evaluation's means, or ``None``) and ``stopped``
+            (:meth:`request_stop` ended the run early).
 
         Raises:
             TrainingError: the loss became NaN or infinite.
@@ -437,8 +466,15 @@ class Trainer:
             total=config.steps, initial=self.step, disable=not progress, desc=config.method or "train",
             dynamic_ncols=True,
         )
+        self._stop_requested = False
+        stopped = False
         try:
             for step in range(self.step, config.steps):
+                for callback in callbacks:
+                    callback.before_step(self, step)
+                if self._stop_requested:
+                    stopped = True
+                    break
                 tick = time.perf_counter()
                 self._react(self.model.before_step(step), next_step=step)
                 batch = source.sample(config.batch_size, self.generator)
@@ -463,10 +499,16 @@ class Trainer:
                     self._evaluate_and_log(logger, save_renders=False, write_json=False)
                 if _due(self.step, config.checkpoint_every) or self.step == config.steps:
                     checkpoint_path = self.save_checkpoint()
+                for callback in callbacks:
+                    callback.after_step(self, step, output)
+            if stopped:
+                if window.losses:
+                    last_record = self._log_window(window, logger)
+                checkpoint_path = self.save_checkpoint()
         finally:
             bar.close()
             self.elapsed_s = elapsed_before + time.perf_counter() - session_start
-        evaluation = self._evaluate_and_log(logger, save_renders=True, write_json=True) if final_eval else None
+        evaluation = self._evaluate_and_log(logger, save_renders=True, write_json=True) if final_eval and not stopped else None
         session_train_s = self.train_s - start_train_s
         return {
             "run_dir": str(self.run_dir),
@@ -479,6 +521,7 @@ class Trainer:
             "psnr": last_record.get("psnr"),
             "checkpoint": str(checkpoint_path) if checkpoint_path is not None else None,
             "eval": {k: v for k, v in evaluation.items() if k != "per_image"} if evaluation else None,
+            "stopped": stopped,
         }
 
     def _react(self, hook: HookResult | None, next_step: int) -> None:

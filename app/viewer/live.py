@@ -1,18 +1,17 @@
 """Training in a background thread with the viewer attached, free of Qt.
 
-The common trainer runs unchanged (:meth:`Trainer.train`) in its own thread. To pause, stop and
-watch it without touching the engine, :class:`LiveTraining` wraps three of the model's hooks
-for the duration (instance attributes shadowing the methods):
+The common trainer (:meth:`Trainer.train`) runs in its own thread with a
+:class:`~tensorfield.engine.trainer.TrainingCallback`:
 
-* ``before_step``: waits while paused; raises :class:`StopTraining` when asked to stop;
-* ``training_step``: keeps the step's loss and metrics for the readout;
+* ``before_step``: waits while paused; asks the trainer to stop (:meth:`Trainer.request_stop`)
+  when the viewer is closed or Stop is pressed;
 * ``after_step``: at most every ``snapshot_interval`` seconds, publishes the loss / PSNR and a
   deep copy of the model. The copy is taken between two steps, so it is consistent (after
   upsampling or densification), and the viewer renders from it while training goes on: the two
   threads never share a tensor.
 
-When the thread ends (steps done, stopped, or an error) the wrappers are removed; a stopped run
-writes a checkpoint, so ``tensorfield train --resume`` continues it.
+A stopped run writes a checkpoint (the trainer does), so ``tensorfield train --resume``
+continues it.
 """
 
 from __future__ import annotations
@@ -26,12 +25,7 @@ from dataclasses import dataclass
 
 import torch
 from tensorfield.engine.metrics import mse_to_psnr
-
-WRAPPED = ("before_step", "training_step", "after_step")
-
-
-class StopTraining(Exception):
-    """Raised inside the training loop to end it early (caught by :class:`LiveTraining`)."""
+from tensorfield.engine.trainer import TrainingCallback
 
 
 @dataclass
@@ -44,12 +38,31 @@ class TrainingProgress:
 
 
 def snapshot_model(model):
-    """A deep copy of ``model`` for rendering, in eval mode, without the live wrappers."""
+    """A deep copy of ``model`` for rendering, in eval mode."""
     clone = copy.deepcopy(model)
-    for name in WRAPPED:
-        clone.__dict__.pop(name, None)
     clone.eval()
     return clone
+
+
+class _LiveCallback(TrainingCallback):
+    def __init__(self, live: "LiveTraining"):
+        self.live = live
+
+    def before_step(self, trainer, step):
+        live = self.live
+        while not live._running.wait(0.1):
+            if live._stop.is_set():
+                break
+        if live._stop.is_set():
+            trainer.request_stop()
+
+    def after_step(self, trainer, step, output):
+        live = self.live
+        live._last_output = output
+        live._steps_since += 1
+        now = time.perf_counter()
+        if now - live._last_publish >= live.snapshot_interval or step + 1 >= trainer.config.steps:
+            live._publish(step + 1, now, trainer.model)
 
 
 class LiveTraining:
@@ -87,7 +100,6 @@ class LiveTraining:
 
     # ------------------------------------------------------------------ control (any thread)
     def start(self) -> None:
-        self._install()
         self._thread = threading.Thread(target=self._run, name="tensorfield-train", daemon=True)
         self._thread.start()
 
@@ -118,38 +130,6 @@ class LiveTraining:
         return not self.alive
 
     # ------------------------------------------------------------------ training thread
-    def _install(self) -> None:
-        model = self.trainer.model
-        originals = {name: getattr(model, name) for name in WRAPPED}
-
-        def before_step(step):
-            while not self._running.wait(0.1):
-                if self._stop.is_set():
-                    break
-            if self._stop.is_set():
-                raise StopTraining
-            return originals["before_step"](step)
-
-        def training_step(batch, step):
-            output = originals["training_step"](batch, step)
-            self._last_output = output
-            return output
-
-        def after_step(step):
-            result = originals["after_step"](step)
-            self._steps_since += 1
-            now = time.perf_counter()
-            if now - self._last_publish >= self.snapshot_interval or step + 1 >= self.trainer.config.steps:
-                self._publish(step + 1, now, model)
-            return result
-
-        for name, fn in (("before_step", before_step), ("training_step", training_step), ("after_step", after_step)):
-            model.__dict__[name] = fn
-
-    def _uninstall(self) -> None:
-        for name in WRAPPED:
-            self.trainer.model.__dict__.pop(name, None)
-
     def _publish(self, step: int, now: float, model) -> None:
         output = self._last_output
         loss = psnr = None
@@ -168,18 +148,11 @@ class LiveTraining:
     def _run(self) -> None:
         summary, error, stopped = None, None, False
         try:
-            summary = self.trainer.train(progress=self.progress_bar)
-        except StopTraining:
-            stopped = True
-            try:
-                self.trainer.save_checkpoint()
-            except Exception as err:  # the run is still usable; say why it was not saved
-                error = f"stopped, but the checkpoint was not written: {err}"
+            summary = self.trainer.train(progress=self.progress_bar, callbacks=[_LiveCallback(self)])
+            stopped = bool(summary.get("stopped"))
         except Exception as err:
             lines = str(err).strip().splitlines()
             error = f"{type(err).__name__}: {lines[0] if lines else ''}"
-        finally:
-            self._uninstall()
         if not stopped and error is None:
             self._publish(self.trainer.step, time.perf_counter(), self.trainer.model)
         self.outcome = "stopped" if stopped else ("failed" if error else "finished")

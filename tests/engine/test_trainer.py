@@ -228,3 +228,27 @@ def test_rays_walk_a_permutation_per_epoch_and_resume_mid_epoch(toys, make_ray_c
     twin.load_state_dict(state)
     generator.set_state(saved_generator)
     assert [key(twin.sample(batch, generator)) for _ in range(count // batch + 2)] == ahead
+
+
+def test_callbacks_see_every_step_and_request_stop_checkpoints(toys, make_ray_config, tmp_path):
+    from tensorfield.engine.trainer import TrainingCallback
+
+    scene = toys.make_scene()
+    seen = []
+
+    class StopAtFive(TrainingCallback):
+        def before_step(self, trainer, step):
+            if step == 5:
+                trainer.request_stop()
+
+        def after_step(self, trainer, step, output):
+            assert trainer.step == step + 1 and torch.isfinite(output.loss)
+            seen.append(step)
+
+    trainer = Trainer.from_config(make_ray_config(steps=12, checkpoint_every=100), tmp_path, scene=scene)
+    summary = trainer.train(progress=False, callbacks=[StopAtFive()])
+    assert seen == [0, 1, 2, 3, 4] and summary["stopped"] and summary["eval"] is None
+    assert summary["steps"] == 5 and summary["checkpoint"].endswith("step_000005.ckpt")
+    resumed = Trainer.from_checkpoint(tmp_path, scene=scene)
+    assert resumed.step == 5
+    assert resumed.train(progress=False, final_eval=False)["stopped"] is False and resumed.step == 12
