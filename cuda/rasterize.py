@@ -34,8 +34,12 @@ model trained on one device renders the same on the other:
 * depth: expected camera z, :math:`\\sum_i z_i \\alpha_i T_i / \\max(1 - T, 10^{-10})` (gsplat
   ``"ED"``), no background term.
 
-Status: the native multi-threaded CPU kernel of issue 3 (tile binning, per-tile sort and a
-hand-written backward in C++) is not written yet; on the CPU, ``"auto"`` uses ``"torch"``.
+* ``"cpu"``: without gradients (rendering, evaluation, the viewer), the compositing runs in a
+  native OpenMP kernel (:mod:`tensorfield.cuda.raster_native`); with gradients it is the
+  ``"torch"`` path. On the CPU, ``"auto"`` means ``"cpu"``.
+
+Status: the native backward pass of issue 3 is not written yet, so CPU *training* runs on the
+exact but slow ``"torch"`` path.
 """
 
 from __future__ import annotations
@@ -382,10 +386,19 @@ def rasterize(
         :class:`RasterOutput`, differentiable in every input.
     """
     if backend not in ("auto", "gsplat", "torch", "reference", "cpu"):
-        raise ValueError(f"unknown rasteriser backend {backend!r} (auto, gsplat, torch, reference)")
+        raise ValueError(f"unknown rasteriser backend {backend!r} (auto, gsplat, cpu, torch, reference)")
     if backend == "auto":
-        backend = "gsplat" if gaussians.means.is_cuda and _gsplat_available() else "torch"
-    if backend == "cpu":  # the native kernel is not written yet (see the module docstring)
+        backend = "gsplat" if gaussians.means.is_cuda and _gsplat_available() else "cpu"
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad
+        for t in (gaussians.means, gaussians.opacities, gaussians.colors, gaussians.scales, gaussians.quats, gaussians.covars)
+    )
+    use_native = False
+    if backend in ("cpu", "torch") and not needs_grad and not gaussians.means.is_cuda and backend == "cpu":
+        from tensorfield.cuda.raster_native import native_library
+
+        use_native = native_library() is not None
+    if backend == "cpu":
         backend = "torch"
     cams = viewmats.shape[0]
     if background is not None and background.dim() == 1:
@@ -400,7 +413,12 @@ def rasterize(
             far_plane=far_plane, eps2d=eps2d, antialiased=antialiased, tile_size=tile_size,
         )
     projected = project(gaussians, viewmats, Ks, width, height, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, antialiased=antialiased)
-    rgb, alpha, depth = composite_dense(projected, width, height, tile_size, background)
+    if use_native:
+        from tensorfield.cuda.raster_native import composite_native
+
+        rgb, alpha, depth = composite_native(projected, width, height, tile_size, background)
+    else:
+        rgb, alpha, depth = composite_dense(projected, width, height, tile_size, background)
     return RasterOutput(rgb, alpha, depth, projected.means2d, projected.radii)
 
 

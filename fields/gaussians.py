@@ -168,7 +168,7 @@ class GaussianConfig(MethodConfig):
     opacity_reset_value: float = option(0.01, "Opacity ceiling after a reset.")
     max_gaussians: int = option(-1, "Stop densifying once there are this many Gaussians (-1 = no limit; official densify_until_num_points).")
     # rasteriser
-    backend: str = option("auto", "Rasteriser backend: auto (gsplat on CUDA, else torch), gsplat, torch or reference.")
+    backend: str = option("auto", "Rasteriser backend: auto (gsplat on CUDA, else cpu), gsplat, cpu (native kernel when no gradient is needed), torch or reference.")
     near_plane: float = option(0.01, "Gaussians nearer than this (camera z) are culled.")
     far_plane: float = option(1e10, "Gaussians farther than this are culled.")
     eps2d: float = option(0.3, "Screen-space blur added to every projected covariance (pixels^2).")
