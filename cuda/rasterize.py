@@ -389,12 +389,8 @@ def rasterize(
         raise ValueError(f"unknown rasteriser backend {backend!r} (auto, gsplat, cpu, torch, reference)")
     if backend == "auto":
         backend = "gsplat" if gaussians.means.is_cuda and _gsplat_available() else "cpu"
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad
-        for t in (gaussians.means, gaussians.opacities, gaussians.colors, gaussians.scales, gaussians.quats, gaussians.covars)
-    )
     use_native = False
-    if backend in ("cpu", "torch") and not needs_grad and not gaussians.means.is_cuda and backend == "cpu":
+    if backend == "cpu" and not gaussians.means.is_cuda:
         from tensorfield.cuda.raster_native import native_library
 
         use_native = native_library() is not None
