@@ -29,6 +29,7 @@ from torch import Tensor
 _SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <omp.h>
 
 #define MAX_TILE_PIXELS 1024
@@ -121,6 +122,28 @@ int tf_composite(int64_t width, int64_t height, int64_t tile, int64_t tiles_x, i
             if (out_last) out_last[p] = last[i];
         }
     }
+    return 0;
+}
+
+/* Per-tile Gaussian lists: walk the Gaussians in depth order (``order``) and append each to the
+   tiles of its rectangle [lo, hi), so every list comes out front to back without sorting. */
+int tf_tile_lists(int64_t count, const int64_t *order, const int64_t *lo, const int64_t *hi,
+                  int64_t tiles_x, int64_t tiles_y, int64_t *offsets, int64_t *ids) {
+    const int64_t ntiles = tiles_x * tiles_y;
+    for (int64_t t = 0; t <= ntiles; ++t) offsets[t] = 0;
+    for (int64_t g = 0; g < count; ++g)
+        for (int64_t y = lo[2 * g + 1]; y < hi[2 * g + 1]; ++y)
+            for (int64_t x = lo[2 * g]; x < hi[2 * g]; ++x) offsets[y * tiles_x + x + 1] += 1;
+    for (int64_t t = 0; t < ntiles; ++t) offsets[t + 1] += offsets[t];
+    int64_t *cursor = (int64_t *)malloc(sizeof(int64_t) * (ntiles > 0 ? ntiles : 1));
+    if (!cursor) return -1;
+    for (int64_t t = 0; t < ntiles; ++t) cursor[t] = offsets[t];
+    for (int64_t r = 0; r < count; ++r) {
+        const int64_t g = order[r];
+        for (int64_t y = lo[2 * g + 1]; y < hi[2 * g + 1]; ++y)
+            for (int64_t x = lo[2 * g]; x < hi[2 * g]; ++x) ids[cursor[y * tiles_x + x]++] = g;
+    }
+    free(cursor);
     return 0;
 }
 
@@ -256,6 +279,8 @@ def _compile():
             continue
         library.tf_composite.restype = ctypes.c_int
         library.tf_composite.argtypes = [ctypes.c_int64] * 5 + [ctypes.c_void_p] * 6 + [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 6
+        library.tf_tile_lists.restype = ctypes.c_int
+        library.tf_tile_lists.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
         library.tf_composite_backward.restype = ctypes.c_int
         library.tf_composite_backward.argtypes = (
             [ctypes.c_int64] * 5 + [ctypes.c_void_p] * 6 + [ctypes.c_void_p, ctypes.c_int64]
@@ -281,7 +306,22 @@ def tile_lists(lo: Tensor, hi: Tensor, depths: Tensor, tiles_x: int, tiles_y: in
     """``(offsets [T + 1], ids [M])``: per tile (row-major) the Gaussians whose rectangle covers it, front to back.
 
     Gaussians with an empty rectangle (culled) appear nowhere. Ties in depth keep index order.
+    Native (one pass in depth order, no sort) when the kernel library is available.
     """
+    library = native_library()
+    if library is not None:
+        lo64, hi64 = lo.to(torch.int64).contiguous(), hi.to(torch.int64).contiguous()
+        total = int(((hi64 - lo64).clamp(min=0)).prod(-1).sum())
+        order = torch.argsort(depths, stable=True).contiguous()
+        offsets = torch.empty(tiles_x * tiles_y + 1, dtype=torch.int64)
+        ids = torch.empty(total, dtype=torch.int64)
+        if library.tf_tile_lists(lo64.shape[0], order.data_ptr(), lo64.data_ptr(), hi64.data_ptr(), tiles_x, tiles_y, offsets.data_ptr(), ids.data_ptr()) == 0:
+            return offsets, ids
+    return tile_lists_torch(lo, hi, depths, tiles_x, tiles_y)
+
+
+def tile_lists_torch(lo: Tensor, hi: Tensor, depths: Tensor, tiles_x: int, tiles_y: int) -> tuple[Tensor, Tensor]:
+    """:func:`tile_lists` in vectorised torch (the fallback and the test reference)."""
     counts = ((hi - lo).clamp(min=0)).prod(-1)  # [N]
     gaussians = torch.repeat_interleave(torch.arange(counts.numel()), counts)
     if gaussians.numel() == 0:

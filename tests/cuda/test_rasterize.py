@@ -226,3 +226,17 @@ def test_native_gradients_match_float64_reference(case):
         if grad is None:
             continue
         _close(grads[name], grad, 1e-4)
+
+
+def test_native_tile_lists_equal_the_torch_ones():
+    from tensorfield.cuda.raster_native import native_library, tile_lists, tile_lists_torch
+
+    if native_library() is None:
+        pytest.skip("no C compiler for the native kernel")
+    g = torch.Generator().manual_seed(0)
+    lo = torch.randint(0, 6, (500, 2), generator=g)
+    hi = lo + torch.randint(0, 4, (500, 2), generator=g)
+    hi = torch.minimum(hi, torch.tensor([7, 5]))
+    depths = torch.randint(0, 50, (500,), generator=g).float()  # many ties: index order must break them
+    a, b = tile_lists(lo, hi, depths, 7, 5), tile_lists_torch(lo, hi, depths, 7, 5)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[1].numel() > 500
