@@ -121,11 +121,11 @@ class TrainingCallback:
     steps, so the model is consistent there (e.g. to copy it for a viewer).
     """
 
-    def before_step(self, trainer: "Trainer", step: int) -> None:  # noqa: D102
-        pass
+    def before_step(self, trainer: "Trainer", step: int) -> None:
+        """Called before ``step``; the default does nothing."""
 
-    def after_step(self, trainer: "Trainer", step: int, output) -> None:  # noqa: D102
-        pass
+    def after_step(self, trainer: "Trainer", step: int, output) -> None:
+        """Called after ``step`` with its output; the default does nothing."""
 
 
 def load_scene_for(config):
