@@ -14,22 +14,17 @@ The backward pass is not native yet: while gradients are needed, ``rasterize`` u
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import threading
-from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from tensorfield.cuda.native import NativeLibrary
 
 _SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <omp.h>
 
 #define MAX_TILE_PIXELS 1024
@@ -125,25 +120,59 @@ int tf_composite(int64_t width, int64_t height, int64_t tile, int64_t tiles_x, i
     return 0;
 }
 
-/* Per-tile Gaussian lists: walk the Gaussians in depth order (``order``) and append each to the
-   tiles of its rectangle [lo, hi), so every list comes out front to back without sorting. */
-int tf_tile_lists(int64_t count, const int64_t *order, const int64_t *lo, const int64_t *hi,
+/* Per-tile Gaussian lists: a stable LSD radix sort of the depths of the Gaussians with a
+   non-empty rectangle (float bits made order-preserving), then one walk in that order appending
+   each Gaussian to the tiles of its rectangle [lo, hi), so every list is front to back. */
+static uint32_t depth_key(float value) {
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+}
+
+int tf_tile_lists(int64_t count, const float *depths, const int64_t *lo, const int64_t *hi,
                   int64_t tiles_x, int64_t tiles_y, int64_t *offsets, int64_t *ids) {
     const int64_t ntiles = tiles_x * tiles_y;
     for (int64_t t = 0; t <= ntiles; ++t) offsets[t] = 0;
-    for (int64_t g = 0; g < count; ++g)
+    int64_t visible = 0;
+    for (int64_t g = 0; g < count; ++g) {
+        if (lo[2 * g] >= hi[2 * g] || lo[2 * g + 1] >= hi[2 * g + 1]) continue;
+        ++visible;
         for (int64_t y = lo[2 * g + 1]; y < hi[2 * g + 1]; ++y)
             for (int64_t x = lo[2 * g]; x < hi[2 * g]; ++x) offsets[y * tiles_x + x + 1] += 1;
+    }
     for (int64_t t = 0; t < ntiles; ++t) offsets[t + 1] += offsets[t];
     int64_t *cursor = (int64_t *)malloc(sizeof(int64_t) * (ntiles > 0 ? ntiles : 1));
-    if (!cursor) return -1;
+    int64_t *order = (int64_t *)malloc(sizeof(int64_t) * 2 * (visible > 0 ? visible : 1));
+    uint32_t *keys = (uint32_t *)malloc(sizeof(uint32_t) * 2 * (visible > 0 ? visible : 1));
+    if (!cursor || !order || !keys) { free(cursor); free(order); free(keys); return -1; }
+    int64_t *order_b = order + visible;
+    uint32_t *keys_b = keys + visible;
+    int64_t r = 0;
+    for (int64_t g = 0; g < count; ++g) {
+        if (lo[2 * g] >= hi[2 * g] || lo[2 * g + 1] >= hi[2 * g + 1]) continue;
+        order[r] = g; keys[r] = depth_key(depths[g]); ++r;
+    }
+    for (int shift = 0; shift < 32; shift += 8) {
+        int64_t histogram[257] = {0};
+        for (int64_t i = 0; i < visible; ++i) histogram[((keys[i] >> shift) & 255u) + 1] += 1;
+        if (histogram[((keys[0] >> shift) & 255u) + 1] == visible) continue; /* one bucket: order unchanged */
+        for (int b = 0; b < 256; ++b) histogram[b + 1] += histogram[b];
+        for (int64_t i = 0; i < visible; ++i) {
+            const int64_t slot = histogram[(keys[i] >> shift) & 255u]++;
+            keys_b[slot] = keys[i]; order_b[slot] = order[i];
+        }
+        uint32_t *tk = keys; keys = keys_b; keys_b = tk;
+        int64_t *to = order; order = order_b; order_b = to;
+    }
     for (int64_t t = 0; t < ntiles; ++t) cursor[t] = offsets[t];
-    for (int64_t r = 0; r < count; ++r) {
-        const int64_t g = order[r];
+    for (int64_t i = 0; i < visible; ++i) {
+        const int64_t g = order[i];
         for (int64_t y = lo[2 * g + 1]; y < hi[2 * g + 1]; ++y)
             for (int64_t x = lo[2 * g]; x < hi[2 * g]; ++x) ids[cursor[y * tiles_x + x]++] = g;
     }
     free(cursor);
+    free(order < order_b ? order : order_b);
+    free(keys < keys_b ? keys : keys_b);
     return 0;
 }
 
@@ -243,81 +272,480 @@ int tf_composite_backward(int64_t width, int64_t height, int64_t tile, int64_t t
     }
     return 0;
 }
+
+/* ---------------------------------------------------------------------------- projection
+   EWA projection of N Gaussians into one camera and their SH colours, forward and backward,
+   exactly the float32 arithmetic of tensorfield.cuda.rasterize.project (gsplat's conventions).
+   viewmat: 4x4 row-major world-to-camera; intr: fx, fy, cx, cy. Covariances come from
+   scales + (w, x, y, z) quaternions, or as full 3x3 matrices (covars != NULL). */
+
+static void sh_values(int64_t degree, float x, float y, float z, float *Y, float (*dY)[3]) {
+    Y[0] = 0.2820947917738781f;
+    if (dY) { dY[0][0] = dY[0][1] = dY[0][2] = 0.0f; }
+    if (degree < 1) return;
+    const float C1 = 0.48860251190292f;
+    Y[1] = -C1 * y; Y[2] = C1 * z; Y[3] = -C1 * x;
+    if (dY) {
+        dY[1][0] = 0; dY[1][1] = -C1; dY[1][2] = 0;
+        dY[2][0] = 0; dY[2][1] = 0; dY[2][2] = C1;
+        dY[3][0] = -C1; dY[3][1] = 0; dY[3][2] = 0;
+    }
+    if (degree < 2) return;
+    const float C = 0.5462742152960395f, B = -1.092548430592079f, D = 0.9461746957575601f, E = 0.3153915652525201f;
+    const float z2 = z * z, c1 = x * x - y * y, s1 = 2.0f * x * y, bz = B * z;
+    Y[4] = C * s1; Y[5] = bz * y; Y[6] = D * z2 - E; Y[7] = bz * x; Y[8] = C * c1;
+    if (dY) {
+        dY[4][0] = 2 * C * y; dY[4][1] = 2 * C * x; dY[4][2] = 0;
+        dY[5][0] = 0; dY[5][1] = bz; dY[5][2] = B * y;
+        dY[6][0] = 0; dY[6][1] = 0; dY[6][2] = 2 * D * z;
+        dY[7][0] = bz; dY[7][1] = 0; dY[7][2] = B * x;
+        dY[8][0] = 2 * C * x; dY[8][1] = -2 * C * y; dY[8][2] = 0;
+    }
+    if (degree < 3) return;
+    const float F = -0.5900435899266435f, G = 1.445305721320277f, H = -2.285228997322329f, H0 = 0.4570457994644658f;
+    const float P = 1.865881662950577f, Q = 1.119528997770346f;
+    const float c2 = x * c1 - y * s1, s2 = x * s1 + y * c1, tc = H * z2 + H0, tb = G * z;
+    Y[9] = F * s2; Y[10] = tb * s1; Y[11] = tc * y; Y[12] = z * (P * z2 - Q);
+    Y[13] = tc * x; Y[14] = tb * c1; Y[15] = F * c2;
+    if (dY) {
+        dY[9][0] = F * 6 * x * y; dY[9][1] = F * 3 * c1; dY[9][2] = 0;
+        dY[10][0] = tb * 2 * y; dY[10][1] = tb * 2 * x; dY[10][2] = G * s1;
+        dY[11][0] = 0; dY[11][1] = tc; dY[11][2] = 2 * H * z * y;
+        dY[12][0] = 0; dY[12][1] = 0; dY[12][2] = 3 * P * z2 - Q;
+        dY[13][0] = tc; dY[13][1] = 0; dY[13][2] = 2 * H * z * x;
+        dY[14][0] = tb * 2 * x; dY[14][1] = -tb * 2 * y; dY[14][2] = G * c1;
+        dY[15][0] = F * 3 * c1; dY[15][1] = -F * 6 * x * y; dY[15][2] = 0;
+    }
+}
+
+static void quat_rotation(const float *q, float *qn, float *length, float *R) {
+    const float l = sqrtf(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]);
+    const float inv = 1.0f / (l > 1e-12f ? l : 1e-12f);
+    const float w = q[0] * inv, x = q[1] * inv, y = q[2] * inv, z = q[3] * inv;
+    qn[0] = w; qn[1] = x; qn[2] = y; qn[3] = z; *length = l;
+    R[0] = 1 - 2 * (y * y + z * z); R[1] = 2 * (x * y - w * z); R[2] = 2 * (x * z + w * y);
+    R[3] = 2 * (x * y + w * z); R[4] = 1 - 2 * (x * x + z * z); R[5] = 2 * (y * z - w * x);
+    R[6] = 2 * (x * z - w * y); R[7] = 2 * (y * z + w * x); R[8] = 1 - 2 * (x * x + y * y);
+}
+
+/* world covariance of Gaussian g; M = R diag(s) (returned for the backward pass) */
+static void world_covariance(int64_t g, const float *scales, const float *quats, const float *covars,
+                             float *S, float *M, float *R, float *qn, float *qlen) {
+    if (covars) {
+        for (int i = 0; i < 9; ++i) S[i] = covars[9 * g + i];
+        return;
+    }
+    quat_rotation(quats + 4 * g, qn, qlen, R);
+    const float *s = scales + 3 * g;
+    for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j) M[3 * i + j] = R[3 * i + j] * s[j];
+    for (int i = 0; i < 3; ++i)
+        for (int k = 0; k < 3; ++k)
+            S[3 * i + k] = M[3 * i] * M[3 * k] + M[3 * i + 1] * M[3 * k + 1] + M[3 * i + 2] * M[3 * k + 2];
+}
+
+/* A S A^T for 3x3 row-major A, S */
+static void sandwich(const float *A, const float *S, float *out) {
+    float AS[9];
+    for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j) AS[3 * i + j] = A[3 * i] * S[j] + A[3 * i + 1] * S[3 + j] + A[3 * i + 2] * S[6 + j];
+    for (int i = 0; i < 3; ++i)
+        for (int k = 0; k < 3; ++k) out[3 * i + k] = AS[3 * i] * A[3 * k] + AS[3 * i + 1] * A[3 * k + 1] + AS[3 * i + 2] * A[3 * k + 2];
+}
+
+typedef struct {
+    float fx, fy, cx, cy, width, height, near_plane, far_plane, eps2d;
+    int antialiased;
+} camera_t;
+
+/* The shared forward arithmetic of one Gaussian's projection (everything but the colour). */
+typedef struct {
+    float tx, ty, tz, z, u, v, rx, ry, J00, J02, J11, J12;
+    float Sc[9], a0, b, c0, a, c, det_orig, det, sd, comp;
+    float m2x, m2y;
+} proj_t;
+
+static void project_one(const float *W, const float *t, const camera_t *cam, const float *mean, const float *S, proj_t *p) {
+    p->tx = W[0] * mean[0] + W[1] * mean[1] + W[2] * mean[2] + t[0];
+    p->ty = W[3] * mean[0] + W[4] * mean[1] + W[5] * mean[2] + t[1];
+    p->tz = W[6] * mean[0] + W[7] * mean[1] + W[8] * mean[2] + t[2];
+    p->z = fabsf(p->tz) > 1e-12f ? p->tz : 1e-12f;
+    const float tan_x = 0.5f * cam->width / cam->fx, tan_y = 0.5f * cam->height / cam->fy;
+    const float lox = -(cam->cx / cam->fx + 0.3f * tan_x), hix = (cam->width - cam->cx) / cam->fx + 0.3f * tan_x;
+    const float loy = -(cam->cy / cam->fy + 0.3f * tan_y), hiy = (cam->height - cam->cy) / cam->fy + 0.3f * tan_y;
+    p->rx = p->tx / p->z; p->ry = p->ty / p->z;
+    p->u = p->rx < lox ? lox : (p->rx > hix ? hix : p->rx);
+    p->v = p->ry < loy ? loy : (p->ry > hiy ? hiy : p->ry);
+    p->J00 = cam->fx / p->z; p->J02 = -cam->fx * p->u / p->z;
+    p->J11 = cam->fy / p->z; p->J12 = -cam->fy * p->v / p->z;
+    sandwich(W, S, p->Sc);
+    const float *Sc = p->Sc;
+    const float r00 = p->J00 * Sc[0] + p->J02 * Sc[6], r01 = p->J00 * Sc[1] + p->J02 * Sc[7], r02 = p->J00 * Sc[2] + p->J02 * Sc[8];
+    const float r11 = p->J11 * Sc[4] + p->J12 * Sc[7], r12 = p->J11 * Sc[5] + p->J12 * Sc[8];
+    p->a0 = r00 * p->J00 + r02 * p->J02;
+    p->b = r01 * p->J11 + r02 * p->J12;
+    p->c0 = r11 * p->J11 + r12 * p->J12;
+    p->m2x = cam->fx * p->tx / p->z + cam->cx;
+    p->m2y = cam->fy * p->ty / p->z + cam->cy;
+    p->det_orig = p->a0 * p->c0 - p->b * p->b;
+    p->a = p->a0 + cam->eps2d; p->c = p->c0 + cam->eps2d;
+    p->det = p->a * p->c - p->b * p->b;
+    p->sd = p->det > 1e-10f ? p->det : 1e-10f;
+    p->comp = 1.0f;
+    if (cam->antialiased) {
+        const float r = p->det_orig / p->sd;
+        p->comp = r > 0.0f ? sqrtf(r) : 0.0f;
+    }
+}
+
+int tf_project(int64_t n, const float *means, const float *scales, const float *quats, const float *covars,
+               const float *opacities, const float *coeffs, int64_t sh_degree, int64_t coeff_count, int64_t channels,
+               const float *viewmat, const float *intr, int64_t width, int64_t height,
+               double near_plane, double far_plane, double eps2d, int64_t antialiased,
+               float *out_means2d, float *out_conics, float *out_depths, float *out_opacities,
+               int32_t *out_radii, float *out_colors) {
+    if (sh_degree > 3 || (sh_degree >= 0 && (coeff_count < (sh_degree + 1) * (sh_degree + 1) || channels > 32))) return -1;
+    const float W[9] = {viewmat[0], viewmat[1], viewmat[2], viewmat[4], viewmat[5], viewmat[6], viewmat[8], viewmat[9], viewmat[10]};
+    const float t[3] = {viewmat[3], viewmat[7], viewmat[11]};
+    const camera_t cam = {intr[0], intr[1], intr[2], intr[3], (float)width, (float)height, (float)near_plane, (float)far_plane, (float)eps2d, (int)antialiased};
+    const float campos[3] = {-(W[0] * t[0] + W[3] * t[1] + W[6] * t[2]), -(W[1] * t[0] + W[4] * t[1] + W[7] * t[2]),
+                             -(W[2] * t[0] + W[5] * t[1] + W[8] * t[2])};
+    #pragma omp parallel for schedule(static)
+    for (int64_t g = 0; g < n; ++g) {
+        float S[9], M[9], R[9], qn[4], qlen;
+        world_covariance(g, scales, quats, covars, S, M, R, qn, &qlen);
+        proj_t p;
+        project_one(W, t, &cam, means + 3 * g, S, &p);
+        out_means2d[2 * g] = p.m2x; out_means2d[2 * g + 1] = p.m2y;
+        out_conics[3 * g] = p.c / p.sd; out_conics[3 * g + 1] = -p.b / p.sd; out_conics[3 * g + 2] = p.a / p.sd;
+        out_depths[g] = p.tz;
+        const float op = opacities[g] * p.comp;
+        out_opacities[g] = op;
+        float extend = sqrtf(2.0f * logf(fmaxf(op / (1.0f / 255.0f), 1.0f)));
+        extend = extend < 3.33f ? extend : 3.33f;
+        const float radx = ceilf(extend * sqrtf(fmaxf(p.a, 0.0f))), rady = ceilf(extend * sqrtf(fmaxf(p.c, 0.0f)));
+        int ok = p.det > 0.0f && p.tz > cam.near_plane && p.tz < cam.far_plane && op >= 1.0f / 255.0f && (radx > 0.0f || rady > 0.0f);
+        ok = ok && p.m2x + radx > 0.0f && p.m2x - radx < cam.width && p.m2y + rady > 0.0f && p.m2y - rady < cam.height;
+        out_radii[2 * g] = ok ? (int32_t)radx : 0;
+        out_radii[2 * g + 1] = ok ? (int32_t)rady : 0;
+        if (sh_degree >= 0) {
+            float d[3] = {means[3 * g] - campos[0], means[3 * g + 1] - campos[1], means[3 * g + 2] - campos[2]};
+            const float l = sqrtf(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
+            const float inv = 1.0f / (l > 1e-12f ? l : 1e-12f);
+            float Y[16];
+            sh_values(sh_degree, d[0] * inv, d[1] * inv, d[2] * inv, Y, NULL);
+            const int64_t bases = (sh_degree + 1) * (sh_degree + 1);
+            const float *cf = coeffs + g * coeff_count * channels;
+            for (int64_t ch = 0; ch < channels; ++ch) {
+                float value = 0.0f;
+                for (int64_t k = 0; k < bases; ++k) value += Y[k] * cf[k * channels + ch];
+                value += 0.5f;
+                out_colors[g * channels + ch] = value > 0.0f ? value : 0.0f;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Backward of tf_project: upstream gradients of means2d, conics, depths, opacities and colours
+   -> gradients of means, scales + quats (or covars), opacities and SH coefficients (written,
+   not accumulated; any of the gradient pointers may be NULL when not needed). */
+int tf_project_backward(int64_t n, const float *means, const float *scales, const float *quats, const float *covars,
+                        const float *opacities, const float *coeffs, int64_t sh_degree, int64_t coeff_count, int64_t channels,
+                        const float *viewmat, const float *intr, int64_t width, int64_t height,
+                        double eps2d, int64_t antialiased,
+                        const float *v_means2d, const float *v_conics, const float *v_depths, const float *v_opacities,
+                        const float *v_colors, float *g_means, float *g_scales, float *g_quats, float *g_covars,
+                        float *g_opacities, float *g_coeffs) {
+    if (sh_degree > 3 || (sh_degree >= 0 && (coeff_count < (sh_degree + 1) * (sh_degree + 1) || channels > 32))) return -1;
+    const float W[9] = {viewmat[0], viewmat[1], viewmat[2], viewmat[4], viewmat[5], viewmat[6], viewmat[8], viewmat[9], viewmat[10]};
+    const float t[3] = {viewmat[3], viewmat[7], viewmat[11]};
+    const camera_t cam = {intr[0], intr[1], intr[2], intr[3], (float)width, (float)height, 0.0f, 0.0f, (float)eps2d, (int)antialiased};
+    const float campos[3] = {-(W[0] * t[0] + W[3] * t[1] + W[6] * t[2]), -(W[1] * t[0] + W[4] * t[1] + W[7] * t[2]),
+                             -(W[2] * t[0] + W[5] * t[1] + W[8] * t[2])};
+    const float tan_x = 0.5f * cam.width / cam.fx, tan_y = 0.5f * cam.height / cam.fy;
+    const float lox = -(cam.cx / cam.fx + 0.3f * tan_x), hix = (cam.width - cam.cx) / cam.fx + 0.3f * tan_x;
+    const float loy = -(cam.cy / cam.fy + 0.3f * tan_y), hiy = (cam.height - cam.cy) / cam.fy + 0.3f * tan_y;
+    #pragma omp parallel for schedule(static)
+    for (int64_t g = 0; g < n; ++g) {
+        float S[9], M[9], R[9], qn[4], qlen;
+        world_covariance(g, scales, quats, covars, S, M, R, qn, &qlen);
+        proj_t p;
+        project_one(W, t, &cam, means + 3 * g, S, &p);
+        /* opacity (antialiasing compensation) */
+        const float vop = v_opacities[g];
+        if (g_opacities) g_opacities[g] = vop * p.comp;
+        float v_sd = 0.0f, v_do = 0.0f;
+        if (cam.antialiased && p.comp > 0.0f) {
+            const float v_r = vop * opacities[g] * 0.5f / p.comp;
+            v_do = v_r / p.sd;
+            v_sd = -v_r * p.det_orig / (p.sd * p.sd);
+        }
+        /* conic = (c, -b, a) / sd */
+        const float k0 = v_conics[3 * g], k1 = v_conics[3 * g + 1], k2 = v_conics[3 * g + 2];
+        float v_a = k2 / p.sd, v_c = k0 / p.sd, v_b = -k1 / p.sd;
+        v_sd += -(k0 * p.c - k1 * p.b + k2 * p.a) / (p.sd * p.sd);
+        if (p.det >= 1e-10f) { v_a += v_sd * p.c; v_c += v_sd * p.a; v_b += -2.0f * p.b * v_sd; }
+        v_a += v_do * p.c0; v_c += v_do * p.a0; v_b += -2.0f * p.b * v_do;
+        /* cov2d = J Sc J^T with G = [[v_a, v_b/2], [v_b/2, v_c]] */
+        const float G00 = v_a, G01 = 0.5f * v_b, G11 = v_c;
+        const float *Sc = p.Sc;
+        /* J rows: j0 = (J00, 0, J02), j1 = (0, J11, J12) */
+        const float j0[3] = {p.J00, 0.0f, p.J02}, j1[3] = {0.0f, p.J11, p.J12};
+        float vSc[9];
+        for (int i = 0; i < 3; ++i)
+            for (int k = 0; k < 3; ++k)
+                vSc[3 * i + k] = G00 * j0[i] * j0[k] + G01 * (j0[i] * j1[k] + j1[i] * j0[k]) + G11 * j1[i] * j1[k];
+        /* v_J = 2 G J Sc */
+        float JS0[3], JS1[3];
+        for (int k = 0; k < 3; ++k) {
+            JS0[k] = p.J00 * Sc[k] + p.J02 * Sc[6 + k];
+            JS1[k] = p.J11 * Sc[3 + k] + p.J12 * Sc[6 + k];
+        }
+        const float vJ00 = 2.0f * (G00 * JS0[0] + G01 * JS1[0]), vJ02 = 2.0f * (G00 * JS0[2] + G01 * JS1[2]);
+        const float vJ11 = 2.0f * (G01 * JS0[1] + G11 * JS1[1]), vJ12 = 2.0f * (G01 * JS0[2] + G11 * JS1[2]);
+        const float z = p.z, z2 = z * z;
+        float v_z = -vJ00 * cam.fx / z2 + vJ02 * cam.fx * p.u / z2 - vJ11 * cam.fy / z2 + vJ12 * cam.fy * p.v / z2;
+        const float v_u = -vJ02 * cam.fx / z, v_v = -vJ12 * cam.fy / z;
+        float v_tx = 0.0f, v_ty = 0.0f, v_tz = 0.0f;
+        if (p.rx >= lox && p.rx <= hix) { v_tx += v_u / z; v_z += -v_u * p.tx / z2; }
+        if (p.ry >= loy && p.ry <= hiy) { v_ty += v_v / z; v_z += -v_v * p.ty / z2; }
+        const float vm0 = v_means2d[2 * g], vm1 = v_means2d[2 * g + 1];
+        v_tx += vm0 * cam.fx / z; v_z += -vm0 * cam.fx * p.tx / z2;
+        v_ty += vm1 * cam.fy / z; v_z += -vm1 * cam.fy * p.ty / z2;
+        v_tz += v_depths[g];
+        if (fabsf(p.tz) > 1e-12f) v_tz += v_z;
+        float gm[3];
+        for (int i = 0; i < 3; ++i) gm[i] = W[i] * v_tx + W[3 + i] * v_ty + W[6 + i] * v_tz;
+        /* v_S = W^T vSc W */
+        float WT[9], vS[9];
+        for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 3; ++j) WT[3 * i + j] = W[3 * j + i];
+        sandwich(WT, vSc, vS);
+        if (covars) {
+            if (g_covars)
+                for (int i = 0; i < 9; ++i) g_covars[9 * g + i] = vS[i];
+        } else {
+            /* S = M M^T, M = R diag(s): v_M = (vS + vS^T) M */
+            float vM[9];
+            for (int i = 0; i < 3; ++i)
+                for (int j = 0; j < 3; ++j) {
+                    float acc = 0.0f;
+                    for (int k = 0; k < 3; ++k) acc += (vS[3 * i + k] + vS[3 * k + i]) * M[3 * k + j];
+                    vM[3 * i + j] = acc;
+                }
+            const float *s = scales + 3 * g;
+            float vR[9];
+            for (int j = 0; j < 3; ++j) {
+                float acc = 0.0f;
+                for (int i = 0; i < 3; ++i) { acc += vM[3 * i + j] * R[3 * i + j]; vR[3 * i + j] = vM[3 * i + j] * s[j]; }
+                if (g_scales) g_scales[3 * g + j] = acc;
+            }
+            const float w = qn[0], x = qn[1], y = qn[2], zq = qn[3];
+            float vq[4];
+            vq[0] = 2 * (-zq * vR[1] + y * vR[2] + zq * vR[3] - x * vR[5] - y * vR[6] + x * vR[7]);
+            vq[1] = 2 * (y * vR[1] + zq * vR[2] + y * vR[3] - 2 * x * vR[4] - w * vR[5] + zq * vR[6] + w * vR[7] - 2 * x * vR[8]);
+            vq[2] = 2 * (-2 * y * vR[0] + x * vR[1] + w * vR[2] + x * vR[3] + zq * vR[5] - w * vR[6] + zq * vR[7] - 2 * y * vR[8]);
+            vq[3] = 2 * (-2 * zq * vR[0] - w * vR[1] + x * vR[2] + w * vR[3] - 2 * zq * vR[4] + y * vR[5] + x * vR[6] + y * vR[7]);
+            if (g_quats) {
+                if (qlen > 1e-12f) {
+                    const float dot = vq[0] * w + vq[1] * x + vq[2] * y + vq[3] * zq;
+                    for (int i = 0; i < 4; ++i) g_quats[4 * g + i] = (vq[i] - qn[i] * dot) / qlen;
+                } else {
+                    for (int i = 0; i < 4; ++i) g_quats[4 * g + i] = vq[i] / 1e-12f;
+                }
+            }
+        }
+        if (sh_degree >= 0) {
+            float d[3] = {means[3 * g] - campos[0], means[3 * g + 1] - campos[1], means[3 * g + 2] - campos[2]};
+            const float l = sqrtf(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
+            const float inv = 1.0f / (l > 1e-12f ? l : 1e-12f);
+            const float nx = d[0] * inv, ny = d[1] * inv, nz = d[2] * inv;
+            float Y[16], dY[16][3];
+            sh_values(sh_degree, nx, ny, nz, Y, dY);
+            const int64_t bases = (sh_degree + 1) * (sh_degree + 1);
+            const float *cf = coeffs + g * coeff_count * channels;
+            float *gc = g_coeffs ? g_coeffs + g * coeff_count * channels : NULL;
+            float vY[16];
+            for (int64_t k = 0; k < bases; ++k) vY[k] = 0.0f;
+            for (int64_t ch = 0; ch < channels; ++ch) {
+                float value = 0.0f;
+                for (int64_t k = 0; k < bases; ++k) value += Y[k] * cf[k * channels + ch];
+                const float vc = (value + 0.5f >= 0.0f) ? v_colors[g * channels + ch] : 0.0f;
+                for (int64_t k = 0; k < bases; ++k) {
+                    if (gc) gc[k * channels + ch] = Y[k] * vc;
+                    vY[k] += cf[k * channels + ch] * vc;
+                }
+            }
+            if (gc)
+                for (int64_t k = bases * channels; k < coeff_count * channels; ++k) gc[k] = 0.0f;
+            float vn[3] = {0.0f, 0.0f, 0.0f};
+            for (int64_t k = 1; k < bases; ++k)
+                for (int i = 0; i < 3; ++i) vn[i] += vY[k] * dY[k][i];
+            if (l > 1e-12f) {
+                const float dot = vn[0] * nx + vn[1] * ny + vn[2] * nz;
+                gm[0] += (vn[0] - nx * dot) / l; gm[1] += (vn[1] - ny * dot) / l; gm[2] += (vn[2] - nz * dot) / l;
+            } else {
+                for (int i = 0; i < 3; ++i) gm[i] += vn[i] / 1e-12f;
+            }
+        }
+        if (g_means)
+            for (int i = 0; i < 3; ++i) g_means[3 * g + i] = gm[i];
+    }
+    return 0;
+}
 """
 
-_lock = threading.Lock()
-_library = None
-_failed = False
+def _declare(library: ctypes.CDLL) -> None:
+    i64, ptr, f64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
+    library.tf_composite.restype = ctypes.c_int
+    library.tf_composite.argtypes = [i64] * 5 + [ptr] * 6 + [ptr, i64] + [ptr] * 6
+    library.tf_tile_lists.restype = ctypes.c_int
+    library.tf_tile_lists.argtypes = [i64, ptr, ptr, ptr, i64, i64, ptr, ptr]
+    library.tf_composite_backward.restype = ctypes.c_int
+    library.tf_composite_backward.argtypes = [i64] * 5 + [ptr] * 6 + [ptr, i64] + [ptr] * 7 + [i64, i64, ptr]
+    camera = [ptr, ptr, i64, i64]
+    library.tf_project.restype = ctypes.c_int
+    library.tf_project.argtypes = [i64] + [ptr] * 6 + [i64] * 3 + camera + [f64, f64, f64, i64] + [ptr] * 6
+    library.tf_project_backward.restype = ctypes.c_int
+    library.tf_project_backward.argtypes = [i64] + [ptr] * 6 + [i64] * 3 + camera + [f64, i64] + [ptr] * 11
 
 
-def _compile():
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        return None
-    root = os.environ.get("TENSORFIELD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tensorfield")
-    directory = Path(root) / "kernels"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            host = "".join([line for line in handle if line.startswith(("model name", "flags"))][:2])
-    except OSError:
-        host = ""
-    base = ["-O3", "-std=c99", "-fPIC", "-shared", "-fopenmp", "-ffast-math"]
-    for flags in (base + ["-march=native"], base):
-        digest = hashlib.sha256("\0".join([_SOURCE, compiler, *flags, platform.machine(), host]).encode()).hexdigest()[:16]
-        target = directory / f"raster_{digest}.so"
-        try:
-            if not target.exists():
-                directory.mkdir(parents=True, exist_ok=True)
-                with tempfile.TemporaryDirectory(dir=directory) as tmp:
-                    source = Path(tmp) / "raster.c"
-                    source.write_text(_SOURCE)
-                    built = Path(tmp) / "raster.so"
-                    subprocess.run([compiler, *flags, str(source), "-o", str(built), "-lm"], check=True, capture_output=True, timeout=120)
-                    os.replace(built, target)
-            library = ctypes.CDLL(str(target))
-        except (OSError, subprocess.SubprocessError):
-            continue
-        library.tf_composite.restype = ctypes.c_int
-        library.tf_composite.argtypes = [ctypes.c_int64] * 5 + [ctypes.c_void_p] * 6 + [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 6
-        library.tf_tile_lists.restype = ctypes.c_int
-        library.tf_tile_lists.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
-        library.tf_composite_backward.restype = ctypes.c_int
-        library.tf_composite_backward.argtypes = (
-            [ctypes.c_int64] * 5 + [ctypes.c_void_p] * 6 + [ctypes.c_void_p, ctypes.c_int64]
-            + [ctypes.c_void_p] * 7 + [ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
-        )
-        return library
-    return None
+_LIBRARY = NativeLibrary("raster", _SOURCE, ["-fopenmp", "-ffast-math"], _declare)
 
 
-def native_library():
-    """The compiled compositing kernel, or ``None`` (no compiler, ``TENSORFIELD_NATIVE=0``)."""
-    global _library, _failed
-    if _library is not None or _failed:
-        return _library
-    with _lock:
-        if _library is None and not _failed:
-            library = _compile() if os.environ.get("TENSORFIELD_NATIVE", "1") != "0" else None
-            _library, _failed = library, library is None
-    return _library
+def native_library() -> ctypes.CDLL | None:
+    """The compiled rasteriser kernels, or ``None`` (no compiler, ``TENSORFIELD_NATIVE=0``)."""
+    return _LIBRARY.get()
+
+
+def _ptr(tensor: Tensor | None):
+    return tensor.data_ptr() if tensor is not None else None
 
 
 def tile_lists(lo: Tensor, hi: Tensor, depths: Tensor, tiles_x: int, tiles_y: int) -> tuple[Tensor, Tensor]:
     """``(offsets [T + 1], ids [M])``: per tile (row-major) the Gaussians whose rectangle covers it, front to back.
 
     Gaussians with an empty rectangle (culled) appear nowhere. Ties in depth keep index order.
-    Native (one pass in depth order, no sort) when the kernel library is available.
+    Native (a radix sort of the depths, then one pass in that order) when the kernels are available.
     """
     library = native_library()
     if library is not None:
         lo64, hi64 = lo.to(torch.int64).contiguous(), hi.to(torch.int64).contiguous()
         total = int(((hi64 - lo64).clamp(min=0)).prod(-1).sum())
-        order = torch.argsort(depths, stable=True).contiguous()
+        keys = depths.detach().float().contiguous()
         offsets = torch.empty(tiles_x * tiles_y + 1, dtype=torch.int64)
         ids = torch.empty(total, dtype=torch.int64)
-        if library.tf_tile_lists(lo64.shape[0], order.data_ptr(), lo64.data_ptr(), hi64.data_ptr(), tiles_x, tiles_y, offsets.data_ptr(), ids.data_ptr()) == 0:
+        if library.tf_tile_lists(lo64.shape[0], keys.data_ptr(), lo64.data_ptr(), hi64.data_ptr(), tiles_x, tiles_y, offsets.data_ptr(), ids.data_ptr()) == 0:
             return offsets, ids
     return tile_lists_torch(lo, hi, depths, tiles_x, tiles_y)
+
+
+class _Project(torch.autograd.Function):
+    """One camera's EWA projection and SH colours: forward and backward in the native kernel."""
+
+    @staticmethod
+    def forward(ctx, means, scales, quats, covars, opacities, coeffs, static):  # noqa: D102
+        viewmat, intr, width, height, near_plane, far_plane, eps2d, antialiased, sh_degree = static
+        count = means.shape[0]
+        channels = coeffs.shape[-1] if coeffs is not None else 0
+        coeff_count = coeffs.shape[1] if coeffs is not None else 0
+        means2d = torch.empty(count, 2)
+        conics = torch.empty(count, 3)
+        depths = torch.empty(count)
+        opacity_out = torch.empty(count)
+        radii = torch.empty(count, 2, dtype=torch.int32)
+        colors = torch.empty(count, channels) if coeffs is not None else None
+        status = native_library().tf_project(
+            count, means.data_ptr(), _ptr(scales), _ptr(quats), _ptr(covars), opacities.data_ptr(), _ptr(coeffs),
+            sh_degree if coeffs is not None else -1, coeff_count, channels, viewmat.data_ptr(), intr.data_ptr(), width, height,
+            near_plane, far_plane, eps2d, int(antialiased),
+            means2d.data_ptr(), conics.data_ptr(), depths.data_ptr(), opacity_out.data_ptr(), radii.data_ptr(), _ptr(colors),
+        )
+        if status != 0:
+            raise RuntimeError("native projection refused its arguments (SH degree > 3 or more than 32 channels)")
+        ctx.static = static
+        ctx.has = (scales is not None, quats is not None, covars is not None, coeffs is not None)
+        ctx.save_for_backward(means, scales, quats, covars, opacities, coeffs)
+        ctx.mark_non_differentiable(radii)
+        if colors is None:
+            return means2d, conics, depths, opacity_out, radii
+        return means2d, conics, depths, opacity_out, radii, colors
+
+    @staticmethod
+    def backward(ctx, v_means2d, v_conics, v_depths, v_opacities, _v_radii, v_colors=None):  # noqa: D102
+        means, scales, quats, covars, opacities, coeffs = ctx.saved_tensors
+        viewmat, intr, width, height, _near, _far, eps2d, antialiased, sh_degree = ctx.static
+        count = means.shape[0]
+        channels = coeffs.shape[-1] if coeffs is not None else 0
+        coeff_count = coeffs.shape[1] if coeffs is not None else 0
+        v_means2d = _zeros_if_none(v_means2d, torch.empty(count, 2))
+        v_conics = _zeros_if_none(v_conics, torch.empty(count, 3))
+        v_depths = _zeros_if_none(v_depths, torch.empty(count))
+        v_opacities = _zeros_if_none(v_opacities, torch.empty(count))
+        if coeffs is not None:
+            v_colors = _zeros_if_none(v_colors, torch.empty(count, channels))
+        needs = ctx.needs_input_grad
+        g_means = torch.empty_like(means) if needs[0] else None
+        g_scales = torch.empty_like(scales) if scales is not None and needs[1] else None
+        g_quats = torch.empty_like(quats) if quats is not None and needs[2] else None
+        g_covars = torch.empty_like(covars) if covars is not None and needs[3] else None
+        g_opacities = torch.empty_like(opacities) if needs[4] else None
+        g_coeffs = torch.empty_like(coeffs) if coeffs is not None and needs[5] else None
+        status = native_library().tf_project_backward(
+            count, means.data_ptr(), _ptr(scales), _ptr(quats), _ptr(covars), opacities.data_ptr(), _ptr(coeffs),
+            sh_degree if coeffs is not None else -1, coeff_count, channels, viewmat.data_ptr(), intr.data_ptr(), width, height,
+            eps2d, int(antialiased), v_means2d.data_ptr(), v_conics.data_ptr(), v_depths.data_ptr(), v_opacities.data_ptr(),
+            _ptr(v_colors if coeffs is not None else None), _ptr(g_means), _ptr(g_scales), _ptr(g_quats), _ptr(g_covars),
+            _ptr(g_opacities), _ptr(g_coeffs),
+        )
+        if status != 0:
+            raise RuntimeError("native projection backward refused its arguments")
+        return g_means, g_scales, g_quats, g_covars, g_opacities, g_coeffs, None
+
+
+def native_projection_usable(gaussians, viewmats: Tensor, Ks: Tensor) -> bool:
+    """Whether :func:`project_native` can take these inputs (CPU float32, no camera gradients)."""
+    tensors = [gaussians.means, gaussians.opacities, gaussians.colors, gaussians.scales, gaussians.quats, gaussians.covars]
+    if any(t is not None and (t.device.type != "cpu" or t.dtype != torch.float32) for t in tensors):
+        return False
+    if viewmats.requires_grad or Ks.requires_grad:
+        return False
+    if gaussians.sh_degree is not None and (gaussians.sh_degree > 3 or gaussians.colors.dim() != 3 or gaussians.colors.shape[-1] > 32):
+        return False
+    if gaussians.covars is None and (gaussians.scales is None or gaussians.quats is None):
+        return False
+    return native_library() is not None
+
+
+def project_native(gaussians, viewmats: Tensor, Ks: Tensor, width: int, height: int, *, near_plane: float = 0.01,
+                   far_plane: float = 1e10, eps2d: float = 0.3, antialiased: bool = False):
+    """:func:`tensorfield.cuda.rasterize.project` in the native kernel (same values and gradients).
+
+    Check :func:`native_projection_usable` first; camera parameters get no gradients here.
+    """
+    from tensorfield.cuda.rasterize import Projected
+
+    def prepared(tensor: Tensor | None) -> Tensor | None:
+        return tensor.contiguous() if tensor is not None else None
+
+    means, opacities = prepared(gaussians.means), prepared(gaussians.opacities)
+    covars = prepared(gaussians.covars.reshape(-1, 9)) if gaussians.covars is not None else None
+    scales = prepared(gaussians.scales) if covars is None else None
+    quats = prepared(gaussians.quats) if covars is None else None
+    coeffs = prepared(gaussians.colors) if gaussians.sh_degree is not None else None
+    outputs = []
+    for cam in range(viewmats.shape[0]):
+        viewmat = viewmats[cam].detach().float().contiguous()
+        K = Ks[cam].detach().float()
+        intr = torch.stack([K[0, 0], K[1, 1], K[0, 2], K[1, 2]]).contiguous()
+        static = (viewmat, intr, int(width), int(height), float(near_plane), float(far_plane), float(eps2d), bool(antialiased),
+                  int(gaussians.sh_degree) if gaussians.sh_degree is not None else -1)
+        outputs.append(_Project.apply(means, scales, quats, covars, opacities, coeffs, static))
+    stack = [parts[0].unsqueeze(0) if len(parts) == 1 else torch.stack(parts) for parts in zip(*outputs)]
+    means2d, conics, depths, opacity_out, radii = stack[:5]
+    colors = stack[5] if coeffs is not None else gaussians.colors[None].expand(viewmats.shape[0], *gaussians.colors.shape)
+    return Projected(means2d, conics, depths, opacity_out, radii, colors)
 
 
 def tile_lists_torch(lo: Tensor, hi: Tensor, depths: Tensor, tiles_x: int, tiles_y: int) -> tuple[Tensor, Tensor]:

@@ -408,7 +408,15 @@ def rasterize(
             gaussians, viewmats, Ks, width, height, background=background, near_plane=near_plane,
             far_plane=far_plane, eps2d=eps2d, antialiased=antialiased, tile_size=tile_size,
         )
-    projected = project(gaussians, viewmats, Ks, width, height, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, antialiased=antialiased)
+    options = {"near_plane": near_plane, "far_plane": far_plane, "eps2d": eps2d, "antialiased": antialiased}
+    projected = None
+    if use_native:
+        from tensorfield.cuda.raster_native import native_projection_usable, project_native
+
+        if native_projection_usable(gaussians, viewmats, Ks):
+            projected = project_native(gaussians, viewmats, Ks, width, height, **options)
+    if projected is None:
+        projected = project(gaussians, viewmats, Ks, width, height, **options)
     if use_native:
         from tensorfield.cuda.raster_native import composite_native
 

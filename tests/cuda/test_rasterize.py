@@ -237,6 +237,47 @@ def test_native_tile_lists_equal_the_torch_ones():
     lo = torch.randint(0, 6, (500, 2), generator=g)
     hi = lo + torch.randint(0, 4, (500, 2), generator=g)
     hi = torch.minimum(hi, torch.tensor([7, 5]))
-    depths = torch.randint(0, 50, (500,), generator=g).float()  # many ties: index order must break them
+    depths = torch.randint(-25, 25, (500,), generator=g).float() * 0.37  # negatives, and ties broken by index order
     a, b = tile_lists(lo, hi, depths, 7, 5), tile_lists_torch(lo, hi, depths, 7, 5)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[1].numel() > 500
+
+
+@pytest.mark.parametrize("covars", [False, True], ids=["scales_quats", "covars"])
+@pytest.mark.parametrize("sh_degree", [None, 0, 1, 2, 3])
+def test_native_projection_matches_torch_projection(covars, sh_degree):
+    """Values, radii and every gradient of the native EWA projection + SH against :func:`project`."""
+    from tensorfield.cuda.raster_native import native_projection_usable, project_native
+
+    g = torch.Generator().manual_seed(7 + (sh_degree or 0))
+    count = 400
+    A = 0.1 * torch.randn(count, 3, 3, generator=g)
+    params = {
+        "means": 0.8 * torch.randn(count, 3, generator=g),
+        "opacities": torch.rand(count, generator=g),
+        "colors": torch.randn(count, 16, 3, generator=g) if sh_degree is not None else torch.rand(count, 5, generator=g),
+    }
+    if covars:
+        params["covars"] = A @ A.transpose(1, 2) + 1e-3 * torch.eye(3)
+    else:
+        params["scales"] = 0.01 + 0.2 * torch.rand(count, 3, generator=g)
+        params["quats"] = torch.randn(count, 4, generator=g)
+    params = {k: v.requires_grad_(True) for k, v in params.items()}
+    batch = GaussianBatch(sh_degree=sh_degree, **params)
+    viewmats, Ks = _cameras(2, 40, 30)
+    if not native_projection_usable(batch, viewmats, Ks):
+        pytest.skip("no C compiler for the native kernel")
+    results = []
+    for fn in (project, project_native):
+        for antialiased in (False, True):
+            out = fn(batch, viewmats, Ks, 40, 30, antialiased=antialiased)
+            fields = [out.means2d, out.conics, out.depths, out.opacities, out.colors]
+            weights = torch.Generator().manual_seed(3)
+            loss = sum((torch.randn(f.shape, generator=weights) * f).sum() for f in fields)
+            grads = torch.autograd.grad(loss, list(params.values()))
+            results.append((fields, out.radii, grads))
+    for (fields, radii, grads), (nfields, nradii, ngrads) in zip(results[:2], results[2:]):
+        assert torch.equal(radii, nradii) and int((radii > 0).sum()) > 100
+        for a, b in zip(fields, nfields):
+            _close(b, a, 1e-5)
+        for a, b in zip(grads, ngrads):
+            _close(b, a, 1e-5)
