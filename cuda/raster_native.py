@@ -30,75 +30,118 @@ _SOURCE = r"""
 #define MAX_TILE_PIXELS 1024
 #define MAX_CHANNELS 32
 
+/* Compositing layout: a tile's pixels are stored row by row with a row stride rounded up to 8
+   (STRIDE), and every row is processed in whole blocks of 8 pixels (LANES), so the per-pixel
+   loops have a constant trip count and compile to straight vector code. Pixels beyond the
+   image edge ("phantoms") are computed and discarded: they start dead and are never written.
+   A row's span [xa, xb) is covered by blocks starting at xa (shifted left at the row's end),
+   with the lanes outside the span, or already done by the previous block, masked off. */
+#define LANES 8
+
+/* Columns [*xa, *xb) of a row (tile-local, clipped to [bx0, bx1)) where a Gaussian can reach
+   alpha >= 1/255: sigma(dx) = 0.5 a dx^2 + b dx dy + 0.5 c dy^2 <= smax = log(255 o) is an
+   interval in dx, widened to whole pixels. smax carries a little slack, so float rounding never
+   drops a pixel the per-pixel test would keep (the test still decides). */
+static inline void row_span(float mx, float dy, float a, float b, float c, float smax, int64_t x0,
+                            int64_t bx0, int64_t bx1, int64_t *xa, int64_t *xb) {
+    const float disc = b * b * dy * dy - a * (c * dy * dy - 2.0f * smax);
+    if (disc < 0.0f || a <= 0.0f) { *xa = bx0; *xb = disc < 0.0f && a > 0.0f ? bx0 : bx1; return; }
+    const float root = sqrtf(disc), inv = 1.0f / a;
+    const float lo = mx - (-b * dy + root) * inv - 0.5f, hi = mx - (-b * dy - root) * inv - 0.5f;
+    int64_t l = (int64_t)floorf(lo) - x0, h = (int64_t)ceilf(hi) + 1 - x0;
+    *xa = l > bx0 ? l : bx0;
+    *xb = h < bx1 ? h : bx1;
+    if (*xb < *xa) *xb = *xa;
+}
+
+/* The pixel box of Gaussian g in tile-local coordinates (its radii plus one pixel), clipped. */
+static inline void pixel_box(const float *means2d, const int32_t *radii, int64_t g, int64_t x0, int64_t y0,
+                             int64_t w, int64_t h, int64_t *bx0, int64_t *bx1, int64_t *by0, int64_t *by1) {
+    const float mx = means2d[2 * g], my = means2d[2 * g + 1];
+    const float rx = (float)radii[2 * g] + 1.0f, ry = (float)radii[2 * g + 1] + 1.0f;
+    *bx0 = (int64_t)floorf(mx - rx) - x0; *bx1 = (int64_t)ceilf(mx + rx) - x0;
+    *by0 = (int64_t)floorf(my - ry) - y0; *by1 = (int64_t)ceilf(my + ry) - y0;
+    if (*bx0 < 0) *bx0 = 0;
+    if (*by0 < 0) *by0 = 0;
+    if (*bx1 > w) *bx1 = w;
+    if (*by1 > h) *by1 = h;
+}
+
 /* For each tile (parallel), composite its Gaussians (ids[offsets[t] .. offsets[t+1]), already in
    front-to-back order) into its pixels, gsplat's rules:
    sigma = 0.5 (a dx^2 + c dy^2) + b dx dy, alpha = min(0.999, o exp(-sigma)),
    skip sigma < 0 or alpha < 1/255, stop before next T <= 1e-4.
-   The per-pixel loop is branch-free (masks as floats) so the compiler vectorises it; a tile
+   Each Gaussian visits only the rows of its box and, per row, the blocks of 8 pixels that
+   overlap its ellipse (row_span); the per-pixel test is branch-free (masks as floats). A tile
    stops early once all its pixels are saturated (checked every 16 Gaussians). */
 int tf_composite(int64_t width, int64_t height, int64_t tile, int64_t tiles_x, int64_t tiles_y,
                  const int64_t *offsets, const int64_t *ids, const int32_t *radii,
                  const float *means2d, const float *conics, const float *opacities,
                  const float *colors, int64_t channels, const float *depths,
                  const float *background, float *out_rgb, float *out_alpha, float *out_depth, int64_t *out_last) {
-    if (tile * tile > MAX_TILE_PIXELS || channels > MAX_CHANNELS || channels < 1) return -1;
-    int64_t ntiles = tiles_x * tiles_y;
+    if (tile * tile > MAX_TILE_PIXELS || tile > 32 || channels > MAX_CHANNELS || channels < 1) return -1;
+    const int64_t ntiles = tiles_x * tiles_y, stride = (tile + LANES - 1) / LANES * LANES;
     #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t t = 0; t < ntiles; ++t) {
         const int64_t ty = t / tiles_x, tx = t % tiles_x;
         const int64_t x0 = tx * tile, y0 = ty * tile;
         const int64_t x1 = x0 + tile < width ? x0 + tile : width;
         const int64_t y1 = y0 + tile < height ? y0 + tile : height;
-        const int64_t w = x1 - x0, h = y1 - y0, n = w * h;
+        const int64_t w = x1 - x0, h = y1 - y0, n = h * stride;
+        const int64_t begin = offsets[t], end = offsets[t + 1];
         float T[MAX_TILE_PIXELS], live[MAX_TILE_PIXELS], px[MAX_TILE_PIXELS], py[MAX_TILE_PIXELS];
-        float dep[MAX_TILE_PIXELS], wgt[MAX_TILE_PIXELS];
-        int64_t last[MAX_TILE_PIXELS];
+        float dep[MAX_TILE_PIXELS];
+        int32_t last[MAX_TILE_PIXELS];
         float rgb[MAX_CHANNELS][MAX_TILE_PIXELS];
         for (int64_t i = 0; i < n; ++i) {
-            T[i] = 1.0f; live[i] = 1.0f; dep[i] = 0.0f; last[i] = offsets[t + 1];
-            px[i] = (float)(x0 + i % w) + 0.5f; py[i] = (float)(y0 + i / w) + 0.5f;
+            const int64_t xx = i % stride, yy = i / stride;
+            T[i] = 1.0f; live[i] = xx < w ? 1.0f : 0.0f; dep[i] = 0.0f; last[i] = (int32_t)(end - begin);
+            px[i] = (float)(x0 + xx) + 0.5f; py[i] = (float)(y0 + yy) + 0.5f;
         }
         for (int64_t ch = 0; ch < channels; ++ch)
             for (int64_t i = 0; i < n; ++i) rgb[ch][i] = 0.0f;
-        const int64_t begin = offsets[t], end = offsets[t + 1];
         for (int64_t k = begin; k < end; ++k) {
             const int64_t g = ids[k];
+            const int32_t kr = (int32_t)(k - begin);
             const float mx = means2d[2 * g], my = means2d[2 * g + 1];
             const float a = conics[3 * g], b = conics[3 * g + 1], c = conics[3 * g + 2];
             const float o = opacities[g], z = depths[g];
             const float *col = colors + g * channels;
-            /* pixels outside the Gaussian's box (radii, one pixel of margin) have alpha < 1/255 */
-            const float rx = (float)radii[2 * g] + 1.0f, ry = (float)radii[2 * g + 1] + 1.0f;
-            int64_t bx0 = (int64_t)floorf(mx - rx) - x0, bx1 = (int64_t)ceilf(mx + rx) - x0;
-            int64_t by0 = (int64_t)floorf(my - ry) - y0, by1 = (int64_t)ceilf(my + ry) - y0;
-            if (bx0 < 0) bx0 = 0;
-            if (by0 < 0) by0 = 0;
-            if (bx1 > w) bx1 = w;
-            if (by1 > h) by1 = h;
+            int64_t bx0, bx1, by0, by1;
+            pixel_box(means2d, radii, g, x0, y0, w, h, &bx0, &bx1, &by0, &by1);
+            const float smax = logf(255.0f * o) + 0.01f;
             for (int64_t yy = by0; yy < by1; ++yy) {
-                const int64_t row = yy * w;
-                #pragma omp simd
-                for (int64_t xx = bx0; xx < bx1; ++xx) {
-                    const int64_t i = row + xx;
-                    const float dx = mx - px[i], dy = my - py[i];
-                    const float sigma = 0.5f * (a * dx * dx + c * dy * dy) + b * dx * dy;
-                    float alpha = o * expf(-sigma);
-                    alpha = alpha < 0.999f ? alpha : 0.999f;
-                    const float ok = (sigma >= 0.0f && alpha >= (1.0f / 255.0f)) ? live[i] : 0.0f;
-                    const float next = T[i] * (1.0f - alpha);
-                    const float stop = (next <= 1e-4f) ? ok : 0.0f;
-                    const float use = ok - stop;
-                    live[i] -= stop;
-                    last[i] = stop > 0.0f ? k : last[i];
-                    wgt[i] = use * alpha * T[i];
-                    dep[i] += wgt[i] * z;
-                    T[i] = use > 0.0f ? next : T[i];
-                }
-                for (int64_t ch = 0; ch < channels; ++ch) {
-                    const float cv = col[ch];
-                    float *restrict dst = rgb[ch] + row;
-                    const float *restrict ww = wgt + row;
-                    for (int64_t xx = bx0; xx < bx1; ++xx) dst[xx] += ww[xx] * cv;
+                int64_t xa, xb;
+                row_span(mx, my - py[yy * stride], a, b, c, smax, x0, bx0, bx1, &xa, &xb);
+                for (int64_t done = xa; done < xb;) {
+                    const int64_t xs = done < stride - LANES ? done : stride - LANES;
+                    const int64_t base = yy * stride + xs;
+                    float wgt[LANES];
+                    #pragma omp simd
+                    for (int64_t j = 0; j < LANES; ++j) {
+                        const int64_t i = base + j;
+                        const float dx = mx - px[i], dy = my - py[i];
+                        const float sigma = 0.5f * (a * dx * dx + c * dy * dy) + b * dx * dy;
+                        float alpha = o * expf(-sigma);
+                        alpha = alpha < 0.999f ? alpha : 0.999f;
+                        const int inside = xs + j >= done && xs + j < xb;
+                        const float ok = (inside && sigma >= 0.0f && alpha >= (1.0f / 255.0f)) ? live[i] : 0.0f;
+                        const float next = T[i] * (1.0f - alpha);
+                        const float stop = (next <= 1e-4f) ? ok : 0.0f;
+                        const float use = ok - stop;
+                        live[i] -= stop;
+                        last[i] = stop > 0.0f ? kr : last[i];
+                        wgt[j] = use * alpha * T[i];
+                        dep[i] += wgt[j] * z;
+                        T[i] = use > 0.0f ? next : T[i];
+                    }
+                    for (int64_t ch = 0; ch < channels; ++ch) {
+                        const float cv = col[ch];
+                        float *restrict dst = rgb[ch] + base;
+                        #pragma omp simd
+                        for (int64_t j = 0; j < LANES; ++j) dst[j] += wgt[j] * cv;
+                    }
+                    done = xs + LANES;
                 }
             }
             if (((k - begin) & 15) == 15) {
@@ -107,15 +150,16 @@ int tf_composite(int64_t width, int64_t height, int64_t tile, int64_t tiles_x, i
                 if (any == 0.0f) break;
             }
         }
-        for (int64_t i = 0; i < n; ++i) {
-            const int64_t x = x0 + i % w, y = y0 + i / w, p = y * width + x;
-            const float accum = 1.0f - T[i];
-            for (int64_t ch = 0; ch < channels; ++ch)
-                out_rgb[p * channels + ch] = rgb[ch][i] + (background ? T[i] * background[ch] : 0.0f);
-            out_alpha[p] = accum;
-            out_depth[p] = dep[i] / (accum > 1e-10f ? accum : 1e-10f);
-            if (out_last) out_last[p] = last[i];
-        }
+        for (int64_t yy = 0; yy < h; ++yy)
+            for (int64_t xx = 0; xx < w; ++xx) {
+                const int64_t i = yy * stride + xx, p = (y0 + yy) * width + (x0 + xx);
+                const float accum = 1.0f - T[i];
+                for (int64_t ch = 0; ch < channels; ++ch)
+                    out_rgb[p * channels + ch] = rgb[ch][i] + (background ? T[i] * background[ch] : 0.0f);
+                out_alpha[p] = accum;
+                out_depth[p] = dep[i] / (accum > 1e-10f ? accum : 1e-10f);
+                if (out_last) out_last[p] = begin + last[i];
+            }
     }
     return 0;
 }
@@ -181,7 +225,9 @@ int tf_tile_lists(int64_t count, const float *depths, const int64_t *lo, const i
    the colour (v_rgb), of alpha (v_alpha, including what flows through the depth normalisation)
    and of the un-normalised depth sum (v_dnum). Gradients are accumulated into this thread's
    slice of ``grads`` [threads, N, 7 + D]: (mean x, mean y, conic a, b, c, opacity, depth, colour).
-   Tiles are split statically over threads, so the sums do not depend on scheduling. */
+   Tiles are dealt round-robin to threads (static, 1: balanced, and the sums do not depend on
+   scheduling). The same
+   8-pixel blocks as the forward pass; per-lane partial sums, reduced once per Gaussian. */
 int tf_composite_backward(int64_t width, int64_t height, int64_t tile, int64_t tiles_x, int64_t tiles_y,
                           const int64_t *offsets, const int64_t *ids, const int32_t *radii,
                           const float *means2d, const float *conics, const float *opacities,
@@ -189,85 +235,123 @@ int tf_composite_backward(int64_t width, int64_t height, int64_t tile, int64_t t
                           const float *background, const float *t_final, const int64_t *last_index,
                           const float *v_rgb, const float *v_alpha, const float *v_dnum,
                           int64_t nthreads, int64_t count, float *grads) {
-    if (tile * tile > MAX_TILE_PIXELS || channels > MAX_CHANNELS || channels < 1) return -1;
-    const int64_t ntiles = tiles_x * tiles_y, stride = 7 + channels;
-    #pragma omp parallel for schedule(static) num_threads(nthreads)
+    if (tile * tile > MAX_TILE_PIXELS || tile > 32 || channels > MAX_CHANNELS || channels < 1) return -1;
+    const int64_t ntiles = tiles_x * tiles_y, gstride = 7 + channels, stride = (tile + LANES - 1) / LANES * LANES;
+    #pragma omp parallel for schedule(static, 1) num_threads(nthreads)
     for (int64_t t = 0; t < ntiles; ++t) {
-        float *mine = grads + (int64_t)omp_get_thread_num() * count * stride;
+        float *mine = grads + (int64_t)omp_get_thread_num() * count * gstride;
         const int64_t ty = t / tiles_x, tx = t % tiles_x;
         const int64_t x0 = tx * tile, y0 = ty * tile;
         const int64_t x1 = x0 + tile < width ? x0 + tile : width;
         const int64_t y1 = y0 + tile < height ? y0 + tile : height;
-        const int64_t w = x1 - x0, h = y1 - y0, n = w * h;
+        const int64_t w = x1 - x0, h = y1 - y0, n = h * stride;
+        const int64_t begin = offsets[t], end = offsets[t + 1];
         float T[MAX_TILE_PIXELS], tf[MAX_TILE_PIXELS], px[MAX_TILE_PIXELS], py[MAX_TILE_PIXELS];
-        float va[MAX_TILE_PIXELS], vd[MAX_TILE_PIXELS], bufz[MAX_TILE_PIXELS], vbg[MAX_TILE_PIXELS];
-        int64_t last[MAX_TILE_PIXELS];
+        float va[MAX_TILE_PIXELS], vd[MAX_TILE_PIXELS], bufz[MAX_TILE_PIXELS];
+        int32_t last[MAX_TILE_PIXELS];
         float vr[MAX_CHANNELS][MAX_TILE_PIXELS], buf[MAX_CHANNELS][MAX_TILE_PIXELS];
         for (int64_t i = 0; i < n; ++i) {
-            const int64_t p = (y0 + i / w) * width + (x0 + i % w);
-            px[i] = (float)(x0 + i % w) + 0.5f; py[i] = (float)(y0 + i / w) + 0.5f;
-            tf[i] = t_final[p]; T[i] = t_final[p]; last[i] = last_index[p];
-            va[i] = v_alpha[p]; vd[i] = v_dnum[p]; bufz[i] = 0.0f; vbg[i] = 0.0f;
+            const int64_t xx = i % stride, yy = i / stride;
+            px[i] = (float)(x0 + xx) + 0.5f; py[i] = (float)(y0 + yy) + 0.5f;
+            bufz[i] = 0.0f;
+            if (xx >= w) { /* phantom: never composited */
+                tf[i] = T[i] = 1.0f; last[i] = 0; va[i] = vd[i] = 0.0f;
+                for (int64_t ch = 0; ch < channels; ++ch) { vr[ch][i] = 0.0f; buf[ch][i] = 0.0f; }
+                continue;
+            }
+            const int64_t p = (y0 + yy) * width + (x0 + xx);
+            tf[i] = t_final[p]; T[i] = t_final[p]; last[i] = (int32_t)(last_index[p] - begin);
+            vd[i] = v_dnum[p];
+            float vbg = 0.0f;
             for (int64_t ch = 0; ch < channels; ++ch) {
                 vr[ch][i] = v_rgb[p * channels + ch];
                 buf[ch][i] = 0.0f;
-                if (background) vbg[i] += background[ch] * vr[ch][i];
+                if (background) vbg += background[ch] * vr[ch][i];
             }
+            va[i] = v_alpha[p] - vbg; /* the background term enters with alpha */
         }
-        for (int64_t k = offsets[t + 1] - 1; k >= offsets[t]; --k) {
+        for (int64_t k = end - 1; k >= begin; --k) {
             const int64_t g = ids[k];
+            const int32_t kr = (int32_t)(k - begin);
             const float mx = means2d[2 * g], my = means2d[2 * g + 1];
             const float a = conics[3 * g], b = conics[3 * g + 1], c = conics[3 * g + 2];
             const float o = opacities[g], z = depths[g];
             const float *col = colors + g * channels;
-            const float rx = (float)radii[2 * g] + 1.0f, ry = (float)radii[2 * g + 1] + 1.0f;
-            int64_t bx0 = (int64_t)floorf(mx - rx) - x0, bx1 = (int64_t)ceilf(mx + rx) - x0;
-            int64_t by0 = (int64_t)floorf(my - ry) - y0, by1 = (int64_t)ceilf(my + ry) - y0;
-            if (bx0 < 0) bx0 = 0;
-            if (by0 < 0) by0 = 0;
-            if (bx1 > w) bx1 = w;
-            if (by1 > h) by1 = h;
-            float gmx = 0, gmy = 0, ga = 0, gb = 0, gc = 0, go = 0, gz = 0;
-            float gcol[MAX_CHANNELS];
-            for (int64_t ch = 0; ch < channels; ++ch) gcol[ch] = 0.0f;
+            int64_t bx0, bx1, by0, by1;
+            pixel_box(means2d, radii, g, x0, y0, w, h, &bx0, &bx1, &by0, &by1);
+            const float smax = logf(255.0f * o) + 0.01f;
+            float lmx[LANES] = {0}, lmy[LANES] = {0}, la[LANES] = {0}, lb[LANES] = {0}, lc[LANES] = {0};
+            float lo_[LANES] = {0}, lz[LANES] = {0};
+            float lcol[MAX_CHANNELS][LANES];
+            for (int64_t ch = 0; ch < channels; ++ch)
+                for (int64_t j = 0; j < LANES; ++j) lcol[ch][j] = 0.0f;
+            int touched = 0;
             for (int64_t yy = by0; yy < by1; ++yy) {
-                for (int64_t xx = bx0; xx < bx1; ++xx) {
-                    const int64_t i = yy * w + xx;
-                    if (k >= last[i]) continue;
-                    const float dx = mx - px[i], dy = my - py[i];
-                    const float sigma = 0.5f * (a * dx * dx + c * dy * dy) + b * dx * dy;
-                    if (sigma < 0.0f) continue;
-                    const float e = expf(-sigma);
-                    const float raw = o * e;
-                    const float alpha = raw < 0.999f ? raw : 0.999f;
-                    if (alpha < 1.0f / 255.0f) continue;
-                    const float ra = 1.0f / (1.0f - alpha);
-                    T[i] *= ra;
-                    const float wgt = alpha * T[i];
-                    float v = 0.0f;
+                int64_t xa, xb;
+                row_span(mx, my - py[yy * stride], a, b, c, smax, x0, bx0, bx1, &xa, &xb);
+                for (int64_t done = xa; done < xb;) {
+                    const int64_t xs = done < stride - LANES ? done : stride - LANES;
+                    const int64_t base = yy * stride + xs;
+                    float use[LANES], al[LANES], ra[LANES], wg[LANES], ee[LANES], vv[LANES], fr[LANES];
+                    touched = 1;
+                    #pragma omp simd
+                    for (int64_t j = 0; j < LANES; ++j) {
+                        const int64_t i = base + j;
+                        const float dx = mx - px[i], dy = my - py[i];
+                        const float sigma = 0.5f * (a * dx * dx + c * dy * dy) + b * dx * dy;
+                        const float e = expf(-sigma);
+                        const float raw = o * e;
+                        const float alpha = raw < 0.999f ? raw : 0.999f;
+                        const int inside = xs + j >= done && xs + j < xb;
+                        const float u = (inside && kr < last[i] && sigma >= 0.0f && alpha >= 1.0f / 255.0f) ? 1.0f : 0.0f;
+                        const float r = 1.0f / (1.0f - alpha);
+                        T[i] = u > 0.0f ? T[i] * r : T[i];
+                        use[j] = u; al[j] = alpha; ra[j] = r; ee[j] = e; vv[j] = 0.0f;
+                        wg[j] = u * alpha * T[i];
+                        fr[j] = raw < 0.999f ? u : 0.0f; /* the clamp passes no gradient */
+                    }
                     for (int64_t ch = 0; ch < channels; ++ch) {
-                        gcol[ch] += wgt * vr[ch][i];
-                        v += (col[ch] * T[i] - buf[ch][i] * ra) * vr[ch][i];
-                        buf[ch][i] += wgt * col[ch];
+                        const float cv = col[ch];
+                        float *restrict bb = buf[ch] + base;
+                        const float *restrict rr = vr[ch] + base;
+                        float *restrict lcc = lcol[ch];
+                        #pragma omp simd
+                        for (int64_t j = 0; j < LANES; ++j) {
+                            vv[j] += use[j] * (cv * T[base + j] - bb[j] * ra[j]) * rr[j];
+                            lcc[j] += wg[j] * rr[j];
+                            bb[j] += wg[j] * cv;
+                        }
                     }
-                    gz += wgt * vd[i];
-                    v += (z * T[i] - bufz[i] * ra) * vd[i];
-                    bufz[i] += wgt * z;
-                    v += tf[i] * ra * (va[i] - vbg[i]);
-                    if (raw < 0.999f) {
-                        const float vs = -alpha * v;
-                        go += e * v;
-                        ga += 0.5f * dx * dx * vs;
-                        gb += dx * dy * vs;
-                        gc += 0.5f * dy * dy * vs;
-                        gmx += (a * dx + b * dy) * vs;
-                        gmy += (c * dy + b * dx) * vs;
+                    #pragma omp simd
+                    for (int64_t j = 0; j < LANES; ++j) {
+                        const int64_t i = base + j;
+                        const float dx = mx - px[i], dy = my - py[i];
+                        lz[j] += wg[j] * vd[i];
+                        const float v = vv[j] + use[j] * ((z * T[i] - bufz[i] * ra[j]) * vd[i] + tf[i] * ra[j] * va[i]);
+                        bufz[i] += wg[j] * z;
+                        const float vs = -al[j] * v * fr[j];
+                        lo_[j] += ee[j] * v * fr[j];
+                        la[j] += 0.5f * dx * dx * vs;
+                        lb[j] += dx * dy * vs;
+                        lc[j] += 0.5f * dy * dy * vs;
+                        lmx[j] += (a * dx + b * dy) * vs;
+                        lmy[j] += (c * dy + b * dx) * vs;
                     }
+                    done = xs + LANES;
                 }
             }
-            float *dst = mine + g * stride;
-            dst[0] += gmx; dst[1] += gmy; dst[2] += ga; dst[3] += gb; dst[4] += gc; dst[5] += go; dst[6] += gz;
-            for (int64_t ch = 0; ch < channels; ++ch) dst[7 + ch] += gcol[ch];
+            if (!touched) continue;
+            float s[7] = {0, 0, 0, 0, 0, 0, 0};
+            for (int64_t j = 0; j < LANES; ++j) {
+                s[0] += lmx[j]; s[1] += lmy[j]; s[2] += la[j]; s[3] += lb[j]; s[4] += lc[j]; s[5] += lo_[j]; s[6] += lz[j];
+            }
+            float *dst = mine + g * gstride;
+            for (int q = 0; q < 7; ++q) dst[q] += s[q];
+            for (int64_t ch = 0; ch < channels; ++ch) {
+                float acc = 0.0f;
+                for (int64_t j = 0; j < LANES; ++j) acc += lcol[ch][j];
+                dst[7 + ch] += acc;
+            }
         }
     }
     return 0;
