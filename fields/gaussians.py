@@ -391,6 +391,25 @@ class GaussianSplatting(Field):
         values = weights[:, :1] * gaussians.sh_dc[:, 0] + torch.einsum("nk,nkc->nc", weights[:, 1:], gaussians.sh_rest)
         return (values + 0.5).clamp_min(0.0)
 
+    def _raster_colors(self, gaussians: _Slice, camera_center: Tensor) -> tuple[Tensor, int | None]:
+        """What the rasteriser gets as colours: ``(SH table, active degree)`` or ``(colours, None)``.
+
+        3D models hand their SH table to the rasteriser, whose projection evaluates it (natively
+        on the CPU, in gsplat on CUDA): the same basis, directions and ``+0.5, clamp`` as
+        :meth:`colors`. 4D models do the same without gradients (rendering): the table collapsed
+        to the frame's time. While training, 4D colours come from :meth:`colors`, whose view
+        directions are detached as in the official code.
+        """
+        if self.dim == 3:
+            return torch.cat([gaussians.sh_dc, gaussians.sh_rest], dim=1), self.active_sh_degree
+        if not torch.is_grad_enabled():
+            table = torch.cat([gaussians.sh_dc, gaussians.sh_rest], dim=1)
+            collapsed = collapse_spherindrical(
+                table, gaussians.dt, self.active_time_degree, float(self.config.time_duration), self.config.sh_degree
+            )
+            return collapsed, self.active_sh_degree
+        return self.colors(gaussians, camera_center), None
+
     # ------------------------------------------------------------------ rendering
     def _rasterize_camera(self, cameras, index: int, time: float, background: Tensor):
         """Rasterise camera ``index`` at model time ``time``; ``(RenderOutput, RasterOutput | None, slice)``."""
@@ -406,14 +425,15 @@ class GaussianSplatting(Field):
             zeros = torch.zeros(height, width, device=device)
             return RenderOutput(rgb=rgb, depth=zeros, alpha=zeros), None, gaussians
         center = camera.c2w[0, :, 3].to(device)
+        colors, sh_degree = self._raster_colors(gaussians, center)
         batch = GaussianBatch(
             means=gaussians.means,
             opacities=gaussians.opacities,
-            colors=self.colors(gaussians, center),
+            colors=colors,
             scales=gaussians.scales,
             quats=F.normalize(gaussians.quats, dim=-1) if gaussians.quats is not None else None,
             covars=gaussians.covariances,
-            sh_degree=None,
+            sh_degree=sh_degree,
         )
         viewmats, Ks = camera_matrices(camera)
         raster = rasterize(

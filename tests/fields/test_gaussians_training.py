@@ -70,6 +70,31 @@ def test_depth_is_distance_along_the_ray():
 
 
 @pytest.mark.parametrize("dim", [3, 4])
+def test_rasteriser_sh_equals_the_model_colours(dim, monkeypatch):
+    """The SH table handed to the rasteriser (4D: collapsed to the frame's time) renders exactly
+    what the model's own colours (:meth:`GaussianSplatting.colors`) render, in every active degree."""
+    config = GaussianConfig(method=f"gaussians{dim}d", init_points=300, seed=3, backend="cpu", time_degree=2 if dim == 4 else 0)
+    scene = SceneInfo(torch.tensor([[-1.0, -1, -1], [1, 1, 1]]), 0.5, 6.0, is_dynamic=dim == 4)
+    model = GaussianSplatting(config, scene)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        model.sh_rest.copy_(0.3 * torch.randn(model.sh_rest.shape, generator=g))
+        model.opacity_logits.fill_(0.0)
+        if dim == 4:
+            model.quats_right.copy_(torch.randn(model.quats_right.shape, generator=g))
+    model.active_sh_degree = 3
+    if dim == 4:
+        model.active_time_degree = 2
+    pose = look_at(torch.tensor([0.3, -0.5, -3.0]), torch.zeros(3), torch.tensor([0.0, -1.0, 0.0]))
+    cameras = Cameras.from_fov(pose[None], 24, 20, fov_x=0.9)
+    table = model.render_view(cameras, 0, 0.4, torch.ones(3)).rgb
+    monkeypatch.setattr(GaussianSplatting, "_raster_colors", lambda self, gaussians, center: (self.colors(gaussians, center), None))
+    own = model.render_view(cameras, 0, 0.4, torch.ones(3)).rgb
+    assert float((own - 1.0).abs().mean()) > 0.05  # something is drawn
+    assert torch.allclose(table, own, atol=2e-5)
+
+
+@pytest.mark.parametrize("dim", [3, 4])
 def test_training_lowers_the_loss_and_densifies(dim, scenes, tmp_path):
     scene = scenes["dynamic" if dim == 4 else "static"]
     trainer = Trainer.from_config(train_config(dim), tmp_path / "run", scene=scene)
