@@ -100,6 +100,8 @@ int tf_composite(int64_t width, int64_t height, int64_t tile, int64_t tiles_x, i
         }
         for (int64_t ch = 0; ch < channels; ++ch)
             for (int64_t i = 0; i < n; ++i) rgb[ch][i] = 0.0f;
+        float row_live[32]; /* live pixels per row: saturated rows are skipped */
+        for (int64_t yy = 0; yy < h; ++yy) row_live[yy] = (float)w;
         for (int64_t k = begin; k < end; ++k) {
             const int64_t g = ids[k];
             const int32_t kr = (int32_t)(k - begin);
@@ -111,13 +113,14 @@ int tf_composite(int64_t width, int64_t height, int64_t tile, int64_t tiles_x, i
             pixel_box(means2d, radii, g, x0, y0, w, h, &bx0, &bx1, &by0, &by1);
             const float smax = logf(255.0f * o) + 0.01f;
             for (int64_t yy = by0; yy < by1; ++yy) {
+                if (row_live[yy] == 0.0f) continue;
                 int64_t xa, xb;
                 row_span(mx, my - py[yy * stride], a, b, c, smax, x0, bx0, bx1, &xa, &xb);
                 for (int64_t done = xa; done < xb;) {
                     const int64_t xs = done < stride - LANES ? done : stride - LANES;
                     const int64_t base = yy * stride + xs;
-                    float wgt[LANES];
-                    #pragma omp simd
+                    float wgt[LANES], stopped = 0.0f;
+                    #pragma omp simd reduction(+:stopped)
                     for (int64_t j = 0; j < LANES; ++j) {
                         const int64_t i = base + j;
                         const float dx = mx - px[i], dy = my - py[i];
@@ -130,6 +133,7 @@ int tf_composite(int64_t width, int64_t height, int64_t tile, int64_t tiles_x, i
                         const float stop = (next <= 1e-4f) ? ok : 0.0f;
                         const float use = ok - stop;
                         live[i] -= stop;
+                        stopped += stop;
                         last[i] = stop > 0.0f ? kr : last[i];
                         wgt[j] = use * alpha * T[i];
                         dep[i] += wgt[j] * z;
@@ -141,12 +145,13 @@ int tf_composite(int64_t width, int64_t height, int64_t tile, int64_t tiles_x, i
                         #pragma omp simd
                         for (int64_t j = 0; j < LANES; ++j) dst[j] += wgt[j] * cv;
                     }
+                    row_live[yy] -= stopped;
                     done = xs + LANES;
                 }
             }
             if (((k - begin) & 15) == 15) {
                 float any = 0.0f;
-                for (int64_t i = 0; i < n; ++i) any += live[i];
+                for (int64_t yy = 0; yy < h; ++yy) any += row_live[yy];
                 if (any == 0.0f) break;
             }
         }
@@ -270,6 +275,11 @@ int tf_composite_backward(int64_t width, int64_t height, int64_t tile, int64_t t
             }
             va[i] = v_alpha[p] - vbg; /* the background term enters with alpha */
         }
+        int32_t row_last[32]; /* rows whose pixels all stopped before Gaussian k are skipped */
+        for (int64_t yy = 0; yy < h; ++yy) {
+            row_last[yy] = 0;
+            for (int64_t xx = 0; xx < w; ++xx) row_last[yy] = last[yy * stride + xx] > row_last[yy] ? last[yy * stride + xx] : row_last[yy];
+        }
         for (int64_t k = end - 1; k >= begin; --k) {
             const int64_t g = ids[k];
             const int32_t kr = (int32_t)(k - begin);
@@ -287,6 +297,7 @@ int tf_composite_backward(int64_t width, int64_t height, int64_t tile, int64_t t
                 for (int64_t j = 0; j < LANES; ++j) lcol[ch][j] = 0.0f;
             int touched = 0;
             for (int64_t yy = by0; yy < by1; ++yy) {
+                if (kr >= row_last[yy]) continue;
                 int64_t xa, xb;
                 row_span(mx, my - py[yy * stride], a, b, c, smax, x0, bx0, bx1, &xa, &xb);
                 for (int64_t done = xa; done < xb;) {
