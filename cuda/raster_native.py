@@ -39,48 +39,82 @@ _SOURCE = r"""
 #define LANES 8
 
 /* Columns [*xa, *xb) of a row (tile-local, clipped to [bx0, bx1)) where a Gaussian can reach
-   alpha >= 1/255: sigma(dx) = 0.5 a dx^2 + b dx dy + 0.5 c dy^2 <= smax = log(255 o) is an
-   interval in dx, widened to whole pixels. smax carries a little slack, so float rounding never
-   drops a pixel the per-pixel test would keep (the test still decides). */
-static inline void row_span(float mx, float dy, float a, float b, float c, float smax, int64_t x0,
-                            int64_t bx0, int64_t bx1, int64_t *xa, int64_t *xb) {
-    const float disc = b * b * dy * dy - a * (c * dy * dy - 2.0f * smax);
-    if (disc < 0.0f || a <= 0.0f) { *xa = bx0; *xb = disc < 0.0f && a > 0.0f ? bx0 : bx1; return; }
-    const float root = sqrtf(disc), inv = 1.0f / a;
-    const float lo = mx - (-b * dy + root) * inv - 0.5f, hi = mx - (-b * dy - root) * inv - 0.5f;
-    int64_t l = (int64_t)floorf(lo) - x0, h = (int64_t)ceilf(hi) + 1 - x0;
+   alpha >= 1/255: sigma(dx) = 0.5 a dx^2 + b dx dy + 0.5 c dy^2 <= smax = log(255 o) is the
+   interval dx in -k1 dy -+ sqrt(k2 dy^2 + k3) with k1 = b / a, k2 = (b^2 - a c) / a^2 and
+   k3 = 2 smax / a (the span_t, set once per Gaussian), widened to whole pixels. smax carries a
+   little slack, so float rounding never drops a pixel the per-pixel test would keep (the test
+   still decides). */
+typedef struct { float k1, k2, k3; } span_t;
+
+static inline span_t span_setup(float a, float b, float c, float smax) {
+    span_t sp;
+    const float inv = a > 0.0f ? 1.0f / a : 0.0f;
+    sp.k1 = b * inv; sp.k2 = (b * b - a * c) * inv * inv; sp.k3 = 2.0f * smax * inv;
+    return sp;
+}
+
+static inline void row_span(const span_t *sp, float mx, float dy, int64_t x0, int64_t bx0, int64_t bx1,
+                            int64_t *xa, int64_t *xb) {
+    const float half2 = sp->k2 * dy * dy + sp->k3;
+    if (half2 < 0.0f) { *xa = *xb = bx0; return; }
+    const float half = sqrtf(half2), centre = mx + sp->k1 * dy - 0.5f;
+    const int64_t l = (int64_t)floorf(centre - half) - x0, h = (int64_t)ceilf(centre + half) + 1 - x0;
     *xa = l > bx0 ? l : bx0;
     *xb = h < bx1 ? h : bx1;
     if (*xb < *xa) *xb = *xa;
 }
 
-/* The pixel box of Gaussian g in tile-local coordinates (its radii plus one pixel), clipped. */
-static inline void pixel_box(const float *means2d, const int32_t *radii, int64_t g, int64_t x0, int64_t y0,
-                             int64_t w, int64_t h, int64_t *bx0, int64_t *bx1, int64_t *by0, int64_t *by1) {
-    const float mx = means2d[2 * g], my = means2d[2 * g + 1];
-    const float rx = (float)radii[2 * g] + 1.0f, ry = (float)radii[2 * g + 1] + 1.0f;
-    *bx0 = (int64_t)floorf(mx - rx) - x0; *bx1 = (int64_t)ceilf(mx + rx) - x0;
-    *by0 = (int64_t)floorf(my - ry) - y0; *by1 = (int64_t)ceilf(my + ry) - y0;
+/* Per-rank records: the compositing kernels read each Gaussian's screen-space parameters from
+   one packed row (mean, conic, opacity, depth, pixel box half-extent, colour) in depth order, so
+   a tile's walk through its list reads memory forwards instead of gathering from seven arrays. */
+#define REC_FIXED 9
+static float *pack_records(int64_t visible, const int64_t *order, const int32_t *radii, const float *means2d,
+                           const float *conics, const float *opacities, const float *colors, int64_t channels,
+                           const float *depths) {
+    const int64_t rs = REC_FIXED + channels;
+    float *records = (float *)malloc(sizeof(float) * rs * (visible > 0 ? visible : 1));
+    if (!records) return NULL;
+    #pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < visible; ++r) {
+        const int64_t g = order[r];
+        float *rec = records + r * rs;
+        rec[0] = means2d[2 * g]; rec[1] = means2d[2 * g + 1];
+        rec[2] = conics[3 * g]; rec[3] = conics[3 * g + 1]; rec[4] = conics[3 * g + 2];
+        rec[5] = opacities[g]; rec[6] = depths[g];
+        rec[7] = (float)radii[2 * g] + 1.0f; rec[8] = (float)radii[2 * g + 1] + 1.0f;
+        for (int64_t ch = 0; ch < channels; ++ch) rec[REC_FIXED + ch] = colors[g * channels + ch];
+    }
+    return records;
+}
+
+/* The pixel box of a record in tile-local coordinates (its radii plus a pixel), clipped. */
+static inline void record_box(const float *rec, int64_t x0, int64_t y0, int64_t w, int64_t h,
+                              int64_t *bx0, int64_t *bx1, int64_t *by0, int64_t *by1) {
+    *bx0 = (int64_t)floorf(rec[0] - rec[7]) - x0; *bx1 = (int64_t)ceilf(rec[0] + rec[7]) - x0;
+    *by0 = (int64_t)floorf(rec[1] - rec[8]) - y0; *by1 = (int64_t)ceilf(rec[1] + rec[8]) - y0;
     if (*bx0 < 0) *bx0 = 0;
     if (*by0 < 0) *by0 = 0;
     if (*bx1 > w) *bx1 = w;
     if (*by1 > h) *by1 = h;
 }
 
-/* For each tile (parallel), composite its Gaussians (ids[offsets[t] .. offsets[t+1]), already in
-   front-to-back order) into its pixels, gsplat's rules:
+/* For each tile (parallel), composite its Gaussians (depth ranks ranks[offsets[t] ..
+   offsets[t+1]), ascending, i.e. front to back; order[rank] = Gaussian) into its pixels, gsplat's
+   rules:
    sigma = 0.5 (a dx^2 + c dy^2) + b dx dy, alpha = min(0.999, o exp(-sigma)),
    skip sigma < 0 or alpha < 1/255, stop before next T <= 1e-4.
    Each Gaussian visits only the rows of its box and, per row, the blocks of 8 pixels that
    overlap its ellipse (row_span); the per-pixel test is branch-free (masks as floats). A tile
    stops early once all its pixels are saturated (checked every 16 Gaussians). */
 int tf_composite(int64_t width, int64_t height, int64_t tile, int64_t tiles_x, int64_t tiles_y,
-                 const int64_t *offsets, const int64_t *ids, const int32_t *radii,
-                 const float *means2d, const float *conics, const float *opacities,
+                 const int64_t *offsets, const int32_t *ranks, const int64_t *order, int64_t visible,
+                 const int32_t *radii, const float *means2d, const float *conics, const float *opacities,
                  const float *colors, int64_t channels, const float *depths,
                  const float *background, float *out_rgb, float *out_alpha, float *out_depth, int64_t *out_last) {
     if (tile * tile > MAX_TILE_PIXELS || tile > 32 || channels > MAX_CHANNELS || channels < 1) return -1;
-    const int64_t ntiles = tiles_x * tiles_y, stride = (tile + LANES - 1) / LANES * LANES;
+    const int64_t ntiles = tiles_x * tiles_y, stride = (tile + LANES - 1) / LANES * LANES, rs = REC_FIXED + channels;
+    float *records = pack_records(visible, order, radii, means2d, conics, opacities, colors, channels, depths);
+    if (!records) return -2;
     #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t t = 0; t < ntiles; ++t) {
         const int64_t ty = t / tiles_x, tx = t % tiles_x;
@@ -103,19 +137,17 @@ int tf_composite(int64_t width, int64_t height, int64_t tile, int64_t tiles_x, i
         float row_live[32]; /* live pixels per row: saturated rows are skipped */
         for (int64_t yy = 0; yy < h; ++yy) row_live[yy] = (float)w;
         for (int64_t k = begin; k < end; ++k) {
-            const int64_t g = ids[k];
+            const float *rec = records + (int64_t)ranks[k] * rs;
             const int32_t kr = (int32_t)(k - begin);
-            const float mx = means2d[2 * g], my = means2d[2 * g + 1];
-            const float a = conics[3 * g], b = conics[3 * g + 1], c = conics[3 * g + 2];
-            const float o = opacities[g], z = depths[g];
-            const float *col = colors + g * channels;
+            const float mx = rec[0], my = rec[1], a = rec[2], b = rec[3], c = rec[4], o = rec[5], z = rec[6];
+            const float *col = rec + REC_FIXED;
             int64_t bx0, bx1, by0, by1;
-            pixel_box(means2d, radii, g, x0, y0, w, h, &bx0, &bx1, &by0, &by1);
-            const float smax = logf(255.0f * o) + 0.01f;
+            record_box(rec, x0, y0, w, h, &bx0, &bx1, &by0, &by1);
+            const span_t sp = span_setup(a, b, c, logf(255.0f * o) + 0.01f);
             for (int64_t yy = by0; yy < by1; ++yy) {
                 if (row_live[yy] == 0.0f) continue;
                 int64_t xa, xb;
-                row_span(mx, my - py[yy * stride], a, b, c, smax, x0, bx0, bx1, &xa, &xb);
+                row_span(&sp, mx, my - py[yy * stride], x0, bx0, bx1, &xa, &xb);
                 for (int64_t done = xa; done < xb;) {
                     const int64_t xs = done < stride - LANES ? done : stride - LANES;
                     const int64_t base = yy * stride + xs;
@@ -166,12 +198,14 @@ int tf_composite(int64_t width, int64_t height, int64_t tile, int64_t tiles_x, i
                 if (out_last) out_last[p] = begin + last[i];
             }
     }
+    free(records);
     return 0;
 }
 
 /* Per-tile Gaussian lists: a stable LSD radix sort of the depths of the Gaussians with a
-   non-empty rectangle (float bits made order-preserving), then one walk in that order appending
-   each Gaussian to the tiles of its rectangle [lo, hi), so every list is front to back. */
+   non-empty rectangle (float bits made order-preserving) gives ``order`` (depth rank -> Gaussian
+   index, ``visible`` entries); one walk in that order appends each rank to the tiles of its
+   rectangle [lo, hi), so every list is ascending ranks, i.e. front to back. */
 static uint32_t depth_key(float value) {
     uint32_t bits;
     memcpy(&bits, &value, sizeof bits);
@@ -179,7 +213,8 @@ static uint32_t depth_key(float value) {
 }
 
 int tf_tile_lists(int64_t count, const float *depths, const int64_t *lo, const int64_t *hi,
-                  int64_t tiles_x, int64_t tiles_y, int64_t *offsets, int64_t *ids) {
+                  int64_t tiles_x, int64_t tiles_y, int64_t *offsets, int32_t *ranks, int64_t *out_order,
+                  int64_t *out_visible) {
     const int64_t ntiles = tiles_x * tiles_y;
     for (int64_t t = 0; t <= ntiles; ++t) offsets[t] = 0;
     int64_t visible = 0;
@@ -216,9 +251,11 @@ int tf_tile_lists(int64_t count, const float *depths, const int64_t *lo, const i
     for (int64_t t = 0; t < ntiles; ++t) cursor[t] = offsets[t];
     for (int64_t i = 0; i < visible; ++i) {
         const int64_t g = order[i];
+        out_order[i] = g;
         for (int64_t y = lo[2 * g + 1]; y < hi[2 * g + 1]; ++y)
-            for (int64_t x = lo[2 * g]; x < hi[2 * g]; ++x) ids[cursor[y * tiles_x + x]++] = g;
+            for (int64_t x = lo[2 * g]; x < hi[2 * g]; ++x) ranks[cursor[y * tiles_x + x]++] = (int32_t)i;
     }
+    *out_visible = visible;
     free(cursor);
     free(order < order_b ? order : order_b);
     free(keys < keys_b ? keys : keys_b);
@@ -228,23 +265,27 @@ int tf_tile_lists(int64_t count, const float *depths, const int64_t *lo, const i
 /* Backward of tf_composite (gsplat's back-to-front replay). Per pixel: T_final = 1 - alpha, the
    stop index ``last`` (Gaussians k >= last were not composited), and the upstream gradients of
    the colour (v_rgb), of alpha (v_alpha, including what flows through the depth normalisation)
-   and of the un-normalised depth sum (v_dnum). Gradients are accumulated into this thread's
-   slice of ``grads`` [threads, N, 7 + D]: (mean x, mean y, conic a, b, c, opacity, depth, colour).
-   Tiles are dealt round-robin to threads (static, 1: balanced, and the sums do not depend on
-   scheduling). The same
-   8-pixel blocks as the forward pass; per-lane partial sums, reduced once per Gaussian. */
+   and of the un-normalised depth sum (v_dnum). Each thread accumulates into its own per-rank
+   partials; they are summed in thread order into ``grads`` [N, 7 + D] (mean x, mean y, conic a,
+   b, c, opacity, depth, colour; rows of culled Gaussians are left as they are). Tiles are dealt
+   round-robin to threads (static, 1: balanced, and the sums do not depend on scheduling). The
+   same 8-pixel blocks as the forward pass; per-lane partial sums, reduced once per Gaussian. */
 int tf_composite_backward(int64_t width, int64_t height, int64_t tile, int64_t tiles_x, int64_t tiles_y,
-                          const int64_t *offsets, const int64_t *ids, const int32_t *radii,
-                          const float *means2d, const float *conics, const float *opacities,
+                          const int64_t *offsets, const int32_t *ranks, const int64_t *order, int64_t visible,
+                          const int32_t *radii, const float *means2d, const float *conics, const float *opacities,
                           const float *colors, int64_t channels, const float *depths,
                           const float *background, const float *t_final, const int64_t *last_index,
                           const float *v_rgb, const float *v_alpha, const float *v_dnum,
-                          int64_t nthreads, int64_t count, float *grads) {
+                          int64_t nthreads, float *grads) {
     if (tile * tile > MAX_TILE_PIXELS || tile > 32 || channels > MAX_CHANNELS || channels < 1) return -1;
     const int64_t ntiles = tiles_x * tiles_y, gstride = 7 + channels, stride = (tile + LANES - 1) / LANES * LANES;
+    const int64_t rs = REC_FIXED + channels;
+    float *records = pack_records(visible, order, radii, means2d, conics, opacities, colors, channels, depths);
+    float *partial = (float *)calloc((size_t)(nthreads * (visible > 0 ? visible : 1) * gstride), sizeof(float));
+    if (!records || !partial) { free(records); free(partial); return -2; }
     #pragma omp parallel for schedule(static, 1) num_threads(nthreads)
     for (int64_t t = 0; t < ntiles; ++t) {
-        float *mine = grads + (int64_t)omp_get_thread_num() * count * gstride;
+        float *mine = partial + (int64_t)omp_get_thread_num() * visible * gstride;
         const int64_t ty = t / tiles_x, tx = t % tiles_x;
         const int64_t x0 = tx * tile, y0 = ty * tile;
         const int64_t x1 = x0 + tile < width ? x0 + tile : width;
@@ -281,15 +322,14 @@ int tf_composite_backward(int64_t width, int64_t height, int64_t tile, int64_t t
             for (int64_t xx = 0; xx < w; ++xx) row_last[yy] = last[yy * stride + xx] > row_last[yy] ? last[yy * stride + xx] : row_last[yy];
         }
         for (int64_t k = end - 1; k >= begin; --k) {
-            const int64_t g = ids[k];
+            const int64_t r = ranks[k];
+            const float *rec = records + r * rs;
             const int32_t kr = (int32_t)(k - begin);
-            const float mx = means2d[2 * g], my = means2d[2 * g + 1];
-            const float a = conics[3 * g], b = conics[3 * g + 1], c = conics[3 * g + 2];
-            const float o = opacities[g], z = depths[g];
-            const float *col = colors + g * channels;
+            const float mx = rec[0], my = rec[1], a = rec[2], b = rec[3], c = rec[4], o = rec[5], z = rec[6];
+            const float *col = rec + REC_FIXED;
             int64_t bx0, bx1, by0, by1;
-            pixel_box(means2d, radii, g, x0, y0, w, h, &bx0, &bx1, &by0, &by1);
-            const float smax = logf(255.0f * o) + 0.01f;
+            record_box(rec, x0, y0, w, h, &bx0, &bx1, &by0, &by1);
+            const span_t sp = span_setup(a, b, c, logf(255.0f * o) + 0.01f);
             float lmx[LANES] = {0}, lmy[LANES] = {0}, la[LANES] = {0}, lb[LANES] = {0}, lc[LANES] = {0};
             float lo_[LANES] = {0}, lz[LANES] = {0};
             float lcol[MAX_CHANNELS][LANES];
@@ -299,7 +339,7 @@ int tf_composite_backward(int64_t width, int64_t height, int64_t tile, int64_t t
             for (int64_t yy = by0; yy < by1; ++yy) {
                 if (kr >= row_last[yy]) continue;
                 int64_t xa, xb;
-                row_span(mx, my - py[yy * stride], a, b, c, smax, x0, bx0, bx1, &xa, &xb);
+                row_span(&sp, mx, my - py[yy * stride], x0, bx0, bx1, &xa, &xb);
                 for (int64_t done = xa; done < xb;) {
                     const int64_t xs = done < stride - LANES ? done : stride - LANES;
                     const int64_t base = yy * stride + xs;
@@ -356,7 +396,7 @@ int tf_composite_backward(int64_t width, int64_t height, int64_t tile, int64_t t
             for (int64_t j = 0; j < LANES; ++j) {
                 s[0] += lmx[j]; s[1] += lmy[j]; s[2] += la[j]; s[3] += lb[j]; s[4] += lc[j]; s[5] += lo_[j]; s[6] += lz[j];
             }
-            float *dst = mine + g * gstride;
+            float *dst = mine + r * gstride;
             for (int q = 0; q < 7; ++q) dst[q] += s[q];
             for (int64_t ch = 0; ch < channels; ++ch) {
                 float acc = 0.0f;
@@ -365,6 +405,18 @@ int tf_composite_backward(int64_t width, int64_t height, int64_t tile, int64_t t
             }
         }
     }
+    /* sum the threads' partials in a fixed order and scatter rank -> Gaussian */
+    #pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t r = 0; r < visible; ++r) {
+        float *out = grads + order[r] * gstride;
+        for (int64_t q = 0; q < gstride; ++q) {
+            float acc = 0.0f;
+            for (int64_t th = 0; th < nthreads; ++th) acc += partial[(th * visible + r) * gstride + q];
+            out[q] = acc;
+        }
+    }
+    free(records);
+    free(partial);
     return 0;
 }
 
@@ -694,11 +746,12 @@ int tf_project_backward(int64_t n, const float *means, const float *scales, cons
 def _declare(library: ctypes.CDLL) -> None:
     i64, ptr, f64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
     library.tf_composite.restype = ctypes.c_int
-    library.tf_composite.argtypes = [i64] * 5 + [ptr] * 6 + [ptr, i64] + [ptr] * 6
+    lists = [ptr, ptr, ptr, i64]  # offsets, ranks, order, visible
+    library.tf_composite.argtypes = [i64] * 5 + lists + [ptr] * 5 + [i64] + [ptr] * 6
     library.tf_tile_lists.restype = ctypes.c_int
-    library.tf_tile_lists.argtypes = [i64, ptr, ptr, ptr, i64, i64, ptr, ptr]
+    library.tf_tile_lists.argtypes = [i64, ptr, ptr, ptr, i64, i64, ptr, ptr, ptr, ptr]
     library.tf_composite_backward.restype = ctypes.c_int
-    library.tf_composite_backward.argtypes = [i64] * 5 + [ptr] * 6 + [ptr, i64] + [ptr] * 7 + [i64, i64, ptr]
+    library.tf_composite_backward.argtypes = [i64] * 5 + lists + [ptr] * 5 + [i64] + [ptr] * 7 + [i64, ptr]
     camera = [ptr, ptr, i64, i64]
     library.tf_project.restype = ctypes.c_int
     library.tf_project.argtypes = [i64] + [ptr] * 6 + [i64] * 3 + camera + [f64, f64, f64, i64] + [ptr] * 6
@@ -718,11 +771,14 @@ def _ptr(tensor: Tensor | None):
     return tensor.data_ptr() if tensor is not None else None
 
 
-def tile_lists(lo: Tensor, hi: Tensor, depths: Tensor, tiles_x: int, tiles_y: int) -> tuple[Tensor, Tensor]:
-    """``(offsets [T + 1], ids [M])``: per tile (row-major) the Gaussians whose rectangle covers it, front to back.
+def tile_lists(lo: Tensor, hi: Tensor, depths: Tensor, tiles_x: int, tiles_y: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per tile (row-major) the Gaussians whose rectangle ``[lo, hi)`` covers it, front to back.
 
-    Gaussians with an empty rectangle (culled) appear nowhere. Ties in depth keep index order.
-    Native (a radix sort of the depths, then one pass in that order) when the kernels are available.
+    Returns ``(offsets [T + 1] int64, ranks [M] int32, order [V] int64)``: tile ``t``'s list is
+    ``ranks[offsets[t]:offsets[t + 1]]``, ascending depth ranks; ``order[rank]`` is the Gaussian
+    (so ``order[ranks]`` are the Gaussian indices). Gaussians with an empty rectangle (culled) have
+    no rank. Ties in depth keep index order. Native (a radix sort of the depths, then one pass in
+    that order) when the kernels are available.
     """
     library = native_library()
     if library is not None:
@@ -730,9 +786,15 @@ def tile_lists(lo: Tensor, hi: Tensor, depths: Tensor, tiles_x: int, tiles_y: in
         total = int(((hi64 - lo64).clamp(min=0)).prod(-1).sum())
         keys = depths.detach().float().contiguous()
         offsets = torch.empty(tiles_x * tiles_y + 1, dtype=torch.int64)
-        ids = torch.empty(total, dtype=torch.int64)
-        if library.tf_tile_lists(lo64.shape[0], keys.data_ptr(), lo64.data_ptr(), hi64.data_ptr(), tiles_x, tiles_y, offsets.data_ptr(), ids.data_ptr()) == 0:
-            return offsets, ids
+        ranks = torch.empty(total, dtype=torch.int32)
+        order = torch.empty(lo64.shape[0], dtype=torch.int64)
+        visible = ctypes.c_int64(0)
+        status = library.tf_tile_lists(
+            lo64.shape[0], keys.data_ptr(), lo64.data_ptr(), hi64.data_ptr(), tiles_x, tiles_y,
+            offsets.data_ptr(), ranks.data_ptr(), order.data_ptr(), ctypes.byref(visible),
+        )
+        if status == 0:
+            return offsets, ranks, order[: visible.value]
     return tile_lists_torch(lo, hi, depths, tiles_x, tiles_y)
 
 
@@ -740,7 +802,7 @@ class _Project(torch.autograd.Function):
     """One camera's EWA projection and SH colours: forward and backward in the native kernel."""
 
     @staticmethod
-    def forward(ctx, means, scales, quats, covars, opacities, coeffs, static):  # noqa: D102
+    def forward(ctx, means, scales, quats, covars, opacities, coeffs, static):
         viewmat, intr, width, height, near_plane, far_plane, eps2d, antialiased, sh_degree = static
         count = means.shape[0]
         channels = coeffs.shape[-1] if coeffs is not None else 0
@@ -768,7 +830,7 @@ class _Project(torch.autograd.Function):
         return means2d, conics, depths, opacity_out, radii, colors
 
     @staticmethod
-    def backward(ctx, v_means2d, v_conics, v_depths, v_opacities, _v_radii, v_colors=None):  # noqa: D102
+    def backward(ctx, v_means2d, v_conics, v_depths, v_opacities, _v_radii, v_colors=None):
         means, scales, quats, covars, opacities, coeffs = ctx.saved_tensors
         viewmat, intr, width, height, _near, _far, eps2d, antialiased, sh_degree = ctx.static
         count = means.shape[0]
@@ -843,25 +905,28 @@ def project_native(gaussians, viewmats: Tensor, Ks: Tensor, width: int, height: 
     return Projected(means2d, conics, depths, opacity_out, radii, colors)
 
 
-def tile_lists_torch(lo: Tensor, hi: Tensor, depths: Tensor, tiles_x: int, tiles_y: int) -> tuple[Tensor, Tensor]:
+def tile_lists_torch(lo: Tensor, hi: Tensor, depths: Tensor, tiles_x: int, tiles_y: int) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`tile_lists` in vectorised torch (the fallback and the test reference)."""
     counts = ((hi - lo).clamp(min=0)).prod(-1)  # [N]
+    seen = counts > 0
+    order = torch.nonzero(seen).squeeze(1)
+    order = order[torch.argsort(depths[order], stable=True)]
+    rank_of = torch.full_like(counts, -1)
+    rank_of[order] = torch.arange(order.numel())
     gaussians = torch.repeat_interleave(torch.arange(counts.numel()), counts)
     if gaussians.numel() == 0:
-        return torch.zeros(tiles_x * tiles_y + 1, dtype=torch.int64), gaussians
+        return torch.zeros(tiles_x * tiles_y + 1, dtype=torch.int64), gaussians.to(torch.int32), order
     first = torch.cumsum(counts, 0) - counts
     local = torch.arange(gaussians.numel()) - first[gaussians]
     width = (hi - lo)[gaussians, 0]
     tx = lo[gaussians, 0] + local % width
     ty = lo[gaussians, 1] + local // width
     tile = ty * tiles_x + tx
-    rank = torch.empty_like(counts)
-    rank[torch.argsort(depths, stable=True)] = torch.arange(counts.numel())
-    order = torch.argsort(tile * counts.numel() + rank[gaussians])
-    ids = gaussians[order]
+    ranks = rank_of[gaussians]
+    ranks = ranks[torch.argsort(tile * counts.numel() + ranks)]
     offsets = torch.zeros(tiles_x * tiles_y + 1, dtype=torch.int64)
     offsets[1:] = torch.cumsum(torch.bincount(tile, minlength=tiles_x * tiles_y), 0)
-    return offsets, ids
+    return offsets, ranks.to(torch.int32), order
 
 
 def _zeros_if_none(grad: Tensor | None, like: Tensor) -> Tensor:
@@ -872,31 +937,30 @@ class _Composite(torch.autograd.Function):
     """One camera's compositing: forward and backward in the native kernel."""
 
     @staticmethod
-    def forward(ctx, means2d, conics, opacities, colors, depths, background, static):  # noqa: D102
-        width, height, tile, tiles_x, tiles_y, offsets, ids, radii = static
+    def forward(ctx, means2d, conics, opacities, colors, depths, background, static):
+        width, height, tile, tiles_x, tiles_y, offsets, ranks, order, radii = static
         channels = colors.shape[-1]
         rgb = torch.empty(height, width, channels)
         alpha = torch.empty(height, width)
         depth = torch.empty(height, width)
         last = torch.empty(height, width, dtype=torch.int64)
         status = native_library().tf_composite(
-            width, height, tile, tiles_x, tiles_y, offsets.data_ptr(), ids.data_ptr(), radii.data_ptr(),
-            means2d.data_ptr(), conics.data_ptr(), opacities.data_ptr(), colors.data_ptr(), channels,
-            depths.data_ptr(), background.data_ptr() if background is not None else None,
-            rgb.data_ptr(), alpha.data_ptr(), depth.data_ptr(), last.data_ptr(),
+            width, height, tile, tiles_x, tiles_y, offsets.data_ptr(), ranks.data_ptr(), order.data_ptr(), order.numel(),
+            radii.data_ptr(), means2d.data_ptr(), conics.data_ptr(), opacities.data_ptr(), colors.data_ptr(), channels,
+            depths.data_ptr(), _ptr(background), rgb.data_ptr(), alpha.data_ptr(), depth.data_ptr(), last.data_ptr(),
         )
         if status != 0:
-            raise RuntimeError("native rasteriser refused its arguments (tile larger than 32x32 or more than 32 channels)")
+            raise RuntimeError("native rasteriser refused its arguments (tile larger than 32x32, more than 32 channels, or out of memory)")
         ctx.static = static
         ctx.has_background = background is not None
         ctx.save_for_backward(means2d, conics, opacities, colors, depths, background if background is not None else alpha, alpha, depth, last)
         return rgb, alpha, depth
 
     @staticmethod
-    def backward(ctx, g_rgb, g_alpha, g_depth):  # noqa: D102
+    def backward(ctx, g_rgb, g_alpha, g_depth):
         means2d, conics, opacities, colors, depths, background, alpha, depth, last = ctx.saved_tensors
         background = background if ctx.has_background else None
-        width, height, tile, tiles_x, tiles_y, offsets, ids, radii = ctx.static
+        width, height, tile, tiles_x, tiles_y, offsets, ranks, order, radii = ctx.static
         g_rgb, g_alpha, g_depth = _zeros_if_none(g_rgb, alpha[..., None].expand(-1, -1, colors.shape[-1])), _zeros_if_none(g_alpha, alpha), _zeros_if_none(g_depth, depth)
         denom = alpha.clamp_min(1e-10)
         v_dnum = (g_depth / denom).contiguous()
@@ -904,19 +968,17 @@ class _Composite(torch.autograd.Function):
         t_final = (1.0 - alpha).contiguous()
         threads = max(1, torch.get_num_threads())
         count, channels = means2d.shape[0], colors.shape[-1]
-        grads = torch.zeros(threads, count, 7 + channels)
+        grads = torch.zeros(count, 7 + channels)
         status = native_library().tf_composite_backward(
-            width, height, tile, tiles_x, tiles_y, offsets.data_ptr(), ids.data_ptr(), radii.data_ptr(),
-            means2d.data_ptr(), conics.data_ptr(), opacities.data_ptr(), colors.data_ptr(), channels,
-            depths.data_ptr(), background.data_ptr() if background is not None else None,
-            t_final.data_ptr(), last.data_ptr(), g_rgb.data_ptr(), v_alpha.data_ptr(), v_dnum.data_ptr(),
-            threads, count, grads.data_ptr(),
+            width, height, tile, tiles_x, tiles_y, offsets.data_ptr(), ranks.data_ptr(), order.data_ptr(), order.numel(),
+            radii.data_ptr(), means2d.data_ptr(), conics.data_ptr(), opacities.data_ptr(), colors.data_ptr(), channels,
+            depths.data_ptr(), _ptr(background), t_final.data_ptr(), last.data_ptr(), g_rgb.data_ptr(), v_alpha.data_ptr(),
+            v_dnum.data_ptr(), threads, grads.data_ptr(),
         )
         if status != 0:
-            raise RuntimeError("native rasteriser backward refused its arguments")
-        g = grads.sum(0)
+            raise RuntimeError("native rasteriser backward refused its arguments (or ran out of memory)")
         g_background = (t_final[..., None] * g_rgb).sum((0, 1)) if background is not None else None
-        return g[:, 0:2], g[:, 2:5], g[:, 5], g[:, 7:], g[:, 6], g_background, None
+        return grads[:, 0:2], grads[:, 2:5], grads[:, 5], grads[:, 7:], grads[:, 6], g_background, None
 
 
 def composite_native(projected, width: int, height: int, tile_size: int, background: Tensor | None):
@@ -930,9 +992,9 @@ def composite_native(projected, width: int, height: int, tile_size: int, backgro
     rgbs, alphas, depths = [], [], []
     for cam in range(cams):
         with torch.no_grad():
-            offsets, ids = tile_lists(lo[cam], hi[cam], projected.depths[cam].detach().float(), tiles_x, tiles_y)
+            offsets, ranks, order = tile_lists(lo[cam], hi[cam], projected.depths[cam].detach().float(), tiles_x, tiles_y)
         radii = projected.radii[cam].to(torch.int32).contiguous()
-        static = (width, height, tile_size, tiles_x, tiles_y, offsets, ids, radii)
+        static = (width, height, tile_size, tiles_x, tiles_y, offsets, ranks, order.contiguous(), radii)
         bg = background[cam].float().contiguous() if background is not None else None
         rgb, alpha, depth = _Composite.apply(
             projected.means2d[cam].float().contiguous(), projected.conics[cam].float().contiguous(),
@@ -942,4 +1004,6 @@ def composite_native(projected, width: int, height: int, tile_size: int, backgro
         rgbs.append(rgb)
         alphas.append(alpha)
         depths.append(depth)
+    if cams == 1:
+        return rgbs[0][None], alphas[0][None], depths[0][None]
     return torch.stack(rgbs), torch.stack(alphas), torch.stack(depths)

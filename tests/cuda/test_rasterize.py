@@ -238,8 +238,15 @@ def test_native_tile_lists_equal_the_torch_ones():
     hi = lo + torch.randint(0, 4, (500, 2), generator=g)
     hi = torch.minimum(hi, torch.tensor([7, 5]))
     depths = torch.randint(-25, 25, (500,), generator=g).float() * 0.37  # negatives, and ties broken by index order
-    a, b = tile_lists(lo, hi, depths, 7, 5), tile_lists_torch(lo, hi, depths, 7, 5)
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[1].numel() > 500
+    (offsets, ranks, order), (offsets_t, ranks_t, order_t) = tile_lists(lo, hi, depths, 7, 5), tile_lists_torch(lo, hi, depths, 7, 5)
+    assert torch.equal(offsets, offsets_t) and torch.equal(ranks, ranks_t) and torch.equal(order, order_t)
+    assert ranks.numel() > 500 and ranks.dtype == torch.int32
+    visible = ((hi - lo) > 0).all(-1)
+    assert torch.equal(torch.sort(order).values, torch.nonzero(visible).squeeze(1))  # every visible Gaussian, once
+    ordered = depths[order]
+    assert bool((ordered[1:] > ordered[:-1]).logical_or((ordered[1:] == ordered[:-1]) & (order[1:] > order[:-1])).all())
+    for t in range(35):  # each tile's list is front to back
+        assert bool((ranks[offsets[t] + 1 : offsets[t + 1]] > ranks[offsets[t] : offsets[t + 1] - 1]).all())
 
 
 @pytest.mark.parametrize("covars", [False, True], ids=["scales_quats", "covars"])
