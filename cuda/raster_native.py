@@ -1,14 +1,26 @@
-"""Native CPU compositing for the Gaussian rasteriser (forward / inference only, for now).
+"""Native CPU rasteriser kernels: EWA projection + SH, tile lists and compositing, with backward.
 
-The projection, culling, tile rectangles and the per-tile depth order are computed in torch
-(vectorised, ``O(N + intersections)``); the compositing loop — for each 16x16 tile, its Gaussians
-front to back against all its pixels, with gsplat's thresholds and early termination — is a small
-C kernel, parallel over tiles with OpenMP, compiled on first use with the system compiler and
-called through :mod:`ctypes` (like :mod:`tensorfield.fields.grid_kernels`). It matches the
-``torch`` backend of :func:`tensorfield.cuda.rasterize.rasterize` to float32 rounding.
+The ``"cpu"`` backend of :func:`tensorfield.cuda.rasterize.rasterize`. Small C99 kernels,
+parallel with OpenMP, compiled on first use and called through :mod:`ctypes` (see
+:mod:`tensorfield.cuda.native`); each matches the pure-torch ``"torch"`` backend to float32
+rounding, values and gradients (``tests/cuda/test_rasterize.py``):
 
-The backward pass is not native yet: while gradients are needed, ``rasterize`` uses the
-``torch`` backend. ``TENSORFIELD_NATIVE=0`` (or no C compiler) disables this kernel.
+* :func:`project_native` (``tf_project`` / ``tf_project_backward``): per Gaussian, the
+  covariance from scales + quaternion (or a given covariance), the EWA projection with gsplat's
+  clamps, eps2d and antialiasing compensation, the opacity-aware radii and the SH colour, in
+  one pass; the backward pass writes the gradients of means, scales, quaternions (or
+  covariances), opacities and SH coefficients. Camera parameters get no gradients here (with
+  ``requires_grad`` cameras ``rasterize`` uses the torch projection).
+* :func:`tile_lists` (``tf_tile_lists``): a stable radix sort of the depths, then each Gaussian
+  appended to the tiles of its rectangle in that order: per tile, ascending depth ranks.
+* :func:`composite_native` (``tf_composite`` / ``tf_composite_backward``): per tile, front to
+  back (backward: gsplat's back-to-front replay), each Gaussian over only the rows of its box and,
+  per row, the 8-pixel blocks its ellipse reaches; saturated rows and tiles stop early. The
+  backward pass accumulates per-thread partials over a fixed tile split, so results do not
+  depend on scheduling.
+
+``TENSORFIELD_NATIVE=0`` (or no C compiler) disables these kernels: ``"cpu"`` then runs the
+``"torch"`` path.
 """
 
 from __future__ import annotations
@@ -16,9 +28,8 @@ from __future__ import annotations
 import ctypes
 
 import torch
-from torch import Tensor
-
 from tensorfield.cuda.native import NativeLibrary
+from torch import Tensor
 
 _SOURCE = r"""
 #include <math.h>

@@ -9,7 +9,7 @@ Every Gaussian model (3DGS, 4DGS, avatars) renders through :func:`rasterize`. Ba
   Gaussian of a tile at every pixel of the tile (no early exit) and loops over tiles in Python:
   for small images and tests;
 * ``"reference"``: :mod:`tensorfield.cuda.rasterize_reference`, the same in float64 (tests);
-* ``"auto"``: gsplat for CUDA tensors when it imports, else ``"torch"``.
+* ``"auto"``: gsplat for CUDA tensors when it imports, else ``"cpu"``.
 
 Conventions (gsplat 1.5, ``ProjectionEWA3DGSFused.cu`` / ``RasterizeToPixels3DGSFwd.cu``), so a
 model trained on one device renders the same on the other:
@@ -34,12 +34,9 @@ model trained on one device renders the same on the other:
 * depth: expected camera z, :math:`\\sum_i z_i \\alpha_i T_i / \\max(1 - T, 10^{-10})` (gsplat
   ``"ED"``), no background term.
 
-* ``"cpu"``: without gradients (rendering, evaluation, the viewer), the compositing runs in a
-  native OpenMP kernel (:mod:`tensorfield.cuda.raster_native`); with gradients it is the
-  ``"torch"`` path. On the CPU, ``"auto"`` means ``"cpu"``.
-
-Status: the native backward pass of issue 3 is not written yet, so CPU *training* runs on the
-exact but slow ``"torch"`` path.
+* ``"cpu"``: the native C/OpenMP kernels of :mod:`tensorfield.cuda.raster_native` (projection
+  with SH, tile lists, compositing, each with its backward pass), equal to ``"torch"`` to float32
+  rounding; on the CPU ``"auto"`` means ``"cpu"``. Without a C compiler it runs ``"torch"``.
 """
 
 from __future__ import annotations
@@ -380,7 +377,7 @@ def rasterize(
         eps2d: screen-space blur added to every 2D covariance (px^2).
         antialiased: scale opacities by the blur's compensation (gsplat "antialiased").
         tile_size: tile edge in pixels.
-        backend: ``"auto"``, ``"gsplat"``, ``"torch"`` or ``"reference"``.
+        backend: ``"auto"``, ``"gsplat"``, ``"cpu"``, ``"torch"`` or ``"reference"``.
 
     Returns:
         :class:`RasterOutput`, differentiable in every input.

@@ -16,9 +16,9 @@ into a single pass, forward and backward:
 Convention: ``align_corners=True``, zero padding, as :mod:`tensorfield.fields.factor_grids`
 (whose pure-torch path is the fallback and the reference these kernels are tested against).
 
-The source is compiled on first use with the system C compiler into a small shared library
-(cached under ``$TENSORFIELD_CACHE/kernels``, default ``~/.cache/tensorfield/kernels``) and called
-through :mod:`ctypes`: no torch headers, no extension build, about a second to compile. Every
+The source is compiled on first use by :mod:`tensorfield.cuda.native` (cached under
+``$TENSORFIELD_CACHE/kernels``) and called through :mod:`ctypes`: no torch headers, no
+extension build, about a second to compile. Every
 entry point returns ``None``/``False`` when the kernels cannot be used (no compiler, failed
 build, ``TENSORFIELD_NATIVE=0``, tensors that are not contiguous float32 on the CPU); nothing is
 compiled or probed at import time.
@@ -27,18 +27,11 @@ compiled or probed at import time.
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
+from tensorfield.cuda.native import NativeLibrary
 from torch import Tensor
 
 _SOURCE = r"""
@@ -313,79 +306,22 @@ class _Group(ctypes.Structure):
         ("off", ctypes.c_int64),
     ]
 
-_lock = threading.Lock()
-_library: ctypes.CDLL | None = None
-_failed = False
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("TENSORFIELD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tensorfield")
-    return Path(root) / "kernels"
-
-
-def _host_key() -> str:
-    """CPU identity for the cache key: ``-march=native`` binaries only run where they were built."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            lines = [line for line in handle if line.startswith(("model name", "flags"))][:2]
-    except OSError:
-        lines = []
-    return platform.machine() + "".join(lines)
-
-
-def _compile() -> ctypes.CDLL | None:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if compiler is None:
-        return None
-    directory = _cache_dir()
-    # -O3 vectorises the per-component loops; no -ffast-math, so results stay IEEE.
-    base = ["-O3", "-std=c99", "-fPIC", "-shared", "-pthread"]
-    for flags in (base + ["-march=native"], base):
-        digest = hashlib.sha256("\0".join([_SOURCE, compiler, *flags, _host_key()]).encode()).hexdigest()[:16]
-        target = directory / f"factor_features_{digest}.so"
-        try:
-            if not target.exists():
-                directory.mkdir(parents=True, exist_ok=True)
-                with tempfile.TemporaryDirectory(dir=directory) as tmp:
-                    source = Path(tmp) / "features.c"
-                    source.write_text(_SOURCE)
-                    built = Path(tmp) / "features.so"
-                    command = [compiler, *flags, str(source), "-o", str(built), "-lm"]
-                    subprocess.run(command, check=True, capture_output=True, timeout=120)
-                    os.replace(built, target)  # atomic: concurrent builders race harmlessly
-            library = ctypes.CDLL(str(target))
-            break
-        except (OSError, subprocess.SubprocessError):
-            continue
-    else:
-        return None
+def _declare(library: ctypes.CDLL) -> None:
     group_array = ctypes.POINTER(_Group)
+    arguments = [ctypes.c_void_p, ctypes.c_int64, group_array, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int]
     library.tf_features.restype = ctypes.c_int
-    library.tf_features.argtypes = [
-        ctypes.c_void_p, ctypes.c_int64, group_array, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int,
-    ]
+    library.tf_features.argtypes = arguments
     library.tf_features_backward.restype = ctypes.c_int
-    library.tf_features_backward.argtypes = [
-        ctypes.c_void_p, ctypes.c_int64, group_array, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int,
-    ]
-    return library
+    library.tf_features_backward.argtypes = arguments
+
+
+# -O3 vectorises the per-component loops; no -ffast-math, so results stay IEEE.
+_LIBRARY = NativeLibrary("factor_features", _SOURCE, ["-pthread"], _declare)
 
 
 def native_library() -> ctypes.CDLL | None:
     """The compiled kernel library, or ``None`` if unavailable (built once per process)."""
-    global _library, _failed
-    if _library is not None or _failed:
-        return _library
-    with _lock:
-        if _library is None and not _failed:
-            library = None
-            if os.environ.get("TENSORFIELD_NATIVE", "1") != "0":
-                try:
-                    library = _compile()
-                except (OSError, subprocess.SubprocessError):
-                    library = None
-            _library, _failed = library, library is None
-    return _library
+    return _LIBRARY.get()
 
 
 def usable(*tensors: Tensor) -> bool:

@@ -56,12 +56,12 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, tol: float) -> None:
 
 
 CASES = [
-    dict(n=1, size=(16, 16), seed=0),
-    dict(n=12, size=(23, 17), seed=1, sh_degree=0),
-    dict(n=60, size=(33, 29), seed=2, sh_degree=3, background=True),
-    dict(n=150, size=(32, 24), seed=3, antialiased=True, channels=5),
-    dict(n=80, size=(20, 20), seed=4, covars=True, sh_degree=1, background=True),
-    dict(n=300, size=(40, 32), seed=5, sh_degree=2),
+    {"n": 1, "size": (16, 16), "seed": 0},
+    {"n": 12, "size": (23, 17), "seed": 1, "sh_degree": 0},
+    {"n": 60, "size": (33, 29), "seed": 2, "sh_degree": 3, "background": True},
+    {"n": 150, "size": (32, 24), "seed": 3, "antialiased": True, "channels": 5},
+    {"n": 80, "size": (20, 20), "seed": 4, "covars": True, "sh_degree": 1, "background": True},
+    {"n": 300, "size": (40, 32), "seed": 5, "sh_degree": 2},
 ]
 
 
@@ -179,7 +179,7 @@ def test_native_forward_matches_torch_backend(case):
     channels = 3 if case.get("sh_degree") is not None else case.get("channels", 3)
     background = torch.rand(channels, generator=torch.Generator().manual_seed(9)) if case.get("background") else None
     batch, _ = _scene(case["n"], case["seed"], sh_degree=case.get("sh_degree"), channels=case.get("channels", 3), covars=case.get("covars", False))
-    kwargs = dict(background=background, antialiased=case.get("antialiased", False))
+    kwargs = {"background": background, "antialiased": case.get("antialiased", False)}
     with torch.no_grad():
         native = rasterize(batch, viewmats, Ks, width, height, backend="cpu", **kwargs)
         exact = rasterize(batch, viewmats, Ks, width, height, backend="torch", **kwargs)
