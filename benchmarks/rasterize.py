@@ -7,6 +7,10 @@ machine gsplat is timed on the same scenes as well. Prints one JSON line.
 
     python benchmarks/rasterize.py            # all sizes
     python benchmarks/rasterize.py --quick    # 10k and 100k only, fewer repeats
+    python benchmarks/rasterize.py --run runs/lego_3dgs   # also a trained 3DGS run's Gaussians
+
+With ``--run``, the Gaussians of a trained ``gaussians3d`` run are timed as well ("trained"),
+seen by its first test camera re-sized to 256x256 and 512x512 (same field of view).
 """
 
 from __future__ import annotations
@@ -48,9 +52,28 @@ def surface_scene(count: int, seed: int = 0, device: str = "cpu") -> dict[str, t
     return {k: v.to(device).requires_grad_(True) for k, v in params.items()}
 
 
-def time_it(params, viewmats, Ks, size: int, backend: str, repeats: int, sync) -> dict:
+def trained_scene(run: str) -> tuple[dict[str, torch.Tensor], int, object]:
+    """A trained 3DGS run's Gaussians (activated, SH table) and its first test camera."""
+    from tensorfield.app.commands import _load_run
+
+    trainer = _load_run(run, "cpu")
+    model = trainer.model
+    with torch.no_grad():
+        params = {
+            "means": model.means.detach().clone(),
+            "scales": model.scales.detach().clone(),
+            "quats": model.quats.detach().clone(),
+            "opacities": model.opacities.detach().clone(),
+            "colors": torch.cat([model.sh_dc, model.sh_rest], dim=1).detach().clone(),
+        }
+    splits = trainer.scene.splits
+    cameras = (splits.get("test") or splits["train"]).cameras
+    return {k: v.requires_grad_(True) for k, v in params.items()}, int(model.active_sh_degree), cameras
+
+
+def time_it(params, viewmats, Ks, size: int, backend: str, repeats: int, sync, sh_degree: int = 3) -> dict:
     def batch():
-        return GaussianBatch(params["means"], params["opacities"], params["colors"], params["scales"], params["quats"], sh_degree=3)
+        return GaussianBatch(params["means"], params["opacities"], params["colors"], params["scales"], params["quats"], sh_degree=sh_degree)
 
     with torch.no_grad():
         rasterize(batch(), viewmats, Ks, size, size, backend=backend)  # warm-up (and kernel build)
@@ -76,6 +99,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--run", default=None, help="also time a trained gaussians3d run's Gaussians")
     args = parser.parse_args()
     counts = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
     repeats = args.repeats or (2 if args.quick else 3)
@@ -89,6 +113,14 @@ def main() -> None:
             if torch.cuda.is_available():
                 cuda_params = {k: v.detach().cuda().requires_grad_(True) for k, v in params.items()}
                 result["gsplat"][f"{count}@{size}"] = time_it(cuda_params, viewmats.cuda(), Ks.cuda(), size, "gsplat", repeats, torch.cuda.synchronize)
+    if args.run:
+        params, degree, cameras = trained_scene(args.run)
+        result["trained"] = {"run": args.run, "gaussians": int(params["means"].shape[0]), "sh_degree": degree}
+        for size in (256, 512):
+            fov_x = 2.0 * math.atan(0.5 * float(cameras.width) / float(cameras.fx[0]))
+            resized = Cameras.from_fov(cameras.c2w[:1], size, size, fov_x)
+            viewmats, Ks = camera_matrices(resized)
+            result["trained"][f"{size}"] = time_it(params, viewmats, Ks, size, "cpu", repeats, lambda: None, sh_degree=degree)
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     if not result["gsplat"]:
         result["gsplat"] = "no CUDA device"

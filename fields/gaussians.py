@@ -105,6 +105,7 @@ from tensorfield.fields.base import (
     StepOutput,
 )
 from tensorfield.fields.config import MethodConfig, option
+from tensorfield.fields.gaussian_kernels import slice_native
 from tensorfield.fields.gaussian_loss import photometric_loss
 from tensorfield.fields.gaussian_math import (
     collapse_spherindrical,
@@ -118,6 +119,7 @@ from tensorfield.fields.gaussian_math import (
     slice_4d,
     spherindrical_weights,
     temporal_variance,
+    time_basis,
 )
 from torch import Tensor, nn
 
@@ -348,6 +350,19 @@ class GaussianSplatting(Field):
         """
         if self.dim == 3:
             return _Slice(self.means, self.opacities, self.sh_dc, self.sh_rest, self.scales, self.quats, None, None, None)
+        if not torch.is_grad_enabled():
+            sliced = slice_native(
+                self.means, self.times, self.log_scales, self.log_scale_t, self.quats, self.quats_right,
+                self.opacity_logits, float(time), float(self.config.temporal_threshold),
+            )
+            if sliced is not None:  # the same slice, in one native pass (rendering only)
+                index, means3, covariances3, opacities, dt = sliced
+                whole = index.numel() == self.num_gaussians
+                return _Slice(
+                    means=means3, opacities=opacities, sh_dc=self.sh_dc if whole else self.sh_dc[index],
+                    sh_rest=self.sh_rest if whole else self.sh_rest[index], scales=None, quats=None,
+                    covariances=covariances3, dt=dt, index=None if whole else index,
+                )
         with torch.no_grad():
             var_t = temporal_variance(self._scales_4d(), self.quats, self.quats_right)
             alive = torch.exp(-0.5 * (time - self.times) ** 2 / var_t) > self.config.temporal_threshold
@@ -403,11 +418,16 @@ class GaussianSplatting(Field):
         if self.dim == 3:
             return torch.cat([gaussians.sh_dc, gaussians.sh_rest], dim=1), self.active_sh_degree
         if not torch.is_grad_enabled():
-            table = torch.cat([gaussians.sh_dc, gaussians.sh_rest], dim=1)
-            collapsed = collapse_spherindrical(
-                table, gaussians.dt, self.active_time_degree, float(self.config.time_duration), self.config.sh_degree
-            )
-            return collapsed, self.active_sh_degree
+            # collapse_spherindrical on the active part of the table only (no full concatenation)
+            block, bases = num_sh_bases(self.config.sh_degree), num_sh_bases(self.active_sh_degree)
+            rest = gaussians.sh_rest
+            table = torch.cat([gaussians.sh_dc, rest[:, : bases - 1]], dim=1)
+            if self.active_time_degree > 0:
+                cosines = time_basis(self.active_time_degree, gaussians.dt, float(self.config.time_duration))
+                for order in range(1, self.active_time_degree + 1):
+                    start = order * block - 1
+                    table += cosines[:, order, None, None] * rest[:, start : start + bases]
+            return table, self.active_sh_degree
         return self.colors(gaussians, camera_center), None
 
     # ------------------------------------------------------------------ rendering

@@ -259,3 +259,28 @@ def test_splat_attributes_4d_slice_is_exact():
     exported = eval_spherindrical(table, dirs, 3)
     direct = eval_spherindrical(sliced.coefficients.detach(), dirs, 3, sliced.dt.detach(), time_degree=2, period=2.0)
     assert torch.allclose(exported, direct, atol=1e-4)
+
+
+def test_native_4d_slice_equals_the_torch_slice():
+    """Without gradients a 4D model slices natively; the culled set and every sliced quantity
+    equal the torch path's (which training uses)."""
+    from tensorfield.fields.gaussian_kernels import native_library
+
+    if native_library() is None:
+        pytest.skip("no C compiler for the native kernel")
+    model = GaussianSplatting(config(4, init_points=3000, time_duration=2.0), SceneInfo(BOX.clone(), 1.0, 5.0, is_dynamic=True))
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        model.quats.copy_(torch.randn(model.quats.shape, generator=g))
+        model.quats_right.copy_(torch.randn(model.quats_right.shape, generator=g))
+        model.log_scales.add_(0.5 * torch.randn(model.log_scales.shape, generator=g))
+        model.log_scale_t.add_(torch.randn(model.log_scale_t.shape, generator=g))
+        model.opacity_logits.copy_(torch.randn(model.opacity_logits.shape, generator=g))
+    with torch.enable_grad():
+        exact = model.gaussians_at(0.9)
+    with torch.no_grad():
+        native = model.gaussians_at(0.9)
+    assert exact.index is not None and 100 < exact.index.numel() < 2900  # some culled, some kept
+    assert torch.equal(native.index, exact.index)
+    for name in ("means", "covariances", "opacities", "dt", "sh_dc", "sh_rest"):
+        assert torch.allclose(getattr(native, name), getattr(exact, name).detach(), atol=1e-5, rtol=1e-4), name
