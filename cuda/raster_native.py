@@ -48,6 +48,27 @@ _SOURCE = r"""
    A row's span [xa, xb) is covered by blocks starting at xa (shifted left at the row's end),
    with the lanes outside the span, or already done by the previous block, masked off. */
 #define LANES 8
+static const float IOTA[LANES] = {0.0f, 1.0f, 2.0f, 3.0f, 4.0f, 5.0f, 6.0f, 7.0f};
+
+/* exp(x) for x <= 0 inlined into the vector loops (a call to the vector libm clobbers every
+   register of the loop): Cephes' expf, range reduction by ln 2 and a degree-6 polynomial,
+   relative error ~2e-7 (like CUDA's __expf that gsplat uses). Inputs below -87 give ~1.6e-38. */
+static inline float exp_neg(float x) {
+    x = x < -87.0f ? -87.0f : (x > 0.0f ? 0.0f : x);
+    const float n = floorf(x * 1.44269504088896341f + 0.5f);
+    const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float y = 1.9875691500e-4f;
+    y = y * r + 1.3981999507e-3f;
+    y = y * r + 8.3334519073e-3f;
+    y = y * r + 4.1665795894e-2f;
+    y = y * r + 1.6666665459e-1f;
+    y = y * r + 5.0000001201e-1f;
+    y = y * r * r + r + 1.0f;
+    const int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return y * scale;
+}
 
 /* Columns [*xa, *xb) of a row (tile-local, clipped to [bx0, bx1)) where a Gaussian can reach
    alpha >= 1/255: sigma(dx) = 0.5 a dx^2 + b dx dy + 0.5 c dy^2 <= smax = log(255 o) is the
@@ -64,6 +85,18 @@ static inline span_t span_setup(float a, float b, float c, float smax) {
     return sp;
 }
 
+/* Narrow the rows [*by0, *by1) to those whose pixel centres are within the ellipse's vertical
+   extent |dy| <= ext = sqrt(-k3 / k2) (where k2 dy^2 + k3 >= 0), widened to whole pixels
+   (ext < 0: no row; ext >= 1e29: unbounded, keep the box). */
+static inline void rows_of_span(float ext, float my, int64_t y0, int64_t *by0, int64_t *by1) {
+    if (ext >= 1e29f) return;
+    if (ext < 0.0f) { *by1 = *by0; return; }
+    const int64_t l = (int64_t)floorf(my - ext - 0.5f) - y0, h = (int64_t)ceilf(my + ext - 0.5f) + 1 - y0;
+    if (l > *by0) *by0 = l;
+    if (h < *by1) *by1 = h;
+    if (*by1 < *by0) *by1 = *by0;
+}
+
 static inline void row_span(const span_t *sp, float mx, float dy, int64_t x0, int64_t bx0, int64_t bx1,
                             int64_t *xa, int64_t *xb) {
     const float half2 = sp->k2 * dy * dy + sp->k3;
@@ -78,7 +111,8 @@ static inline void row_span(const span_t *sp, float mx, float dy, int64_t x0, in
 /* Per-rank records: the compositing kernels read each Gaussian's screen-space parameters from
    one packed row (mean, conic, opacity, depth, pixel box half-extent, colour) in depth order, so
    a tile's walk through its list reads memory forwards instead of gathering from seven arrays. */
-#define REC_FIXED 9
+#define REC_FIXED 13 /* mx, my, a, b, c, o, z, box half-extents x, y, span k1, k2, k3, vertical extent */
+#define PREFETCH 8 /* list entries ahead: the next records are scattered, so fetch them early */
 static float *pack_records(int64_t visible, const int64_t *order, const int32_t *radii, const float *means2d,
                            const float *conics, const float *opacities, const float *colors, int64_t channels,
                            const float *depths) {
@@ -93,6 +127,9 @@ static float *pack_records(int64_t visible, const int64_t *order, const int32_t 
         rec[2] = conics[3 * g]; rec[3] = conics[3 * g + 1]; rec[4] = conics[3 * g + 2];
         rec[5] = opacities[g]; rec[6] = depths[g];
         rec[7] = (float)radii[2 * g] + 1.0f; rec[8] = (float)radii[2 * g + 1] + 1.0f;
+        const span_t sp = span_setup(rec[2], rec[3], rec[4], logf(255.0f * rec[5]) + 0.01f);
+        rec[9] = sp.k1; rec[10] = sp.k2; rec[11] = sp.k3;
+        rec[12] = sp.k2 < 0.0f ? (-sp.k3 / sp.k2 >= 0.0f ? sqrtf(-sp.k3 / sp.k2) : -1.0f) : 1e30f;
         for (int64_t ch = 0; ch < channels; ++ch) rec[REC_FIXED + ch] = colors[g * channels + ch];
     }
     return records;
@@ -124,6 +161,8 @@ int tf_composite(int64_t width, int64_t height, int64_t tile, int64_t tiles_x, i
                  const float *background, float *out_rgb, float *out_alpha, float *out_depth, int64_t *out_last) {
     if (tile * tile > MAX_TILE_PIXELS || tile > 32 || channels > MAX_CHANNELS || channels < 1) return -1;
     const int64_t ntiles = tiles_x * tiles_y, stride = (tile + LANES - 1) / LANES * LANES, rs = REC_FIXED + channels;
+    for (int64_t t = 0; t < ntiles; ++t)
+        if (offsets[t + 1] - offsets[t] >= (1 << 24)) return -3; /* positions are kept as exact floats */
     float *records = pack_records(visible, order, radii, means2d, conics, opacities, colors, channels, depths);
     if (!records) return -2;
     #pragma omp parallel for schedule(dynamic, 1)
@@ -136,25 +175,27 @@ int tf_composite(int64_t width, int64_t height, int64_t tile, int64_t tiles_x, i
         const int64_t begin = offsets[t], end = offsets[t + 1];
         float T[MAX_TILE_PIXELS], live[MAX_TILE_PIXELS], px[MAX_TILE_PIXELS], py[MAX_TILE_PIXELS];
         float dep[MAX_TILE_PIXELS];
-        int32_t last[MAX_TILE_PIXELS];
+        float last[MAX_TILE_PIXELS]; /* list position where the pixel stopped (exact: lists < 2^24) */
         float rgb[MAX_CHANNELS][MAX_TILE_PIXELS];
         for (int64_t i = 0; i < n; ++i) {
             const int64_t xx = i % stride, yy = i / stride;
-            T[i] = 1.0f; live[i] = xx < w ? 1.0f : 0.0f; dep[i] = 0.0f; last[i] = (int32_t)(end - begin);
+            T[i] = 1.0f; live[i] = xx < w ? 1.0f : 0.0f; dep[i] = 0.0f; last[i] = (float)(end - begin);
             px[i] = (float)(x0 + xx) + 0.5f; py[i] = (float)(y0 + yy) + 0.5f;
         }
         for (int64_t ch = 0; ch < channels; ++ch)
             for (int64_t i = 0; i < n; ++i) rgb[ch][i] = 0.0f;
-        float row_live[32]; /* live pixels per row: saturated rows are skipped */
+        float row_live[32]; /* live pixels per row (recounted every 16 Gaussians): saturated rows are skipped */
         for (int64_t yy = 0; yy < h; ++yy) row_live[yy] = (float)w;
         for (int64_t k = begin; k < end; ++k) {
             const float *rec = records + (int64_t)ranks[k] * rs;
-            const int32_t kr = (int32_t)(k - begin);
+            if (k + PREFETCH < end) __builtin_prefetch(records + (int64_t)ranks[k + PREFETCH] * rs);
+            const float kr = (float)(k - begin);
             const float mx = rec[0], my = rec[1], a = rec[2], b = rec[3], c = rec[4], o = rec[5], z = rec[6];
             const float *col = rec + REC_FIXED;
             int64_t bx0, bx1, by0, by1;
             record_box(rec, x0, y0, w, h, &bx0, &bx1, &by0, &by1);
-            const span_t sp = span_setup(a, b, c, logf(255.0f * o) + 0.01f);
+            const span_t sp = {rec[9], rec[10], rec[11]};
+            rows_of_span(rec[12], my, y0, &by0, &by1);
             for (int64_t yy = by0; yy < by1; ++yy) {
                 if (row_live[yy] == 0.0f) continue;
                 int64_t xa, xb;
@@ -162,22 +203,22 @@ int tf_composite(int64_t width, int64_t height, int64_t tile, int64_t tiles_x, i
                 for (int64_t done = xa; done < xb;) {
                     const int64_t xs = done < stride - LANES ? done : stride - LANES;
                     const int64_t base = yy * stride + xs;
-                    float wgt[LANES], stopped = 0.0f;
-                    #pragma omp simd reduction(+:stopped)
+                    float wgt[LANES];
+                    const float lane_lo = (float)(done - xs), lane_hi = (float)(xb - xs);
+                    #pragma omp simd
                     for (int64_t j = 0; j < LANES; ++j) {
                         const int64_t i = base + j;
                         const float dx = mx - px[i], dy = my - py[i];
                         const float sigma = 0.5f * (a * dx * dx + c * dy * dy) + b * dx * dy;
-                        float alpha = o * expf(-sigma);
+                        float alpha = o * exp_neg(-sigma);
                         alpha = alpha < 0.999f ? alpha : 0.999f;
-                        const int inside = xs + j >= done && xs + j < xb;
-                        const float ok = (inside && sigma >= 0.0f && alpha >= (1.0f / 255.0f)) ? live[i] : 0.0f;
+                        const float lane = IOTA[j];
+                        const float ok = (lane >= lane_lo && lane < lane_hi && sigma >= 0.0f && alpha >= (1.0f / 255.0f)) ? live[i] : 0.0f;
                         const float next = T[i] * (1.0f - alpha);
                         const float stop = (next <= 1e-4f) ? ok : 0.0f;
                         const float use = ok - stop;
                         live[i] -= stop;
-                        stopped += stop;
-                        last[i] = stop > 0.0f ? kr : last[i];
+                        last[i] += stop * (kr - last[i]);
                         wgt[j] = use * alpha * T[i];
                         dep[i] += wgt[j] * z;
                         T[i] = use > 0.0f ? next : T[i];
@@ -188,13 +229,17 @@ int tf_composite(int64_t width, int64_t height, int64_t tile, int64_t tiles_x, i
                         #pragma omp simd
                         for (int64_t j = 0; j < LANES; ++j) dst[j] += wgt[j] * cv;
                     }
-                    row_live[yy] -= stopped;
                     done = xs + LANES;
                 }
             }
-            if (((k - begin) & 15) == 15) {
+            if (((k - begin) & 15) == 15) { /* every 16 Gaussians: recount the live pixels per row */
                 float any = 0.0f;
-                for (int64_t yy = 0; yy < h; ++yy) any += row_live[yy];
+                for (int64_t yy = 0; yy < h; ++yy) {
+                    float count = 0.0f;
+                    for (int64_t xx = 0; xx < stride; ++xx) count += live[yy * stride + xx];
+                    row_live[yy] = count;
+                    any += count;
+                }
                 if (any == 0.0f) break;
             }
         }
@@ -206,7 +251,7 @@ int tf_composite(int64_t width, int64_t height, int64_t tile, int64_t tiles_x, i
                     out_rgb[p * channels + ch] = rgb[ch][i] + (background ? T[i] * background[ch] : 0.0f);
                 out_alpha[p] = accum;
                 out_depth[p] = dep[i] / (accum > 1e-10f ? accum : 1e-10f);
-                if (out_last) out_last[p] = begin + last[i];
+                if (out_last) out_last[p] = begin + (int64_t)last[i];
             }
     }
     free(records);
@@ -335,12 +380,17 @@ int tf_composite_backward(int64_t width, int64_t height, int64_t tile, int64_t t
         for (int64_t k = end - 1; k >= begin; --k) {
             const int64_t r = ranks[k];
             const float *rec = records + r * rs;
+            if (k - PREFETCH >= begin) {
+                __builtin_prefetch(records + (int64_t)ranks[k - PREFETCH] * rs);
+                __builtin_prefetch(partial + ((int64_t)omp_get_thread_num() * visible + ranks[k - PREFETCH]) * gstride, 1);
+            }
             const int32_t kr = (int32_t)(k - begin);
             const float mx = rec[0], my = rec[1], a = rec[2], b = rec[3], c = rec[4], o = rec[5], z = rec[6];
             const float *col = rec + REC_FIXED;
             int64_t bx0, bx1, by0, by1;
             record_box(rec, x0, y0, w, h, &bx0, &bx1, &by0, &by1);
-            const span_t sp = span_setup(a, b, c, logf(255.0f * o) + 0.01f);
+            const span_t sp = {rec[9], rec[10], rec[11]};
+            rows_of_span(rec[12], my, y0, &by0, &by1);
             float lmx[LANES] = {0}, lmy[LANES] = {0}, la[LANES] = {0}, lb[LANES] = {0}, lc[LANES] = {0};
             float lo_[LANES] = {0}, lz[LANES] = {0};
             float lcol[MAX_CHANNELS][LANES];
@@ -355,17 +405,18 @@ int tf_composite_backward(int64_t width, int64_t height, int64_t tile, int64_t t
                     const int64_t xs = done < stride - LANES ? done : stride - LANES;
                     const int64_t base = yy * stride + xs;
                     float use[LANES], al[LANES], ra[LANES], wg[LANES], ee[LANES], vv[LANES], fr[LANES];
+                    const float lane_lo = (float)(done - xs), lane_hi = (float)(xb - xs);
                     touched = 1;
                     #pragma omp simd
                     for (int64_t j = 0; j < LANES; ++j) {
                         const int64_t i = base + j;
                         const float dx = mx - px[i], dy = my - py[i];
                         const float sigma = 0.5f * (a * dx * dx + c * dy * dy) + b * dx * dy;
-                        const float e = expf(-sigma);
+                        const float e = exp_neg(-sigma);
                         const float raw = o * e;
                         const float alpha = raw < 0.999f ? raw : 0.999f;
-                        const int inside = xs + j >= done && xs + j < xb;
-                        const float u = (inside && kr < last[i] && sigma >= 0.0f && alpha >= 1.0f / 255.0f) ? 1.0f : 0.0f;
+                        const float lane = IOTA[j];
+                        const float u = (lane >= lane_lo && lane < lane_hi && kr < last[i] && sigma >= 0.0f && alpha >= 1.0f / 255.0f) ? 1.0f : 0.0f;
                         const float r = 1.0f / (1.0f - alpha);
                         T[i] = u > 0.0f ? T[i] * r : T[i];
                         use[j] = u; al[j] = alpha; ra[j] = r; ee[j] = e; vv[j] = 0.0f;
