@@ -11,7 +11,7 @@ rounding, values and gradients (``tests/cuda/test_rasterize.py``):
   one pass; the backward pass writes the gradients of means, scales, quaternions (or
   covariances), opacities and SH coefficients. Camera parameters get no gradients here (with
   ``requires_grad`` cameras ``rasterize`` uses the torch projection).
-* :func:`tile_lists` (``tf_tile_lists``): a stable radix sort of the depths, then each Gaussian
+* :func:`tile_lists` (``tf_tile_count`` / ``tf_tile_fill``): tile rectangles, a stable radix sort of the depths, then each Gaussian
   appended to the tiles of its rectangle in that order: per tile, ascending depth ranks.
 * :func:`composite_native` (``tf_composite`` / ``tf_composite_backward``): per tile, front to
   back (backward: gsplat's back-to-front replay), each Gaussian over only the rows of its box and,
@@ -258,39 +258,79 @@ int tf_composite(int64_t width, int64_t height, int64_t tile, int64_t tiles_x, i
     return 0;
 }
 
-/* Per-tile Gaussian lists: a stable LSD radix sort of the depths of the Gaussians with a
-   non-empty rectangle (float bits made order-preserving) gives ``order`` (depth rank -> Gaussian
-   index, ``visible`` entries); one walk in that order appends each rank to the tiles of its
-   rectangle [lo, hi), so every list is ascending ranks, i.e. front to back. */
+/* Per-tile Gaussian lists, in two passes (the caller allocates ``ranks`` in between). */
 static uint32_t depth_key(float value) {
     uint32_t bits;
     memcpy(&bits, &value, sizeof bits);
     return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
 
-int tf_tile_lists(int64_t count, const float *depths, const int64_t *lo, const int64_t *hi,
-                  int64_t tiles_x, int64_t tiles_y, int64_t *offsets, int32_t *ranks, int64_t *out_order,
-                  int64_t *out_visible) {
+/* Tile rectangle [lo, hi) of Gaussian g (gsplat isect_tiles; tensorfield.cuda.rasterize.tile_rectangles):
+   floor / ceil of (mean -+ radius) / tile, clipped to the grid; empty when culled (a radius 0). */
+static inline int tile_rect(const float *means2d, const int32_t *radii, int64_t g, float tile,
+                            int64_t tiles_x, int64_t tiles_y, int64_t *r) {
+    if (radii[2 * g] <= 0 || radii[2 * g + 1] <= 0) return 0;
+    const float cx = means2d[2 * g] / tile, cy = means2d[2 * g + 1] / tile;
+    const float ex = (float)radii[2 * g] / tile, ey = (float)radii[2 * g + 1] / tile;
+    int64_t v[4] = {(int64_t)floorf(cx - ex), (int64_t)floorf(cy - ey), (int64_t)ceilf(cx + ex), (int64_t)ceilf(cy + ey)};
+    const int64_t limit[4] = {tiles_x, tiles_y, tiles_x, tiles_y};
+    for (int i = 0; i < 4; ++i) r[i] = v[i] < 0 ? 0 : (v[i] > limit[i] ? limit[i] : v[i]);
+    return r[0] < r[2] && r[1] < r[3];
+}
+
+/* Pass 1 (parallel): every Gaussian's rectangle into rects [N, 4] (x0, y0, x1, y1; zeros when
+   culled) and the per-tile counts -> offsets [T + 1] (exclusive prefix sums); returns the total. */
+int64_t tf_tile_count(int64_t count, const float *means2d, const int32_t *radii, int64_t tile,
+                      int64_t tiles_x, int64_t tiles_y, int32_t *rects, int64_t *offsets) {
     const int64_t ntiles = tiles_x * tiles_y;
-    for (int64_t t = 0; t <= ntiles; ++t) offsets[t] = 0;
-    int64_t visible = 0;
-    for (int64_t g = 0; g < count; ++g) {
-        if (lo[2 * g] >= hi[2 * g] || lo[2 * g + 1] >= hi[2 * g + 1]) continue;
-        ++visible;
-        for (int64_t y = lo[2 * g + 1]; y < hi[2 * g + 1]; ++y)
-            for (int64_t x = lo[2 * g]; x < hi[2 * g]; ++x) offsets[y * tiles_x + x + 1] += 1;
+    const int threads = omp_get_max_threads();
+    int64_t *counts = (int64_t *)calloc((size_t)(threads * ntiles + 1), sizeof(int64_t));
+    if (!counts) return -1;
+    #pragma omp parallel num_threads(threads)
+    {
+        int64_t *mine = counts + (int64_t)omp_get_thread_num() * ntiles;
+        #pragma omp for schedule(static)
+        for (int64_t g = 0; g < count; ++g) {
+            int64_t r[4];
+            int32_t *out = rects + 4 * g;
+            if (!tile_rect(means2d, radii, g, (float)tile, tiles_x, tiles_y, r)) { out[0] = out[1] = out[2] = out[3] = 0; continue; }
+            for (int i = 0; i < 4; ++i) out[i] = (int32_t)r[i];
+            for (int64_t y = r[1]; y < r[3]; ++y)
+                for (int64_t x = r[0]; x < r[2]; ++x) mine[y * tiles_x + x] += 1;
+        }
     }
-    for (int64_t t = 0; t < ntiles; ++t) offsets[t + 1] += offsets[t];
-    int64_t *cursor = (int64_t *)malloc(sizeof(int64_t) * (ntiles > 0 ? ntiles : 1));
+    offsets[0] = 0;
+    for (int64_t t = 0; t < ntiles; ++t) {
+        int64_t sum = 0;
+        for (int th = 0; th < threads; ++th) sum += counts[th * ntiles + t];
+        offsets[t + 1] = offsets[t] + sum;
+    }
+    free(counts);
+    return offsets[ntiles];
+}
+
+/* Pass 2: a stable LSD radix sort of the depths of the Gaussians with a non-empty rectangle
+   (float bits made order-preserving) gives ``order`` (depth rank -> Gaussian, ``visible``
+   entries); the ranks are then appended to the tiles of their rectangles in rank order, the
+   rank range split over threads (each thread's share of a tile's list follows the previous
+   thread's), so every tile's list (``ranks[offsets[t] .. offsets[t+1])``) is ascending ranks,
+   i.e. front to back. */
+int tf_tile_fill(int64_t count, const float *depths, const int32_t *rects, int64_t tiles_x, int64_t tiles_y,
+                 const int64_t *offsets, int32_t *ranks, int64_t *out_order, int64_t *out_visible) {
+    const int64_t ntiles = tiles_x * tiles_y;
+    int64_t visible = 0;
+    for (int64_t g = 0; g < count; ++g) visible += rects[4 * g] < rects[4 * g + 2];
+    const int threads = omp_get_max_threads();
+    int64_t *cursor = (int64_t *)calloc((size_t)(threads * ntiles + 1), sizeof(int64_t));
     int64_t *order = (int64_t *)malloc(sizeof(int64_t) * 2 * (visible > 0 ? visible : 1));
     uint32_t *keys = (uint32_t *)malloc(sizeof(uint32_t) * 2 * (visible > 0 ? visible : 1));
     if (!cursor || !order || !keys) { free(cursor); free(order); free(keys); return -1; }
     int64_t *order_b = order + visible;
     uint32_t *keys_b = keys + visible;
-    int64_t r = 0;
+    int64_t n = 0;
     for (int64_t g = 0; g < count; ++g) {
-        if (lo[2 * g] >= hi[2 * g] || lo[2 * g + 1] >= hi[2 * g + 1]) continue;
-        order[r] = g; keys[r] = depth_key(depths[g]); ++r;
+        if (rects[4 * g] >= rects[4 * g + 2]) continue;
+        order[n] = g; keys[n] = depth_key(depths[g]); ++n;
     }
     for (int shift = 0; shift < 32; shift += 8) {
         int64_t histogram[257] = {0};
@@ -304,12 +344,34 @@ int tf_tile_lists(int64_t count, const float *depths, const int64_t *lo, const i
         uint32_t *tk = keys; keys = keys_b; keys_b = tk;
         int64_t *to = order; order = order_b; order_b = to;
     }
-    for (int64_t t = 0; t < ntiles; ++t) cursor[t] = offsets[t];
-    for (int64_t i = 0; i < visible; ++i) {
-        const int64_t g = order[i];
-        out_order[i] = g;
-        for (int64_t y = lo[2 * g + 1]; y < hi[2 * g + 1]; ++y)
-            for (int64_t x = lo[2 * g]; x < hi[2 * g]; ++x) ranks[cursor[y * tiles_x + x]++] = (int32_t)i;
+    const int64_t chunk = (visible + threads - 1) / threads;
+    #pragma omp parallel num_threads(threads)
+    {
+        const int th = omp_get_thread_num();
+        const int64_t first = th * chunk, stop = first + chunk < visible ? first + chunk : visible;
+        int64_t *mine = cursor + (int64_t)th * ntiles;
+        for (int64_t i = first; i < stop; ++i) {
+            const int32_t *r = rects + 4 * order[i];
+            for (int64_t y = r[1]; y < r[3]; ++y)
+                for (int64_t x = r[0]; x < r[2]; ++x) mine[y * tiles_x + x] += 1;
+        }
+        #pragma omp barrier
+        #pragma omp for schedule(static)
+        for (int64_t t = 0; t < ntiles; ++t) { /* counts -> each thread's start in tile t's list */
+            int64_t start = offsets[t];
+            for (int k = 0; k < threads; ++k) {
+                const int64_t c = cursor[k * ntiles + t];
+                cursor[k * ntiles + t] = start;
+                start += c;
+            }
+        }
+        for (int64_t i = first; i < stop; ++i) {
+            const int64_t g = order[i];
+            const int32_t *r = rects + 4 * g;
+            out_order[i] = g;
+            for (int64_t y = r[1]; y < r[3]; ++y)
+                for (int64_t x = r[0]; x < r[2]; ++x) ranks[mine[y * tiles_x + x]++] = (int32_t)i;
+        }
     }
     *out_visible = visible;
     free(cursor);
@@ -810,8 +872,10 @@ def _declare(library: ctypes.CDLL) -> None:
     library.tf_composite.restype = ctypes.c_int
     lists = [ptr, ptr, ptr, i64]  # offsets, ranks, order, visible
     library.tf_composite.argtypes = [i64] * 5 + lists + [ptr] * 5 + [i64] + [ptr] * 6
-    library.tf_tile_lists.restype = ctypes.c_int
-    library.tf_tile_lists.argtypes = [i64, ptr, ptr, ptr, i64, i64, ptr, ptr, ptr, ptr]
+    library.tf_tile_count.restype = i64
+    library.tf_tile_count.argtypes = [i64, ptr, ptr, i64, i64, i64, ptr, ptr]
+    library.tf_tile_fill.restype = ctypes.c_int
+    library.tf_tile_fill.argtypes = [i64, ptr, ptr, i64, i64, ptr, ptr, ptr, ptr]
     library.tf_composite_backward.restype = ctypes.c_int
     library.tf_composite_backward.argtypes = [i64] * 5 + lists + [ptr] * 5 + [i64] + [ptr] * 7 + [i64, ptr]
     camera = [ptr, ptr, i64, i64]
@@ -833,30 +897,38 @@ def _ptr(tensor: Tensor | None):
     return tensor.data_ptr() if tensor is not None else None
 
 
-def tile_lists(lo: Tensor, hi: Tensor, depths: Tensor, tiles_x: int, tiles_y: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Per tile (row-major) the Gaussians whose rectangle ``[lo, hi)`` covers it, front to back.
+def tile_lists(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height: int, tile_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per tile (row-major) the Gaussians whose tile rectangle covers it, front to back (one camera).
 
-    Returns ``(offsets [T + 1] int64, ranks [M] int32, order [V] int64)``: tile ``t``'s list is
-    ``ranks[offsets[t]:offsets[t + 1]]``, ascending depth ranks; ``order[rank]`` is the Gaussian
-    (so ``order[ranks]`` are the Gaussian indices). Gaussians with an empty rectangle (culled) have
-    no rank. Ties in depth keep index order. Native (a radix sort of the depths, then one pass in
-    that order) when the kernels are available.
+    The rectangles are :func:`~tensorfield.cuda.rasterize.tile_rectangles` of ``means2d [N, 2]``
+    and ``radii [N, 2]``. Returns ``(offsets [T + 1] int64, ranks [M] int32, order [V] int64)``:
+    tile ``t``'s list is ``ranks[offsets[t]:offsets[t + 1]]``, ascending depth ranks;
+    ``order[rank]`` is the Gaussian (so ``order[ranks]`` are the Gaussian indices). Culled
+    Gaussians have no rank. Ties in depth keep index order. Native (a radix sort of the depths,
+    then one pass in that order) when the kernels are available, else :func:`tile_lists_torch`.
     """
     library = native_library()
+    tiles_x, tiles_y = -(-width // tile_size), -(-height // tile_size)
     if library is not None:
-        lo64, hi64 = lo.to(torch.int64).contiguous(), hi.to(torch.int64).contiguous()
-        total = int(((hi64 - lo64).clamp(min=0)).prod(-1).sum())
+        means2d = means2d.detach().float().contiguous()
+        radii = radii.to(torch.int32).contiguous()
         keys = depths.detach().float().contiguous()
+        count = means2d.shape[0]
         offsets = torch.empty(tiles_x * tiles_y + 1, dtype=torch.int64)
-        ranks = torch.empty(total, dtype=torch.int32)
-        order = torch.empty(lo64.shape[0], dtype=torch.int64)
+        rects = torch.empty(count, 4, dtype=torch.int32)
+        total = library.tf_tile_count(count, means2d.data_ptr(), radii.data_ptr(), tile_size, tiles_x, tiles_y, rects.data_ptr(), offsets.data_ptr())
+        ranks = torch.empty(max(total, 0), dtype=torch.int32)
+        order = torch.empty(count, dtype=torch.int64)
         visible = ctypes.c_int64(0)
-        status = library.tf_tile_lists(
-            lo64.shape[0], keys.data_ptr(), lo64.data_ptr(), hi64.data_ptr(), tiles_x, tiles_y,
-            offsets.data_ptr(), ranks.data_ptr(), order.data_ptr(), ctypes.byref(visible),
+        status = -1 if total < 0 else library.tf_tile_fill(
+            count, keys.data_ptr(), rects.data_ptr(), tiles_x, tiles_y, offsets.data_ptr(), ranks.data_ptr(),
+            order.data_ptr(), ctypes.byref(visible),
         )
         if status == 0:
             return offsets, ranks, order[: visible.value]
+    from tensorfield.cuda.rasterize import tile_rectangles
+
+    lo, hi = tile_rectangles(means2d, radii, width, height, tile_size)
     return tile_lists_torch(lo, hi, depths, tiles_x, tiles_y)
 
 
@@ -1045,16 +1117,12 @@ class _Composite(torch.autograd.Function):
 
 def composite_native(projected, width: int, height: int, tile_size: int, background: Tensor | None):
     """Native compositing of :class:`~tensorfield.cuda.rasterize.Projected` (CPU float32), differentiable."""
-    from tensorfield.cuda.rasterize import tile_rectangles
-
     cams = projected.means2d.shape[0]
     tiles_x, tiles_y = -(-width // tile_size), -(-height // tile_size)
-    with torch.no_grad():
-        lo, hi = tile_rectangles(projected.means2d, projected.radii, width, height, tile_size)
     rgbs, alphas, depths = [], [], []
     for cam in range(cams):
         with torch.no_grad():
-            offsets, ranks, order = tile_lists(lo[cam], hi[cam], projected.depths[cam].detach().float(), tiles_x, tiles_y)
+            offsets, ranks, order = tile_lists(projected.means2d[cam], projected.radii[cam], projected.depths[cam], width, height, tile_size)
         radii = projected.radii[cam].to(torch.int32).contiguous()
         static = (width, height, tile_size, tiles_x, tiles_y, offsets, ranks, order.contiguous(), radii)
         bg = background[cam].float().contiguous() if background is not None else None

@@ -230,18 +230,20 @@ def test_native_gradients_match_float64_reference(case):
 
 def test_native_tile_lists_equal_the_torch_ones():
     from tensorfield.cuda.raster_native import native_library, tile_lists, tile_lists_torch
+    from tensorfield.cuda.rasterize import tile_rectangles
 
     if native_library() is None:
         pytest.skip("no C compiler for the native kernel")
     g = torch.Generator().manual_seed(0)
-    lo = torch.randint(0, 6, (500, 2), generator=g)
-    hi = lo + torch.randint(0, 4, (500, 2), generator=g)
-    hi = torch.minimum(hi, torch.tensor([7, 5]))
+    means2d = torch.rand(500, 2, generator=g) * torch.tensor([130.0, 90.0]) - 10.0
+    radii = torch.randint(0, 30, (500, 2), generator=g, dtype=torch.int32)
     depths = torch.randint(-25, 25, (500,), generator=g).float() * 0.37  # negatives, and ties broken by index order
-    (offsets, ranks, order), (offsets_t, ranks_t, order_t) = tile_lists(lo, hi, depths, 7, 5), tile_lists_torch(lo, hi, depths, 7, 5)
+    lo, hi = tile_rectangles(means2d, radii, 110, 75, 16)
+    (offsets, ranks, order), (offsets_t, ranks_t, order_t) = tile_lists(means2d, radii, depths, 110, 75, 16), tile_lists_torch(lo, hi, depths, 7, 5)
     assert torch.equal(offsets, offsets_t) and torch.equal(ranks, ranks_t) and torch.equal(order, order_t)
     assert ranks.numel() > 500 and ranks.dtype == torch.int32
     visible = ((hi - lo) > 0).all(-1)
+    assert 100 < int(visible.sum()) < 500  # some culled (radius 0 or off screen)
     assert torch.equal(torch.sort(order).values, torch.nonzero(visible).squeeze(1))  # every visible Gaussian, once
     ordered = depths[order]
     assert bool((ordered[1:] > ordered[:-1]).logical_or((ordered[1:] == ordered[:-1]) & (order[1:] > order[:-1])).all())
