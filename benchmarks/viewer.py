@@ -9,12 +9,16 @@ orbit of viewpoints, at the preview and full resolutions, for each model family 
   ``runs/viewer_bench_lego``);
 * 4D Gaussians (``gaussians4d``) at 320x240 and 640x480 with ``--gaussians`` Gaussians, when the
   rasteriser (``tensorfield.cuda.rasterize``) is present; the Gaussians are the model's random
-  initialisation in the scene box (no training), so the figure is indicative only.
+  initialisation in the scene box (no training): a volumetric cloud of overlapping, mostly
+  transparent Gaussians, a worst case for compositing;
+* trained Gaussian runs named by ``--gaussian-run`` (3D or 4D; 4D at t = 0.5) at 320x240 and
+  640x480, viewed on an orbit around their scene.
 
 Prints one JSON line.
 
     python benchmarks/viewer.py
     python benchmarks/viewer.py --run runs/lego --frames 20
+    python benchmarks/viewer.py --gaussian-run runs/lego_3dgs --gaussian-run runs/dnerf_4d
 """
 
 from __future__ import annotations
@@ -98,13 +102,29 @@ def gaussians_entry(args) -> dict | None:
     }
 
 
+def trained_gaussians_entry(run: str, frames: int) -> dict:
+    """A trained Gaussian run (3D or 4D) through the same render path, mid-sequence for 4D."""
+    from tensorfield.app.viewer.session import load_session
+
+    session = load_session(run)
+    views = orbit_views(session)
+    time_value = 0.5 if session.is_dynamic else None
+    return {
+        "family": session.method,
+        "scene": f"{run} ({session.model.num_gaussians} trained Gaussians{', t=0.5' if session.is_dynamic else ''})",
+        "full": fps(session.model, views, 640, 480, time_value, frames),
+        "preview_0.5": fps(session.model, views, 320, 240, time_value, frames),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--run", default=None, help="an existing TensoRF run to view (default: train one)")
     parser.add_argument("--steps", type=int, default=300, help="training steps of the TensoRF run it trains")
     parser.add_argument("--frames", type=int, default=12, help="timed frames per resolution")
-    parser.add_argument("--gaussians", type=int, default=100_000)
+    parser.add_argument("--gaussians", type=int, default=100_000, help="random 4D Gaussians of the untrained scene")
+    parser.add_argument("--gaussian-run", action="append", default=[], help="also a trained gaussians3d/4d run (repeatable)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     import torch
@@ -114,6 +134,7 @@ def main() -> None:
     entries = [tensorf_entry(args)]
     gaussians = gaussians_entry(args)
     entries.append(gaussians if gaussians is not None else {"family": "gaussians4d", "skipped": "tensorfield.cuda.rasterize not present yet"})
+    entries += [trained_gaussians_entry(run, args.frames) for run in args.gaussian_run]
     print(json.dumps({"benchmark": "viewer_render_service", "device": "cpu", "threads": torch.get_num_threads(), "families": entries}))
 
 

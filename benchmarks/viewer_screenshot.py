@@ -6,7 +6,7 @@ writes the window (panel, frame and status bar) as a PNG. A dynamic run is shown
 (``--time``, default 0.5) with the time controls visible.
 
     python benchmarks/viewer_screenshot.py --run runs/lego --out viewer.png
-    python benchmarks/viewer_screenshot.py                 # trains a tiny run on the synthetic scene
+    python benchmarks/viewer_screenshot.py                 # trains a tiny 4D Gaussian run on the dynamic synthetic scene
     xvfb-run -a python benchmarks/viewer_screenshot.py --run runs/dnerf_4d --time 0.4
 
 Prints one JSON line (the PNG's path and what was shown).
@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_run(kind: str) -> Path:
-    """A small TensoRF run on the synthetic scene (cached under runs/)."""
+    """A small run on the synthetic scene (cached under runs/): 4D Gaussians on the dynamic
+    scene, TensoRF (the demo config) on the static one."""
     from tensorfield.datasets.synthetic import make_scene
     from tensorfield.engine.checkpoint import latest_checkpoint
     from tensorfield.engine.config import load_config
@@ -36,8 +37,12 @@ def tiny_run(kind: str) -> Path:
     root = ROOT / "runs" / f"viewer_screenshot_{kind}"
     run = root / "run"
     if latest_checkpoint(run) is None:
-        data = make_scene(root / "data", kind=kind, resolution=64, n_train=24, n_test=2, n_val=1)
-        config = load_config(ROOT / "configs" / "demo.yaml", ["steps=200", "eval_every=0"])
+        if kind == "dynamic":
+            data = make_scene(root / "data", kind=kind, resolution=96, n_train=40, n_test=2, n_val=0)
+            config = load_config(ROOT / "configs" / "gaussians4d_small.yaml", ["steps=600", "densify_until=450", "eval_every=0"])
+        else:
+            data = make_scene(root / "data", kind=kind, resolution=64, n_train=24, n_test=2, n_val=1)
+            config = load_config(ROOT / "configs" / "demo.yaml", ["steps=200", "eval_every=0"])
         trainer = Trainer.from_config(config, run, data_path=data)
         trainer.train(progress=False, final_eval=False)
         trainer.close()
@@ -63,7 +68,7 @@ def main() -> int:
     if "DISPLAY" not in os.environ and "WAYLAND_DISPLAY" not in os.environ:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-    run = Path(args.run) if args.run else tiny_run("static")
+    run = Path(args.run) if args.run else tiny_run("dynamic")
     from PyQt6.QtWidgets import QApplication
     from tensorfield.app.viewer.window import ViewerWindow
 
