@@ -114,6 +114,7 @@ class TensoRFConfig(MethodConfig):
     max_samples: int = option(1000000, "Cap on samples per ray (official nSamples); the cap used is min(this, |reso| / step_ratio).")
     weight_threshold: float = option(1e-4, "Colour is evaluated only where the sample weight exceeds this.")
     transmittance_threshold: float = option(1e-4, "Stop a ray once its transmittance drops below this (0 = never, as the official code).")
+    march_round_samples: int = option(64, "Ray-marching granularity of early termination: samples per ray in the first round (doubling after); speed only, not values.")
     color_chunk: int = option(16384, "Run the shader MLP in chunks of this many samples (smaller temporaries; 0 = one chunk).")
     # alpha mask
     alpha_mask_steps: list[int] = option([2000, 4000], "Steps after which the alpha mask is rebuilt (first: shrink the box; second: filter rays).")
@@ -349,6 +350,7 @@ class TensoRF(Field):
             distance_scale=self.config.distance_scale,
             weight_threshold=self.config.weight_threshold,
             transmittance_threshold=self.config.transmittance_threshold,
+            samples_per_round=int(self.config.march_round_samples),
             max_samples_per_ray=self.max_samples_per_ray if training else min(
                 int(self.config.max_samples), self._render_samples_cap()
             ),
