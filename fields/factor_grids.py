@@ -37,6 +37,8 @@ that the tests check values and gradients against.
 from __future__ import annotations
 
 import abc
+import contextlib
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -214,6 +216,28 @@ def sample_line_reference(table: Tensor, coord: Tensor) -> Tensor:
     return out
 
 
+_ACCUMULATE = threading.local()
+
+
+@contextlib.contextmanager
+def accumulate_into_grad():
+    """Within this context, native factor features add their table gradients straight into the
+    tables' ``.grad`` during ``backward()`` instead of returning them to autograd.
+
+    A ray marcher evaluates the density several times per step (once per early-termination
+    round); returned gradients would each be a fresh full-size zero table that autograd then adds
+    into ``.grad``. Accumulating in place touches each table once. Only for leaf parameters and a
+    plain ``loss.backward()`` (as the trainer does): ``torch.autograd.grad`` would not see these
+    gradients, so tests and functional code leave this off.
+    """
+    previous = getattr(_ACCUMULATE, "on", False)
+    _ACCUMULATE.on = True
+    try:
+        yield
+    finally:
+        _ACCUMULATE.on = previous
+
+
 class _FusedFeatures(torch.autograd.Function):
     """Products of interpolated factors through the native kernels (:mod:`.grid_kernels`).
 
@@ -226,17 +250,29 @@ class _FusedFeatures(torch.autograd.Function):
     def forward(ctx, xyz: Tensor, reduce: bool, layout, *tables: Tensor) -> Tensor:
         ctx.save_for_backward(xyz, *tables)
         ctx.reduce, ctx.layout = reduce, layout
+        # leaf parameters whose gradient goes straight into .grad (see accumulate_into_grad)
+        ctx.direct = tuple(t if getattr(_ACCUMULATE, "on", False) and t.is_leaf and t.requires_grad else None for t in tables)
         return grid_kernels.features_forward(xyz, _products(layout, tables), reduce)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
         xyz, *tables = ctx.saved_tensors
-        per_product = grid_kernels.features_backward(xyz, _products(ctx.layout, tables), grad.contiguous(), ctx.reduce)
+        into = []
+        for _, indices, _, _ in ctx.layout:
+            row = []
+            for i in indices:
+                param = ctx.direct[i]
+                if param is not None and param.grad is None:
+                    param.grad = torch.zeros_like(param)
+                usable = param is not None and param.grad.is_contiguous() and param.grad.dtype == torch.float32
+                row.append(param.grad if usable else None)
+            into.append(row)
+        per_product = grid_kernels.features_backward(xyz, _products(ctx.layout, tables), grad.contiguous(), ctx.reduce, into)
         grads: list[Tensor | None] = [None] * len(tables)
-        for (_, indices, _, _), product_grads in zip(ctx.layout, per_product):
-            for i, g in zip(indices, product_grads):
-                grads[i] = g
+        for (_, indices, _, _), product_grads, row in zip(ctx.layout, per_product, into):
+            for i, g, target in zip(indices, product_grads, row):
+                grads[i] = None if target is not None else g
         return (None, None, None, *grads)
 
 

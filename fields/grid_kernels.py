@@ -400,9 +400,18 @@ def features_forward(xyz: Tensor, products: Sequence[Product], reduce: bool) -> 
     return out
 
 
-def features_backward(xyz: Tensor, products: Sequence[Product], grad: Tensor, reduce: bool) -> list[list[Tensor]]:
-    """Gradients of :func:`features_forward` w.r.t. every table, for the output gradient ``grad``."""
-    grads = [[torch.zeros_like(t) for t in p.tables] for p in products]
+def features_backward(
+    xyz: Tensor, products: Sequence[Product], grad: Tensor, reduce: bool, into: Sequence[Sequence[Tensor | None]] | None = None
+) -> list[list[Tensor]]:
+    """Gradients of :func:`features_forward` w.r.t. every table, for the output gradient ``grad``.
+
+    ``into`` (per product, per table) may name contiguous float32 buffers the gradients are *added*
+    to in place (``None`` entries: a fresh zero tensor); the returned lists hold the buffers used.
+    """
+    grads = [
+        [(into[i][j] if into is not None and into[i][j] is not None else torch.zeros_like(t)) for j, t in enumerate(p.tables)]
+        for i, p in enumerate(products)
+    ]
     groups = _groups(products, grads)
     width = sum(p.channels for p in products)
     status = native_library().tf_features_backward(

@@ -80,7 +80,7 @@ from tensorfield.fields.base import (
 )
 from tensorfield.fields.config import MethodConfig, option
 from tensorfield.fields.encoding import FeatureShader, positional_encoding  # noqa: F401 (re-export)
-from tensorfield.fields.factor_grids import CandecompGrids, FactorGrids, VectorMatrixGrids
+from tensorfield.fields.factor_grids import CandecompGrids, FactorGrids, VectorMatrixGrids, accumulate_into_grad
 from torch import Tensor, nn
 
 
@@ -372,16 +372,17 @@ class TensoRF(Field):
         ``load_state_dict``), so checkpoints resume bit-exactly.
         """
         config = self.config
-        out = march_rays(
-            batch.origins,
-            batch.directions,
-            self.density,
-            self.color,
-            background=batch.background,
-            jitter=True,
-            generator=self._generator,
-            **self._march_kwargs(training=True),
-        )
+        with accumulate_into_grad():  # per-round density gradients go straight into .grad
+            out = march_rays(
+                batch.origins,
+                batch.directions,
+                self.density,
+                self.color,
+                background=batch.background,
+                jitter=True,
+                generator=self._generator,
+                **self._march_kwargs(training=True),
+            )
         self.rng_state.copy_(self._generator.get_state())
         rgb = out.rgb.clamp(0.0, 1.0)
         mse = F.mse_loss(rgb, batch.rgb)

@@ -293,3 +293,26 @@ def test_regularisers_follow_official_definitions():
     cp = CandecompGrids(3, (3, 4, 5), generator=torch.Generator().manual_seed(11)).double()
     torch.testing.assert_close(cp.l1(), sum(l.abs().mean() for l in cp.lines))
     torch.testing.assert_close(cp.tv(), 1e-3 * sum(total_variation(l) for l in cp.lines))
+
+
+@needs_native
+def test_accumulate_into_grad_equals_autograd():
+    """Several evaluations (a marcher's rounds) plus an ordinary autograd term: the in-place
+    accumulation gives the same .grad as autograd's, and leaves non-native uses untouched."""
+    from tensorfield.fields.factor_grids import accumulate_into_grad
+
+    results = []
+    for direct in (False, True):
+        module = VectorMatrixGrids([4, 16, 20], (7, 9, 11), generator=torch.Generator().manual_seed(3))
+        g = torch.Generator().manual_seed(4)
+        with accumulate_into_grad() if direct else torch.enable_grad():
+            parts = [module.feature_sum((torch.rand(300, 3, generator=g) * 2 - 1).contiguous()) for _ in range(3)]
+            parts.append(module.features((torch.rand(200, 3, generator=g) * 2 - 1).contiguous()))
+        weights = [torch.randn(p.shape, generator=g) for p in parts]
+        loss = sum((w * p).sum() for w, p in zip(weights, parts)) + 0.1 * module.l1()
+        loss.backward()
+        results.append([p.grad.clone() for p in module.parameters()])
+    assert len(results[0]) == len(results[1]) == 6
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+        assert float(a.abs().sum()) > 0
