@@ -80,7 +80,12 @@ from tensorfield.fields.base import (
 )
 from tensorfield.fields.config import MethodConfig, option
 from tensorfield.fields.encoding import FeatureShader, positional_encoding  # noqa: F401 (re-export)
-from tensorfield.fields.factor_grids import CandecompGrids, FactorGrids, VectorMatrixGrids, accumulate_into_grad
+from tensorfield.fields.factor_grids import (
+    CandecompGrids,
+    FactorGrids,
+    VectorMatrixGrids,
+    accumulate_into_grad,
+)
 from torch import Tensor, nn
 
 
