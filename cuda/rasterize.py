@@ -390,7 +390,9 @@ def rasterize(
     if backend == "cpu" and not gaussians.means.is_cuda:
         from tensorfield.cuda.raster_native import native_library
 
-        use_native = native_library() is not None
+        channels = gaussians.colors.shape[-1]
+        # the kernels keep a tile's pixels and channels on the stack: up to 32x32 tiles and 32 channels
+        use_native = native_library() is not None and tile_size <= 32 and channels <= 32
     if backend == "cpu":
         backend = "torch"
     cams = viewmats.shape[0]

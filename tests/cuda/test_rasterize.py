@@ -290,3 +290,29 @@ def test_native_projection_matches_torch_projection(covars, sh_degree):
             _close(b, a, 1e-5)
         for a, b in zip(grads, ngrads):
             _close(b, a, 1e-5)
+
+
+def test_cpu_backend_edge_cases():
+    """No Gaussians, all culled (behind the camera), and more channels than the native kernel
+    holds (falls back to the exact path): background only / same as the torch backend."""
+    viewmats, Ks = _cameras(1, 24, 20)
+    background = torch.tensor([0.2, 0.5, 1.0])
+    for count, offset in ((0, 0.0), (5, 50.0)):
+        g = torch.Generator().manual_seed(count)
+        means = (torch.randn(count, 3, generator=g) - offset * viewmats[0, 2, :3]).requires_grad_(True)
+        batch = GaussianBatch(means, torch.rand(count, generator=g), torch.rand(count, 3, generator=g), 0.1 * torch.rand(count, 3, generator=g), torch.randn(count, 4, generator=g))
+        out = rasterize(batch, viewmats, Ks, 24, 20, background=background, backend="cpu")
+        assert torch.allclose(out.rgb, background.expand(1, 20, 24, 3)) and float(out.alpha.abs().max()) == 0.0
+        out.rgb.sum().backward()
+        assert means.grad is not None and float(means.grad.abs().sum()) == 0.0
+    batch, params = _scene(40, 5, channels=40)
+    grads = {}
+    for backend in ("cpu", "torch"):
+        for p in params.values():
+            p.grad = None
+        out = rasterize(batch, viewmats, Ks, 24, 20, backend=backend)
+        out.rgb.sum().backward()
+        grads[backend] = (out.rgb.detach(), params["colors"].grad.clone())
+    assert grads["cpu"][0].shape[-1] == 40
+    _close(grads["cpu"][0], grads["torch"][0], 1e-6)
+    _close(grads["cpu"][1], grads["torch"][1], 1e-6)
