@@ -1,4 +1,5 @@
-"""CLI end to end with a 4D Gaussian model: train, time-sweep render, splat export at a time, TSDF mesh."""
+"""CLI end to end with a 4D Gaussian model: train, time-sweep render, splat export at a time
+(the TSDF mesh at a time is tested on an exact two-blob model in tests/fields/test_gaussians_training.py)."""
 
 from __future__ import annotations
 
