@@ -69,6 +69,7 @@ For whole images, :func:`march_rays_chunked` splits the rays into chunks.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -347,14 +348,15 @@ class _RaySamples:
             # x_k in voxel units, affine in k: (x_0 - lo) * scale + k * (step d * scale). The
             # voxel lookup of every candidate then costs one fused multiply-add, and exact
             # world positions are only computed for the occupied samples.
-            lo = self.grid.aabb[0].to(self.origins)
+            # in float64 (whatever the rays' dtype), so that the native packing
+            # (cuda/raymarch_native.py) makes the same voxel decisions as this path
+            o64, d64 = self.origins.double(), self.directions.double()
+            lo = self.grid.aabb[0].to(o64)
             resolution = torch.tensor(self.grid.mask.shape, device=self.origins.device)
-            scale = resolution.to(self.origins.dtype) / (self.grid.aabb[1].to(self.origins) - lo)
-            first_t = torch.nan_to_num(self.t_start + self.offsets * self.step_size, posinf=0.0)
-            self._voxel_origin = (
-                torch.addcmul(self.origins, first_t[:, None], self.directions) - lo
-            ) * scale
-            self._voxel_step = self.directions * (self.step_size * scale)
+            scale = resolution.to(torch.float64) / (self.grid.aabb[1].to(o64) - lo)
+            first_t = torch.nan_to_num(self.t_start.double() + self.offsets.double() * self.step_size, posinf=0.0)
+            self._voxel_origin = (torch.addcmul(o64, first_t[:, None], d64) - lo) * scale
+            self._voxel_step = d64 * (self.step_size * scale)
             self._max_index = resolution - 1
             _, size_y, size_z = self.grid.mask.shape
             self._strides = torch.tensor([size_y * size_z, size_z, 1], device=self.origins.device)
@@ -367,12 +369,25 @@ class _RaySamples:
         """
         voxel = torch.addcmul(
             self._voxel_origin.index_select(0, ray_indices),
-            k.to(self.origins.dtype)[:, None],
+            k.to(torch.float64)[:, None],
             self._voxel_step.index_select(0, ray_indices),
         )
         index = voxel.long()  # truncation == floor for the non-negative coordinates
         index = torch.minimum(index.clamp_(min=0), self._max_index)
         return self.grid.mask.reshape(-1).index_select(0, (index * self._strides).sum(-1))
+
+    def pack_native(self, rays: Tensor, first_k: Tensor, take: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+        """The occupied samples ``k in [first_k, first_k + take)`` of ``rays`` as ``(rays, k, t,
+        points)`` in the native kernel (the same as :func:`_packed_indices` + :meth:`occupied` +
+        :meth:`positions`), or ``None`` when it cannot run (then use those)."""
+        if self.grid is None or os.environ.get("TENSORFIELD_NATIVE_MARCH", "1") == "0":
+            return None
+        from tensorfield.cuda.raymarch_native import pack_occupied
+
+        return pack_occupied(
+            rays, first_k, take, self._voxel_origin, self._voxel_step, self.grid.mask, self.t_start, self.offsets,
+            self.step_size, self.origins, self.directions,
+        )
 
     def positions(self, ray_indices: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         """``(t [M], points [M, 3])`` of samples ``k`` of rays ``ray_indices``."""
@@ -481,11 +496,15 @@ def march_rays(
     while live.numel() > 0:
         # packed samples of this round: ray index, distance, point
         take = (k_end.index_select(0, live) - position.index_select(0, live)).clamp_(max=round_size)
-        rays, k = _packed_indices(live, position.index_select(0, live), take)
-        if occupancy is not None:
-            occupied = torch.nonzero(sampler.occupied(rays, k)).flatten()
-            rays, k = _select((rays, k), occupied)
-        t, points = sampler.positions(rays, k)
+        packed = sampler.pack_native(live, position.index_select(0, live), take) if occupancy is not None else None
+        if packed is not None:
+            rays, k, t, points = packed
+        else:
+            rays, k = _packed_indices(live, position.index_select(0, live), take)
+            if occupancy is not None:
+                occupied = torch.nonzero(sampler.occupied(rays, k)).flatten()
+                rays, k = _select((rays, k), occupied)
+            t, points = sampler.positions(rays, k)
         position = position.index_add(0, live, take)
 
         if rays.numel() > 0:

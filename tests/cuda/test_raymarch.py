@@ -582,3 +582,58 @@ def test_gradcheck_tiny():
         torch.tensor([0.2, 0.5, 0.7], dtype=F64, requires_grad=True),
     )
     assert torch.autograd.gradcheck(render, inputs)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_native_packing_equals_the_torch_packing(seed, monkeypatch):
+    """The native occupied-sample packing gives the torch path's rays and k exactly, and its t
+    and points to float32 rounding; the marcher's outputs and gradients agree either way."""
+    from tensorfield.cuda.raymarch import (
+        _packed_indices,
+        _RaySamples,
+        _sample_range,
+        sample_offsets,
+    )
+    from tensorfield.cuda.raymarch_native import native_library
+
+    if native_library() is None:
+        pytest.skip("no C compiler for the native kernel")
+    g = torch.Generator().manual_seed(seed)
+    count = 300
+    origins = torch.randn(count, 3, generator=g) * 0.3 + torch.tensor([0.0, 0.0, -3.0])
+    directions = torch.nn.functional.normalize(torch.randn(count, 3, generator=g) * 0.3 + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
+    aabb = torch.tensor([[-1.0, -1.2, -0.9], [1.1, 1.0, 1.0]])
+    grid = OccupancyGrid(aabb, torch.rand(13, 11, 9, generator=g) < 0.4)
+    offsets = sample_offsets(count, jitter=True, generator=g)
+    t_start, k_begin, k_end = _sample_range(origins, directions, aabb, 0.1, 10.0, offsets, 0.05, None, grid)
+    sampler = _RaySamples(origins, directions, t_start, offsets, 0.05, grid)
+    live = torch.nonzero(k_end > k_begin).flatten()
+    take = (k_end - k_begin).index_select(0, live).clamp(max=40)
+    native = sampler.pack_native(live, k_begin.index_select(0, live), take)
+    assert native is not None
+    rays, k = _packed_indices(live, k_begin.index_select(0, live), take)
+    keep = torch.nonzero(sampler.occupied(rays, k)).flatten()
+    rays, k = rays[keep], k[keep]
+    t, points = sampler.positions(rays, k)
+    assert rays.numel() > 1000 and rays.numel() < int(take.sum())  # some occupied, some skipped
+    assert torch.equal(native[0], rays) and torch.equal(native[1], k)
+    torch.testing.assert_close(native[2], t, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(native[3], points, rtol=1e-6, atol=1e-6)
+
+    field = nn.Linear(3, 4)
+    def density(points, times):
+        return torch.nn.functional.softplus(field(points)[:, 0] * 3)
+
+    def color(points, dirs, times):
+        return torch.sigmoid(field(points)[:, 1:])
+
+    results = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv("TENSORFIELD_NATIVE_MARCH", flag)
+        field.zero_grad()
+        out = march_rays(origins, directions, density, color, aabb=aabb, step_size=0.05, near=0.1, far=10.0,
+                         occupancy=grid, background=torch.ones(3), samples_per_round=16)
+        (out.rgb.sum() + out.depth.sum()).backward()
+        results.append((out.rgb.detach(), out.depth.detach(), field.weight.grad.clone()))
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)

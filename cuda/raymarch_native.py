@@ -1,0 +1,135 @@
+"""Native sample packing for the ray marcher (:func:`tensorfield.cuda.raymarch.march_rays`).
+
+Each marching round enumerates, for every live ray, samples ``k`` in ``[first_k, first_k + take)``
+and keeps those whose voxel in the occupancy grid is occupied; in torch that is a dozen passes
+over every candidate (repeat, cumsum, gathers, the voxel arithmetic, a mask gather, nonzero,
+more gathers). Here it is two parallel passes in C (count per ray, then fill), producing the same
+packed ``(ray, k, t, point)`` arrays in the same order: candidates in voxel units in float64
+``origin + k * step`` (the torch path uses the same float64 arithmetic), positions in float32
+exactly as :meth:`tensorfield.cuda.raymarch._RaySamples.positions`. No gradients are involved
+(positions depend only on the rays). ``TENSORFIELD_NATIVE=0`` or no compiler: the torch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from tensorfield.cuda.native import NativeLibrary
+from torch import Tensor
+
+_SOURCE = r"""
+#include <stdint.h>
+#include <stdlib.h>
+#include <omp.h>
+
+static inline int occupied(const double *vo, const double *vs, int64_t k, const uint8_t *mask,
+                           int64_t nx, int64_t ny, int64_t nz) {
+    int64_t idx[3];
+    const int64_t res[3] = {nx, ny, nz};
+    for (int a = 0; a < 3; ++a) {
+        const double v = vo[a] + (double)k * vs[a];
+        int64_t i = (int64_t)v; /* truncation == floor for the non-negative coordinates */
+        if (i < 0) i = 0;
+        if (i > res[a] - 1) i = res[a] - 1;
+        idx[a] = i;
+    }
+    return mask[(idx[0] * ny + idx[1]) * nz + idx[2]] != 0;
+}
+
+/* counts[j] = occupied samples of live ray j (rays[j], k in [first_k[j], first_k[j] + take[j])) */
+int64_t tf_pack_count(int64_t n, const int64_t *rays, const int64_t *first_k, const int64_t *take,
+                      const double *voxel_origin, const double *voxel_step, const uint8_t *mask,
+                      int64_t nx, int64_t ny, int64_t nz, int64_t *counts) {
+    int64_t total = 0;
+    #pragma omp parallel for schedule(dynamic, 64) reduction(+:total)
+    for (int64_t j = 0; j < n; ++j) {
+        const int64_t r = rays[j];
+        int64_t c = 0;
+        for (int64_t k = first_k[j]; k < first_k[j] + take[j]; ++k)
+            c += occupied(voxel_origin + 3 * r, voxel_step + 3 * r, k, mask, nx, ny, nz);
+        counts[j] = c;
+        total += c;
+    }
+    return total;
+}
+
+/* the occupied samples, grouped by live ray in order: ray index, k, t and the point */
+int tf_pack_fill(int64_t n, const int64_t *rays, const int64_t *first_k, const int64_t *take, const int64_t *starts,
+                 const double *voxel_origin, const double *voxel_step, const uint8_t *mask, int64_t nx, int64_t ny, int64_t nz,
+                 const float *t_start, const float *offsets, float step, const float *origins, const float *directions,
+                 int64_t *out_rays, int64_t *out_k, float *out_t, float *out_points) {
+    #pragma omp parallel for schedule(dynamic, 64)
+    for (int64_t j = 0; j < n; ++j) {
+        const int64_t r = rays[j];
+        int64_t m = starts[j];
+        for (int64_t k = first_k[j]; k < first_k[j] + take[j]; ++k) {
+            if (!occupied(voxel_origin + 3 * r, voxel_step + 3 * r, k, mask, nx, ny, nz)) continue;
+            const float t = t_start[r] + ((float)k + offsets[r]) * step;
+            out_rays[m] = r; out_k[m] = k; out_t[m] = t;
+            for (int a = 0; a < 3; ++a) out_points[3 * m + a] = origins[3 * r + a] + t * directions[3 * r + a];
+            ++m;
+        }
+    }
+    return 0;
+}
+"""
+
+
+def _declare(library: ctypes.CDLL) -> None:
+    i64, ptr, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
+    library.tf_pack_count.restype = i64
+    library.tf_pack_count.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, ptr]
+    library.tf_pack_fill.restype = ctypes.c_int
+    library.tf_pack_fill.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, ptr, ptr, f32, ptr, ptr, ptr, ptr, ptr, ptr]
+
+
+# no FMA contraction: the float32 positions round like torch's separate multiply and add
+_LIBRARY = NativeLibrary("raymarch", _SOURCE, ["-fopenmp", "-ffp-contract=off"], _declare)
+
+
+def native_library() -> ctypes.CDLL | None:
+    """The compiled packing kernel, or ``None`` (no compiler, ``TENSORFIELD_NATIVE=0``)."""
+    return _LIBRARY.get()
+
+
+def pack_occupied(
+    rays: Tensor,
+    first_k: Tensor,
+    take: Tensor,
+    voxel_origin: Tensor,
+    voxel_step: Tensor,
+    mask: Tensor,
+    t_start: Tensor,
+    offsets: Tensor,
+    step_size: float,
+    origins: Tensor,
+    directions: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """``(ray_indices, k, t, points)`` of the occupied samples of a round, or ``None`` when the
+    native kernel cannot take the inputs (not CPU float32 rays, no compiler)."""
+    if origins.device.type != "cpu" or origins.dtype != torch.float32 or voxel_origin.dtype != torch.float64:
+        return None
+    library = native_library()
+    if library is None:
+        return None
+    rays, first_k, take = rays.contiguous(), first_k.contiguous(), take.contiguous()
+    mask_u8 = mask.contiguous().view(torch.uint8) if mask.dtype == torch.bool else mask.to(torch.uint8).contiguous()
+    nx, ny, nz = mask.shape
+    counts = torch.empty_like(rays)
+    total = library.tf_pack_count(
+        rays.numel(), rays.data_ptr(), first_k.data_ptr(), take.data_ptr(), voxel_origin.data_ptr(), voxel_step.data_ptr(),
+        mask_u8.data_ptr(), nx, ny, nz, counts.data_ptr(),
+    )
+    starts = torch.cumsum(counts, 0) - counts
+    out_rays = torch.empty(total, dtype=torch.int64)
+    out_k = torch.empty(total, dtype=torch.int64)
+    out_t = torch.empty(total, dtype=torch.float32)
+    out_points = torch.empty(total, 3, dtype=torch.float32)
+    library.tf_pack_fill(
+        rays.numel(), rays.data_ptr(), first_k.data_ptr(), take.data_ptr(), starts.data_ptr(), voxel_origin.data_ptr(),
+        voxel_step.data_ptr(), mask_u8.data_ptr(), nx, ny, nz, t_start.contiguous().data_ptr(), offsets.contiguous().data_ptr(),
+        float(step_size), origins.contiguous().data_ptr(), directions.contiguous().data_ptr(),
+        out_rays.data_ptr(), out_k.data_ptr(), out_t.data_ptr(), out_points.data_ptr(),
+    )
+    return out_rays, out_k, out_t, out_points
