@@ -377,13 +377,16 @@ class _RaySamples:
         return self.grid.mask.reshape(-1).index_select(0, (index * self._strides).sum(-1))
 
     def pack_native(self, rays: Tensor, first_k: Tensor, take: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
-        """The occupied samples ``k in [first_k, first_k + take)`` of ``rays`` as ``(rays, k, t,
-        points)`` in the native kernel (the same as :func:`_packed_indices` + :meth:`occupied` +
-        :meth:`positions`), or ``None`` when it cannot run (then use those)."""
-        if self.grid is None or os.environ.get("TENSORFIELD_NATIVE_MARCH", "1") == "0":
+        """The occupied samples ``k in [first_k, first_k + take)`` of ``rays`` (all of them without
+        a grid) as ``(rays, k, t, points)`` in the native kernel (the same as
+        :func:`_packed_indices` + :meth:`occupied` + :meth:`positions`), or ``None`` when it
+        cannot run (then use those). ``TENSORFIELD_NATIVE_MARCH=0`` forces the torch path."""
+        if os.environ.get("TENSORFIELD_NATIVE_MARCH", "1") == "0":
             return None
         from tensorfield.cuda.raymarch_native import pack_occupied
 
+        if self.grid is None:
+            return pack_occupied(rays, first_k, take, None, None, None, self.t_start, self.offsets, self.step_size, self.origins, self.directions)
         return pack_occupied(
             rays, first_k, take, self._voxel_origin, self._voxel_step, self.grid.mask, self.t_start, self.offsets,
             self.step_size, self.origins, self.directions,
@@ -496,7 +499,7 @@ def march_rays(
     while live.numel() > 0:
         # packed samples of this round: ray index, distance, point
         take = (k_end.index_select(0, live) - position.index_select(0, live)).clamp_(max=round_size)
-        packed = sampler.pack_native(live, position.index_select(0, live), take) if occupancy is not None else None
+        packed = sampler.pack_native(live, position.index_select(0, live), take)
         if packed is not None:
             rays, k, t, points = packed
         else:

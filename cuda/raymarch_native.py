@@ -25,6 +25,7 @@ _SOURCE = r"""
 
 static inline int occupied(const double *vo, const double *vs, int64_t k, const uint8_t *mask,
                            int64_t nx, int64_t ny, int64_t nz) {
+    if (!mask) return 1; /* no occupancy grid: every sample */
     int64_t idx[3];
     const int64_t res[3] = {nx, ny, nz};
     for (int a = 0; a < 3; ++a) {
@@ -46,8 +47,10 @@ int64_t tf_pack_count(int64_t n, const int64_t *rays, const int64_t *first_k, co
     for (int64_t j = 0; j < n; ++j) {
         const int64_t r = rays[j];
         int64_t c = 0;
-        for (int64_t k = first_k[j]; k < first_k[j] + take[j]; ++k)
-            c += occupied(voxel_origin + 3 * r, voxel_step + 3 * r, k, mask, nx, ny, nz);
+        if (!mask) c = take[j];
+        else
+            for (int64_t k = first_k[j]; k < first_k[j] + take[j]; ++k)
+                c += occupied(voxel_origin + 3 * r, voxel_step + 3 * r, k, mask, nx, ny, nz);
         counts[j] = c;
         total += c;
     }
@@ -64,7 +67,7 @@ int tf_pack_fill(int64_t n, const int64_t *rays, const int64_t *first_k, const i
         const int64_t r = rays[j];
         int64_t m = starts[j];
         for (int64_t k = first_k[j]; k < first_k[j] + take[j]; ++k) {
-            if (!occupied(voxel_origin + 3 * r, voxel_step + 3 * r, k, mask, nx, ny, nz)) continue;
+            if (mask && !occupied(voxel_origin + 3 * r, voxel_step + 3 * r, k, mask, nx, ny, nz)) continue;
             const float t = t_start[r] + ((float)k + offsets[r]) * step;
             out_rays[m] = r; out_k[m] = k; out_t[m] = t;
             for (int a = 0; a < 3; ++a) out_points[3 * m + a] = origins[3 * r + a] + t * directions[3 * r + a];
@@ -93,33 +96,43 @@ def native_library() -> ctypes.CDLL | None:
     return _LIBRARY.get()
 
 
+def _ptr(tensor: Tensor | None):
+    return tensor.data_ptr() if tensor is not None else None
+
+
 def pack_occupied(
     rays: Tensor,
     first_k: Tensor,
     take: Tensor,
-    voxel_origin: Tensor,
-    voxel_step: Tensor,
-    mask: Tensor,
+    voxel_origin: Tensor | None,
+    voxel_step: Tensor | None,
+    mask: Tensor | None,
     t_start: Tensor,
     offsets: Tensor,
     step_size: float,
     origins: Tensor,
     directions: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
-    """``(ray_indices, k, t, points)`` of the occupied samples of a round, or ``None`` when the
-    native kernel cannot take the inputs (not CPU float32 rays, no compiler)."""
-    if origins.device.type != "cpu" or origins.dtype != torch.float32 or voxel_origin.dtype != torch.float64:
+    """``(ray_indices, k, t, points)`` of the occupied samples of a round (every sample when
+    ``mask`` is ``None``), or ``None`` when the native kernel cannot take the inputs (not CPU
+    float32 rays, no compiler)."""
+    if origins.device.type != "cpu" or origins.dtype != torch.float32:
+        return None
+    if mask is not None and (voxel_origin is None or voxel_origin.dtype != torch.float64):
         return None
     library = native_library()
     if library is None:
         return None
     rays, first_k, take = rays.contiguous(), first_k.contiguous(), take.contiguous()
-    mask_u8 = mask.contiguous().view(torch.uint8) if mask.dtype == torch.bool else mask.to(torch.uint8).contiguous()
-    nx, ny, nz = mask.shape
+    if mask is None:  # every sample
+        mask_u8, (nx, ny, nz) = None, (1, 1, 1)
+    else:
+        mask_u8 = mask.contiguous().view(torch.uint8) if mask.dtype == torch.bool else mask.to(torch.uint8).contiguous()
+        nx, ny, nz = mask.shape
     counts = torch.empty_like(rays)
     total = library.tf_pack_count(
-        rays.numel(), rays.data_ptr(), first_k.data_ptr(), take.data_ptr(), voxel_origin.data_ptr(), voxel_step.data_ptr(),
-        mask_u8.data_ptr(), nx, ny, nz, counts.data_ptr(),
+        rays.numel(), rays.data_ptr(), first_k.data_ptr(), take.data_ptr(), _ptr(voxel_origin), _ptr(voxel_step),
+        _ptr(mask_u8), nx, ny, nz, counts.data_ptr(),
     )
     starts = torch.cumsum(counts, 0) - counts
     out_rays = torch.empty(total, dtype=torch.int64)
@@ -127,8 +140,8 @@ def pack_occupied(
     out_t = torch.empty(total, dtype=torch.float32)
     out_points = torch.empty(total, 3, dtype=torch.float32)
     library.tf_pack_fill(
-        rays.numel(), rays.data_ptr(), first_k.data_ptr(), take.data_ptr(), starts.data_ptr(), voxel_origin.data_ptr(),
-        voxel_step.data_ptr(), mask_u8.data_ptr(), nx, ny, nz, t_start.contiguous().data_ptr(), offsets.contiguous().data_ptr(),
+        rays.numel(), rays.data_ptr(), first_k.data_ptr(), take.data_ptr(), starts.data_ptr(), _ptr(voxel_origin),
+        _ptr(voxel_step), _ptr(mask_u8), nx, ny, nz, t_start.contiguous().data_ptr(), offsets.contiguous().data_ptr(),
         float(step_size), origins.contiguous().data_ptr(), directions.contiguous().data_ptr(),
         out_rays.data_ptr(), out_k.data_ptr(), out_t.data_ptr(), out_points.data_ptr(),
     )

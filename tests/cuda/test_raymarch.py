@@ -627,13 +627,15 @@ def test_native_packing_equals_the_torch_packing(seed, monkeypatch):
     def color(points, dirs, times):
         return torch.sigmoid(field(points)[:, 1:])
 
-    results = []
-    for flag in ("0", "1"):
-        monkeypatch.setenv("TENSORFIELD_NATIVE_MARCH", flag)
-        field.zero_grad()
-        out = march_rays(origins, directions, density, color, aabb=aabb, step_size=0.05, near=0.1, far=10.0,
-                         occupancy=grid, background=torch.ones(3), samples_per_round=16)
-        (out.rgb.sum() + out.depth.sum()).backward()
-        results.append((out.rgb.detach(), out.depth.detach(), field.weight.grad.clone()))
-    for a, b in zip(*results):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    for occupancy in (grid, None):  # without a grid the kernel packs every sample
+        results = []
+        for flag in ("0", "1"):
+            monkeypatch.setenv("TENSORFIELD_NATIVE_MARCH", flag)
+            field.zero_grad()
+            out = march_rays(origins, directions, density, color, aabb=aabb, step_size=0.05, near=0.1, far=10.0,
+                             occupancy=occupancy, background=torch.ones(3), samples_per_round=16)
+            (out.rgb.sum() + out.depth.sum()).backward()
+            results.append((out.rgb.detach(), out.depth.detach(), field.weight.grad.clone(), out.num_samples))
+        assert results[0][3] == results[1][3] > 0
+        for a, b in zip(results[0][:3], results[1][:3]):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
