@@ -518,19 +518,26 @@ def march_rays(
                     f"density_fn must return [{rays.shape[0]}], got {tuple(sigma.shape)}"
                 )
             tau = sigma * delta
-            # T_i = exp(-(optical depth of earlier rounds + exclusive in-round cumsum of tau)),
-            # the segmented cumsum as a global float64 cumsum minus its value at ray starts.
-            counts = torch.bincount(rays, minlength=num_rays)
-            first = torch.cumsum(counts, 0) - counts
-            cumulative = torch.cat(
-                [tau.new_zeros(1, dtype=torch.float64), torch.cumsum(tau.double(), 0)]
-            )
-            at_first = cumulative.index_select(0, first)
-            before = (optical_depth - at_first).index_select(0, rays) + cumulative[:-1]
-            transmittance = torch.exp(-before).to(tau.dtype)
-            optical_depth = optical_depth + (cumulative.index_select(0, first + counts) - at_first)
+            fused = None
+            if os.environ.get("TENSORFIELD_NATIVE_MARCH", "1") != "0":
+                from tensorfield.cuda.raymarch_native import round_transmittance
 
-            weight = transmittance * -torch.expm1(-tau)
+                fused = round_transmittance(tau, rays, optical_depth)
+            if fused is not None:  # the same per-ray scan in one native pass (and its backward)
+                weight, transmittance, optical_depth = fused
+            else:
+                # T_i = exp(-(optical depth of earlier rounds + exclusive in-round cumsum of tau)),
+                # the segmented cumsum as a global float64 cumsum minus its value at ray starts.
+                counts = torch.bincount(rays, minlength=num_rays)
+                first = torch.cumsum(counts, 0) - counts
+                cumulative = torch.cat(
+                    [tau.new_zeros(1, dtype=torch.float64), torch.cumsum(tau.double(), 0)]
+                )
+                at_first = cumulative.index_select(0, first)
+                before = (optical_depth - at_first).index_select(0, rays) + cumulative[:-1]
+                transmittance = torch.exp(-before).to(tau.dtype)
+                optical_depth = optical_depth + (cumulative.index_select(0, first + counts) - at_first)
+                weight = transmittance * -torch.expm1(-tau)
             if transmittance_threshold > 0:
                 contributes = transmittance.detach() >= transmittance_threshold
                 if not bool(contributes.all()):

@@ -19,6 +19,7 @@ from tensorfield.cuda.native import NativeLibrary
 from torch import Tensor
 
 _SOURCE = r"""
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <omp.h>
@@ -76,6 +77,44 @@ int tf_pack_fill(int64_t n, const int64_t *rays, const int64_t *first_k, const i
     }
     return 0;
 }
+
+/* One marching round's transmittance and weights, per segment (the samples of one ray, in order):
+   before_i = od[r] + sum_{j<i} tau_j, T_i = exp(-before_i) (float64, then float32),
+   w_i = T_i (1 - exp(-tau_i)) (float32), and od[r] += sum tau over the segment. */
+int tf_transmittance(int64_t nseg, const int64_t *seg_start, const int64_t *seg_len, const int64_t *seg_ray,
+                     const float *tau, double *od, float *weight, float *trans) {
+    #pragma omp parallel for schedule(dynamic, 64)
+    for (int64_t s = 0; s < nseg; ++s) {
+        const int64_t r = seg_ray[s];
+        double acc = od[r];
+        for (int64_t i = seg_start[s]; i < seg_start[s] + seg_len[s]; ++i) {
+            const float T = (float)exp(-acc);
+            trans[i] = T;
+            weight[i] = T * -expm1f(-tau[i]);
+            acc += (double)tau[i];
+        }
+        od[r] = acc;
+    }
+    return 0;
+}
+
+/* Its backward: g_od holds dL/d od_out on entry and dL/d od_in on exit (for the segments' rays). */
+int tf_transmittance_backward(int64_t nseg, const int64_t *seg_start, const int64_t *seg_len, const int64_t *seg_ray,
+                              const float *tau, const float *weight, const float *trans, const float *g_w, const float *g_t,
+                              double *g_od, float *g_tau) {
+    #pragma omp parallel for schedule(dynamic, 64)
+    for (int64_t s = 0; s < nseg; ++s) {
+        const int64_t r = seg_ray[s];
+        double carry = g_od[r];
+        for (int64_t i = seg_start[s] + seg_len[s] - 1; i >= seg_start[s]; --i) {
+            const double gw = g_w ? g_w[i] : 0.0, gt = g_t ? g_t[i] : 0.0;
+            g_tau[i] = (float)(gw * (double)trans[i] * exp(-(double)tau[i]) + carry);
+            carry -= gw * (double)weight[i] + gt * (double)trans[i];
+        }
+        g_od[r] = carry;
+    }
+    return 0;
+}
 """
 
 
@@ -85,6 +124,10 @@ def _declare(library: ctypes.CDLL) -> None:
     library.tf_pack_count.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, ptr]
     library.tf_pack_fill.restype = ctypes.c_int
     library.tf_pack_fill.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, ptr, ptr, f32, ptr, ptr, ptr, ptr, ptr, ptr]
+    library.tf_transmittance.restype = ctypes.c_int
+    library.tf_transmittance.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
+    library.tf_transmittance_backward.restype = ctypes.c_int
+    library.tf_transmittance_backward.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
 
 
 # no FMA contraction: the float32 positions round like torch's separate multiply and add
@@ -146,3 +189,51 @@ def pack_occupied(
         out_rays.data_ptr(), out_k.data_ptr(), out_t.data_ptr(), out_points.data_ptr(),
     )
     return out_rays, out_k, out_t, out_points
+
+
+class _RoundTransmittance(torch.autograd.Function):
+    """``(weight, transmittance, optical_depth_out)`` of one round (see ``tf_transmittance``)."""
+
+    @staticmethod
+    def forward(ctx, tau: Tensor, optical_depth: Tensor, segments):
+        seg_start, seg_len, seg_ray = segments
+        tau = tau.contiguous()
+        od = optical_depth.detach().clone()
+        weight = torch.empty_like(tau)
+        trans = torch.empty_like(tau)
+        native_library().tf_transmittance(
+            seg_ray.numel(), seg_start.data_ptr(), seg_len.data_ptr(), seg_ray.data_ptr(), tau.data_ptr(), od.data_ptr(),
+            weight.data_ptr(), trans.data_ptr(),
+        )
+        ctx.segments = segments
+        ctx.num_rays = optical_depth.shape[0]
+        ctx.save_for_backward(tau, weight, trans)
+        return weight, trans, od
+
+    @staticmethod
+    def backward(ctx, g_weight, g_trans, g_od):
+        tau, weight, trans = ctx.saved_tensors
+        seg_start, seg_len, seg_ray = ctx.segments
+        g_od = torch.zeros(ctx.num_rays, dtype=torch.float64) if g_od is None else g_od.to(torch.float64).clone().contiguous()
+        g_tau = torch.empty_like(tau)
+        g_w = g_weight.contiguous().float() if g_weight is not None else None
+        g_t = g_trans.contiguous().float() if g_trans is not None else None
+        native_library().tf_transmittance_backward(
+            seg_ray.numel(), seg_start.data_ptr(), seg_len.data_ptr(), seg_ray.data_ptr(), tau.data_ptr(), weight.data_ptr(),
+            trans.data_ptr(), g_w.data_ptr() if g_w is not None else None, g_t.data_ptr() if g_t is not None else None,
+            g_od.data_ptr(), g_tau.data_ptr(),
+        )
+        return g_tau, g_od, None
+
+
+def round_transmittance(tau: Tensor, rays: Tensor, optical_depth: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+    """``(weight [M], transmittance [M], optical_depth [R])`` of a marching round whose samples are
+    grouped by ray (``rays`` [M]), differentiable in ``tau`` and the incoming ``optical_depth``
+    (float64); ``None`` when the native kernel cannot take the inputs."""
+    if tau.device.type != "cpu" or tau.dtype != torch.float32 or optical_depth.dtype != torch.float64:
+        return None
+    if native_library() is None:
+        return None
+    seg_ray, seg_len = torch.unique_consecutive(rays, return_counts=True)
+    seg_start = torch.cumsum(seg_len, 0) - seg_len
+    return _RoundTransmittance.apply(tau, optical_depth, (seg_start.contiguous(), seg_len.contiguous(), seg_ray.contiguous()))

@@ -639,3 +639,37 @@ def test_native_packing_equals_the_torch_packing(seed, monkeypatch):
         assert results[0][3] == results[1][3] > 0
         for a, b in zip(results[0][:3], results[1][:3]):
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_native_round_transmittance_values_and_gradients():
+    """The fused per-round scan against a float64 loop: weights, transmittance, the carried
+    optical depth, and the gradients of tau and of the incoming optical depth."""
+    from tensorfield.cuda.raymarch_native import native_library, round_transmittance
+
+    if native_library() is None:
+        pytest.skip("no C compiler for the native kernel")
+    g = torch.Generator().manual_seed(0)
+    rays = torch.tensor([1, 1, 1, 4, 4, 0, 0, 0, 0, 2])
+    tau = (torch.rand(rays.numel(), generator=g) * 0.8).requires_grad_(True)
+    od = (torch.rand(5, generator=g, dtype=torch.float64) * 0.5).requires_grad_(True)
+    weight, trans, od_out = round_transmittance(tau, rays, od)
+    gw, gt, go = torch.randn(rays.numel(), generator=g), torch.randn(rays.numel(), generator=g), torch.randn(5, generator=g, dtype=torch.float64)
+    (weight * gw).sum().backward(retain_graph=True)
+    ((trans * gt).sum() + (od_out * go).sum()).backward()
+    got = (weight.detach(), trans.detach(), od_out.detach(), tau.grad.clone(), od.grad.clone())
+
+    tau64 = tau.detach().double().requires_grad_(True)
+    od64 = od.detach().clone().requires_grad_(True)
+    acc = {r: od64[r] for r in range(5)}
+    w_ref, t_ref = [], []
+    for i, r in enumerate(rays.tolist()):
+        t = torch.exp(-acc[r])
+        t_ref.append(t)
+        w_ref.append(t * (1 - torch.exp(-tau64[i])))
+        acc[r] = acc[r] + tau64[i]
+    w_ref, t_ref, od_ref = torch.stack(w_ref), torch.stack(t_ref), torch.stack([acc[r] for r in range(5)])
+    ((w_ref * gw.double()).sum() + (t_ref * gt.double()).sum() + (od_ref * go).sum()).backward()
+    expected = (w_ref.detach(), t_ref.detach(), od_ref.detach(), tau64.grad, od64.grad)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-6)
+    assert od_out[3] == od[3]  # a ray without samples keeps its depth
