@@ -290,6 +290,11 @@ int tf_features_backward(const float *xyz, int64_t samples, const group_t *group
     free(unit_group); free(unit_k);
     return status;
 }
+
+/* grad[i] += c * sign(x[i]) (the L1 regulariser's backward, in place) */
+void tf_add_sign(int64_t n, const float *x, float *grad, float c) {
+    for (int64_t i = 0; i < n; ++i) grad[i] += x[i] > 0.0f ? c : (x[i] < 0.0f ? -c : 0.0f);
+}
 """
 
 VM, CP = 0, 1
@@ -313,6 +318,8 @@ def _declare(library: ctypes.CDLL) -> None:
     library.tf_features.argtypes = arguments
     library.tf_features_backward.restype = ctypes.c_int
     library.tf_features_backward.argtypes = arguments
+    library.tf_add_sign.restype = None
+    library.tf_add_sign.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float]
 
 
 # -O3 vectorises the per-component loops; no -ffast-math, so results stay IEEE.
@@ -421,3 +428,11 @@ def features_backward(
     if status != 0:
         raise RuntimeError("native factor-grid kernel refused its arguments")
     return grads
+
+
+def add_sign_(grad: Tensor, x: Tensor, scale: float) -> bool:
+    """``grad += scale * sign(x)`` in place (contiguous float32 CPU); ``False`` if not possible."""
+    if not (usable(grad, x) and grad.shape == x.shape):
+        return False
+    native_library().tf_add_sign(x.numel(), x.data_ptr(), grad.data_ptr(), float(scale))
+    return True

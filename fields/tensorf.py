@@ -394,7 +394,8 @@ class TensoRF(Field):
         loss = mse
         metrics = {"mse": float(mse.detach())}
         if self.l1_weight > 0:
-            l1 = self.density_grids.l1()
+            with accumulate_into_grad():
+                l1 = self.density_grids.l1()
             loss = loss + self.l1_weight * l1
             metrics["l1"] = float(l1.detach())
         decay = config.lr_decay_ratio ** ((step + 1) / self._decay_steps)
