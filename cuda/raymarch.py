@@ -669,8 +669,15 @@ def rays_hit_occupancy(
             o, d, box, near, far, offsets, step_size, max_samples_per_ray, occupancy
         )
         take = (k_end - k_begin).clamp_(min=0)
-        rays, k = _packed_indices(torch.arange(o.shape[0], device=o.device), k_begin, take)
         sampler = _RaySamples(o, d, t_start, offsets, step_size, occupancy)
+        if os.environ.get("TENSORFIELD_NATIVE_MARCH", "1") != "0":
+            from tensorfield.cuda.raymarch_native import any_occupied
+
+            native = any_occupied(k_begin, take, sampler._voxel_origin, sampler._voxel_step, occupancy.mask)
+            if native is not None:
+                hits.append(native)
+                continue
+        rays, k = _packed_indices(torch.arange(o.shape[0], device=o.device), k_begin, take)
         occupied = rays[sampler.occupied(rays, k)]
         hits.append(
             torch.zeros(o.shape[0], dtype=torch.bool, device=o.device).index_fill_(

@@ -58,6 +58,19 @@ int64_t tf_pack_count(int64_t n, const int64_t *rays, const int64_t *first_k, co
     return total;
 }
 
+/* hit[r] = 1 if any sample k in [first_k[r], first_k[r] + take[r]) of ray r is occupied (early exit) */
+int tf_any_occupied(int64_t n, const int64_t *first_k, const int64_t *take, const double *voxel_origin,
+                    const double *voxel_step, const uint8_t *mask, int64_t nx, int64_t ny, int64_t nz, uint8_t *hit) {
+    #pragma omp parallel for schedule(dynamic, 256)
+    for (int64_t r = 0; r < n; ++r) {
+        uint8_t any = 0;
+        for (int64_t k = first_k[r]; k < first_k[r] + take[r] && !any; ++k)
+            any = (uint8_t)occupied(voxel_origin + 3 * r, voxel_step + 3 * r, k, mask, nx, ny, nz);
+        hit[r] = any;
+    }
+    return 0;
+}
+
 /* the occupied samples, grouped by live ray in order: ray index, k, t and the point */
 int tf_pack_fill(int64_t n, const int64_t *rays, const int64_t *first_k, const int64_t *take, const int64_t *starts,
                  const double *voxel_origin, const double *voxel_step, const uint8_t *mask, int64_t nx, int64_t ny, int64_t nz,
@@ -124,6 +137,8 @@ def _declare(library: ctypes.CDLL) -> None:
     library.tf_pack_count.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, ptr]
     library.tf_pack_fill.restype = ctypes.c_int
     library.tf_pack_fill.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, ptr, ptr, f32, ptr, ptr, ptr, ptr, ptr, ptr]
+    library.tf_any_occupied.restype = ctypes.c_int
+    library.tf_any_occupied.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, ptr]
     library.tf_transmittance.restype = ctypes.c_int
     library.tf_transmittance.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
     library.tf_transmittance_backward.restype = ctypes.c_int
@@ -237,3 +252,18 @@ def round_transmittance(tau: Tensor, rays: Tensor, optical_depth: Tensor) -> tup
     seg_ray, seg_len = torch.unique_consecutive(rays, return_counts=True)
     seg_start = torch.cumsum(seg_len, 0) - seg_len
     return _RoundTransmittance.apply(tau, optical_depth, (seg_start.contiguous(), seg_len.contiguous(), seg_ray.contiguous()))
+
+
+def any_occupied(first_k: Tensor, take: Tensor, voxel_origin: Tensor, voxel_step: Tensor, mask: Tensor) -> Tensor | None:
+    """``[R]`` bool: does ray ``r`` have an occupied sample ``k`` in ``[first_k, first_k + take)``
+    (voxel coordinates ``voxel_origin + k voxel_step`` in float64)? ``None`` if not native."""
+    library = native_library()
+    if library is None or voxel_origin.device.type != "cpu" or voxel_origin.dtype != torch.float64:
+        return None
+    mask_u8 = mask.contiguous().view(torch.uint8) if mask.dtype == torch.bool else mask.to(torch.uint8).contiguous()
+    hit = torch.empty(first_k.numel(), dtype=torch.uint8)
+    library.tf_any_occupied(
+        first_k.numel(), first_k.contiguous().data_ptr(), take.contiguous().data_ptr(), voxel_origin.contiguous().data_ptr(),
+        voxel_step.contiguous().data_ptr(), mask_u8.data_ptr(), *mask.shape, hit.data_ptr(),
+    )
+    return hit.bool()

@@ -464,7 +464,9 @@ def test_empty_voxels_never_reach_the_field():
     assert out.num_samples == int(grid.query(points).sum())
 
 
-def test_rays_hit_occupancy():
+@pytest.mark.parametrize("native", ["1", "0"], ids=["native", "torch"])
+def test_rays_hit_occupancy(native, monkeypatch):
+    monkeypatch.setenv("TENSORFIELD_NATIVE_MARCH", native)
     grid = random_grid(resolution=(8, 8, 8), fraction=0.02, seed=8)
     origins, directions = random_rays(60, seed=8)
     hits = rays_hit_occupancy(
