@@ -1,13 +1,19 @@
-"""Native sample packing for the ray marcher (:func:`tensorfield.cuda.raymarch.march_rays`).
+"""Native pieces of the ray marcher (:func:`tensorfield.cuda.raymarch.march_rays`).
 
-Each marching round enumerates, for every live ray, samples ``k`` in ``[first_k, first_k + take)``
-and keeps those whose voxel in the occupancy grid is occupied; in torch that is a dozen passes
-over every candidate (repeat, cumsum, gathers, the voxel arithmetic, a mask gather, nonzero,
-more gathers). Here it is two parallel passes in C (count per ray, then fill), producing the same
-packed ``(ray, k, t, point)`` arrays in the same order: candidates in voxel units in float64
-``origin + k * step`` (the torch path uses the same float64 arithmetic), positions in float32
-exactly as :meth:`tensorfield.cuda.raymarch._RaySamples.positions`. No gradients are involved
-(positions depend only on the rays). ``TENSORFIELD_NATIVE=0`` or no compiler: the torch path.
+* :func:`pack_occupied`: each marching round enumerates, for every live ray, samples ``k`` in
+  ``[first_k, first_k + take)`` and keeps those in occupied voxels of the occupancy grid (all of
+  them without a grid). In torch that is a dozen passes over every candidate (repeat, cumsum,
+  gathers, the voxel arithmetic, a mask gather, nonzero, more gathers); here two parallel passes
+  (count per ray, then fill) give the same packed ``(ray, k, t, point)`` arrays in the same order:
+  voxel coordinates ``origin + k * step`` in float64 (the torch path uses the same float64
+  arithmetic), positions in float32 as :meth:`tensorfield.cuda.raymarch._RaySamples.positions`.
+* :func:`round_transmittance`: the round's per-ray scan ``T_i = exp(-(depth so far))``,
+  ``w_i = T_i (1 - exp(-tau_i))`` with the optical depth carried in float64 across rounds, and
+  its backward (gradients of ``tau`` and of the incoming depth).
+* :func:`any_occupied`: whether any sample of a ray is occupied (TensoRF's ray filtering).
+
+All are tested against the torch path (``tests/cuda/test_raymarch.py``); ``TENSORFIELD_NATIVE=0``
+(or ``TENSORFIELD_NATIVE_MARCH=0``, or no compiler) runs the torch path.
 """
 
 from __future__ import annotations
