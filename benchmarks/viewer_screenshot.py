@@ -7,6 +7,7 @@ writes the window (panel, frame and status bar) as a PNG. A dynamic run is shown
 
     python benchmarks/viewer_screenshot.py --run runs/lego --out viewer.png
     python benchmarks/viewer_screenshot.py                 # trains a tiny 4D Gaussian run on the dynamic synthetic scene
+    xvfb-run -a python benchmarks/viewer_screenshot.py --height 384 --out docs/viewer_4d.png   # the README's picture
     xvfb-run -a python benchmarks/viewer_screenshot.py --run runs/dnerf_4d --time 0.4
 
 Prints one JSON line (the PNG's path and what was shown).
@@ -55,6 +56,7 @@ def main() -> int:
     parser.add_argument("--out", default="viewer_screenshot.png")
     parser.add_argument("--time", type=float, default=0.5, help="time shown for dynamic scenes")
     parser.add_argument("--mode", default="rgb", choices=["rgb", "depth", "alpha"])
+    parser.add_argument("--height", type=int, default=None, help="render height in pixels (default: the dataset's)")
     parser.add_argument("--size", type=int, nargs=2, default=(1100, 700), metavar=("W", "H"))
     parser.add_argument("--xvfb", action="store_true", help="re-run itself under xvfb-run (needs Xvfb)")
     args = parser.parse_args()
@@ -88,6 +90,8 @@ def main() -> int:
     if window.session.is_dynamic:
         window.set_time(args.time)
     window.mode_combo.setCurrentText(args.mode)
+    if args.height:
+        window.height_spin.setValue(args.height)
     window.orbit(0.35, 0.15)
     while not window.wait_idle() and time.monotonic() < deadline:
         app.processEvents()
