@@ -183,6 +183,21 @@ def sample_line(table: Tensor, coord: Tensor) -> Tensor:
     return _LineSample.apply(table, coord.detach().contiguous())
 
 
+def sample_dense(grid: Tensor, xyz: Tensor) -> Tensor:
+    """Trilinearly interpolate a dense ``[Z, Y, X, C]`` grid at normalised ``xyz [S, 3]`` -> ``[S, C]``.
+
+    The factors' convention (``align_corners=True``, zero padding). Inference only: the native
+    kernel on float32 CPU tensors, else ``F.grid_sample`` (5D), which is also differentiable.
+    """
+    xyz = xyz.contiguous()
+    native = grid_kernels.trilinear(grid, xyz)
+    if native is not None:
+        return native
+    volume = grid.permute(3, 0, 1, 2).unsqueeze(0)  # [1, C, Z, Y, X]; grid_sample's (x, y, z) = (W, H, D)
+    out = F.grid_sample(volume, xyz.to(grid.dtype).view(1, -1, 1, 1, 3), mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out[0, :, :, 0, 0].t()
+
+
 def sample_plane_reference(table: Tensor, uv: Tensor) -> Tensor:
     """Obviously-right bilinear interpolation (loops over the four corners), for tests.
 
@@ -378,6 +393,31 @@ class FactorGrids(nn.Module, abc.ABC):
         """All factor parameters."""
         return list(self.parameters())
 
+    @torch.no_grad()
+    def dense(self, weights: Tensor | None = None) -> Tensor:
+        """The represented tensor, mixed by ``weights``, as a dense ``[Z, Y, X, C]`` grid.
+
+        ``dense(W)[z, y, x] = W @ G[x, y, z]`` for the ``[C, feature_dim]`` matrix ``W``
+        (``None``: a row of ones, i.e. the density feature sum, ``C = 1``). Interpolating a
+        product of interpolated factors is interpolating their outer product, so
+        :func:`sample_dense` of this grid equals ``features(xyz) @ W.T`` (the render cache of
+        TensoRF: 8 taps of C channels per sample instead of every component of every factor).
+        Built slice by slice from small matrix products; never materialises ``G``.
+        """
+        if weights is None:
+            weights = self.tables()[0].new_ones(1, self.feature_dim)
+        if weights.dim() != 2 or weights.shape[1] != self.feature_dim:
+            raise ValueError(f"weights must be [C, {self.feature_dim}], got {tuple(weights.shape)}")
+        size_x, size_y, size_z = self.resolution
+        weights = weights.to(self.tables()[0])
+        out = weights.new_empty(size_z, size_y, size_x, weights.shape[0])
+        self._dense_into(out, weights)
+        return out
+
+    @abc.abstractmethod
+    def _dense_into(self, out: Tensor, weights: Tensor) -> None:
+        """Fill ``out [Z, Y, X, C]`` (see :meth:`dense`)."""
+
     # resampling -------------------------------------------------------------
     @torch.no_grad()
     def upsample(self, resolution: Sequence[int]) -> None:
@@ -446,6 +486,21 @@ class VectorMatrixGrids(FactorGrids):
     @property
     def feature_dim(self) -> int:
         return sum(self.components)
+
+    def _dense_into(self, out: Tensor, weights: Tensor) -> None:
+        # planes: 0 [Y, X, R0] x line [Z, R0]; 1 [Z, X, R1] x line [Y, R1]; 2 [Z, Y, R2] x line [X, R2]
+        size_z, size_y, size_x, channels = out.shape
+        w0, w1, w2 = (w.t() for w in weights.split(list(self.components), dim=1))  # [R_m, C]
+        p0, p1, p2 = self.planes
+        l0, l1, l2 = self.lines
+        mix2 = (l2.t()[:, :, None] * w2[:, None, :]).reshape(-1, size_x * channels)  # [R2, X C]
+        flat0 = p0.reshape(size_y * size_x, -1)
+        for z in range(size_z):
+            target = out[z].view(size_y, size_x * channels)
+            torch.mm(p2[z], mix2, out=target)
+            mix1 = (p1[z].t()[:, :, None] * w1[:, None, :]).reshape(-1, size_x * channels)  # [R1, X C]
+            target.addmm_(l1, mix1)
+            out[z].view(size_y * size_x, channels).addmm_(flat0, l0[z][:, None] * w0)
 
     def _mode_products(self, xyz: Tensor) -> list[Tensor]:
         out = []
@@ -542,6 +597,14 @@ class CandecompGrids(FactorGrids):
             return None
         layout = ((grid_kernels.CP, (0, 1, 2), VECTOR_AXES, tuple(self.resolution[c] for c in VECTOR_AXES)),)
         return _FusedFeatures.apply(xyz, reduce, layout, *tables)
+
+    def _dense_into(self, out: Tensor, weights: Tensor) -> None:
+        # lines: 0 over z, 1 over y, 2 over x (VECTOR_AXES)
+        size_z, size_y, size_x, channels = out.shape
+        lz, ly, lx = self.lines
+        mix = lx.t()[:, :, None] * weights.t()[:, None, :]  # [R, X, C]
+        for z in range(size_z):
+            torch.mm(ly, (lz[z][:, None, None] * mix).reshape(-1, size_x * channels), out=out[z].view(size_y, size_x * channels))
 
     def feature_sum(self, xyz: Tensor) -> Tensor:
         """``[S]``: :math:`\\sum_k v_{0,k}(z) v_{1,k}(y) v_{2,k}(x)` (the density feature)."""

@@ -291,6 +291,88 @@ int tf_features_backward(const float *xyz, int64_t samples, const group_t *group
     return status;
 }
 
+/* Trilinear interpolation of a dense channel-last grid [Z, Y, X, C] (inference only: the
+   render cache of a factorised field, see FactorGrids.dense). Same corner rule as the factors
+   (align_corners=True, zero padding), so interpolating the dense outer-product tensor equals
+   the product of the interpolated factors. Threads own sample ranges. */
+typedef struct {
+    const float *grid; int64_t size[3], channels;
+    const float *xyz; float *out; int64_t begin, end;
+} dense_job_t;
+
+/* the four (z, y) rows of a sample's cell: row r = (a, b) starts at grid + base[r] * C, and the
+   two x corners are at offsets i0 * C and i1 * C from it */
+typedef struct { int64_t base[4], i0, i1; float w[4], wi0, wi1; } cell_t;
+
+static inline void dense_cell(const float *x, int64_t X, int64_t Y, int64_t Z, cell_t *cell) {
+    int64_t k[2], l[2];
+    float wk[2], wl[2];
+    axis_corners(x[0], X, &cell->i0, &cell->i1, &cell->wi0, &cell->wi1);
+    axis_corners(x[1], Y, &k[0], &k[1], &wk[0], &wk[1]);
+    axis_corners(x[2], Z, &l[0], &l[1], &wl[0], &wl[1]);
+    for (int a = 0; a < 2; ++a)
+        for (int b = 0; b < 2; ++b) {
+            cell->base[2 * a + b] = (l[a] * Y + k[b]) * X;
+            cell->w[2 * a + b] = wl[a] * wk[b];
+        }
+}
+
+static void *dense_job(void *arg) {
+    const dense_job_t *j = (const dense_job_t *)arg;
+    const int64_t C = j->channels, X = j->size[0], Y = j->size[1], Z = j->size[2];
+    for (int64_t s = j->begin; s < j->end; ++s) {
+        if (s + AHEAD < j->end) { /* the rows of a sample a few ahead: the grid is larger than the caches */
+            cell_t ahead;
+            dense_cell(j->xyz + 3 * (s + AHEAD), X, Y, Z, &ahead);
+            for (int r = 0; r < 4; ++r) {
+                const float *row = j->grid + (ahead.base[r] + ahead.i0) * C;
+                for (int64_t c = 0; c < 2 * C; c += 16) __builtin_prefetch(row + c, 0, 1);
+            }
+        }
+        cell_t cell;
+        dense_cell(j->xyz + 3 * s, X, Y, Z, &cell);
+        float *restrict o = j->out + s * C;
+        if (C == 1) { /* the density sum */
+            float acc = 0.0f;
+            for (int r = 0; r < 4; ++r) {
+                const float *row = j->grid + cell.base[r];
+                acc += cell.w[r] * (cell.wi0 * row[cell.i0] + cell.wi1 * row[cell.i1]);
+            }
+            o[0] = acc;
+            continue;
+        }
+        for (int64_t c = 0; c < C; ++c) o[c] = 0.0f;
+        for (int r = 0; r < 4; ++r) {
+            if (cell.w[r] == 0.0f) continue;
+            const float *restrict r0 = j->grid + (cell.base[r] + cell.i0) * C;
+            const float *restrict r1 = j->grid + (cell.base[r] + cell.i1) * C;
+            const float w0 = cell.w[r] * cell.wi0, w1 = cell.w[r] * cell.wi1;
+            for (int64_t c = 0; c < C; ++c) o[c] += w0 * r0[c] + w1 * r1[c];
+        }
+    }
+    return 0;
+}
+
+int tf_trilinear(const float *grid, int64_t X, int64_t Y, int64_t Z, int64_t C,
+                 const float *xyz, int64_t samples, float *out, int threads) {
+    if (C < 1 || X < 1 || Y < 1 || Z < 1) return -1;
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    dense_job_t jobs[MAX_THREADS];
+    pthread_t ids[MAX_THREADS];
+    for (int t = 0; t < threads; ++t) {
+        dense_job_t job = {grid, {X, Y, Z}, C, xyz, out, samples * t / threads, samples * (t + 1) / threads};
+        jobs[t] = job;
+    }
+    int started = 1;
+    for (int t = 1; t < threads; ++t, ++started)
+        if (pthread_create(&ids[t], 0, dense_job, &jobs[t]) != 0) break;
+    dense_job(&jobs[0]);
+    for (int t = 1; t < started; ++t) pthread_join(ids[t], 0);
+    for (int t = started; t < threads; ++t) dense_job(&jobs[t]);
+    return 0;
+}
+
 /* grad[i] += c * sign(x[i]) (the L1 regulariser's backward, in place) */
 void tf_add_sign(int64_t n, const float *x, float *grad, float c) {
     for (int64_t i = 0; i < n; ++i) grad[i] += x[i] > 0.0f ? c : (x[i] < 0.0f ? -c : 0.0f);
@@ -318,6 +400,8 @@ def _declare(library: ctypes.CDLL) -> None:
     library.tf_features.argtypes = arguments
     library.tf_features_backward.restype = ctypes.c_int
     library.tf_features_backward.argtypes = arguments
+    library.tf_trilinear.restype = ctypes.c_int
+    library.tf_trilinear.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 4 + [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
     library.tf_add_sign.restype = None
     library.tf_add_sign.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float]
 
@@ -436,3 +520,22 @@ def add_sign_(grad: Tensor, x: Tensor, scale: float) -> bool:
         return False
     native_library().tf_add_sign(x.numel(), x.data_ptr(), grad.data_ptr(), float(scale))
     return True
+
+
+def trilinear(grid: Tensor, xyz: Tensor) -> Tensor | None:
+    """Trilinear interpolation of a dense ``[Z, Y, X, C]`` grid at normalised ``xyz [S, 3]``.
+
+    Inference only (no gradient). ``align_corners=True`` with zero padding, the factors' own
+    convention. Returns ``[S, C]``, or ``None`` when the kernels cannot take these tensors.
+    """
+    if grid.dim() != 4 or not usable(grid, xyz) or xyz.dim() != 2 or xyz.shape[1] != 3:
+        return None
+    depth, height, width, channels = (int(v) for v in grid.shape)
+    out = xyz.new_empty(xyz.shape[0], channels)
+    status = native_library().tf_trilinear(
+        grid.data_ptr(), width, height, depth, channels, xyz.data_ptr(), xyz.shape[0], out.data_ptr(),
+        _threads(xyz.shape[0]),
+    )
+    if status != 0:
+        raise RuntimeError("native trilinear kernel refused its arguments")
+    return out

@@ -85,6 +85,7 @@ from tensorfield.fields.factor_grids import (
     FactorGrids,
     VectorMatrixGrids,
     accumulate_into_grad,
+    sample_dense,
 )
 from torch import Tensor, nn
 
@@ -120,7 +121,9 @@ class TensoRFConfig(MethodConfig):
     weight_threshold: float = option(1e-4, "Colour is evaluated only where the sample weight exceeds this.")
     transmittance_threshold: float = option(1e-4, "Stop a ray once its transmittance drops below this (0 = never, as the official code).")
     march_round_samples: int = option(64, "Ray-marching granularity of early termination: samples per ray in the first round (doubling after); speed only, not values.")
+    render_cache_mb: float = option(1024.0, "Inference only: bake the density (and, if it fits too, the basis-mixed appearance) into dense grids of at most this many MB, interpolated with 8 taps instead of every factor; 0 = off. Same values to float rounding.")
     color_chunk: int = option(16384, "Run the shader MLP in chunks of this many samples (smaller temporaries; 0 = one chunk).")
+    color_chunk_render: int = option(4096, "Shader chunk without gradients (rendering): temporaries that stay in cache, ~1.3x faster than 16384 on a 2-core CPU.")
     # alpha mask
     alpha_mask_steps: list[int] = option([2000, 4000], "Steps after which the alpha mask is rebuilt (first: shrink the box; second: filter rays).")
     alpha_mask_threshold: float = option(1e-4, "Alpha above which a (max-pooled) grid vertex counts as occupied.")
@@ -172,6 +175,15 @@ def _after_load_hook(module: TensoRF, incompatible_keys) -> None:
     module._after_load()
 
 
+@dataclass
+class RenderCache:
+    """Dense inference grids of a :class:`TensoRF` (see :meth:`TensoRF.render_cache`)."""
+
+    key: tuple
+    density: Tensor  # [Z, Y, X, 1] density feature sum
+    app: Tensor | None  # [Z, Y, X, app_dim] basis-mixed appearance features, if within budget
+
+
 class TensoRF(Field):
     """TensoRF VM / CP radiance field, trained on random rays and rendered by the ray marcher.
 
@@ -216,6 +228,7 @@ class TensoRF(Field):
         self.alpha_mask_updates = 0  # how many alpha-mask updates have happened
         self.lr_scale = 1.0  # learning-rate multiplier of the next param_groups()
         self._occupancy: OccupancyGrid | None = None
+        self._render_cache: RenderCache | None = None
         self.register_load_state_dict_post_hook(_after_load_hook)
 
     # ------------------------------------------------------------------ geometry
@@ -276,19 +289,65 @@ class TensoRF(Field):
     # ------------------------------------------------------------------ field
     def density(self, points: Tensor, times: Tensor | None = None) -> Tensor:
         """``[S]`` density :math:`\\mathrm{softplus}(\\sum \\mathcal{G}_\\sigma(\\hat x) + s)` at world points ``[S, 3]``."""
-        feature = self.density_grids.feature_sum(self.normalize(points))
+        cache = self.render_cache()
+        if cache is not None:
+            feature = sample_dense(cache.density, self.normalize(points))[:, 0]
+        else:
+            feature = self.density_grids.feature_sum(self.normalize(points))
         return F.softplus(feature + self.config.density_shift)
+
+    # ------------------------------------------------------------------ render cache
+    def render_cache(self) -> RenderCache | None:
+        """The dense render cache, (re)built for the current parameters; ``None`` when unused.
+
+        Used only for inference: in eval mode (``model.eval()``) with gradients off, and when
+        ``config.render_cache_mb`` allows. :meth:`.FactorGrids.dense` bakes the density feature
+        sum (``[Z, Y, X, 1]``) and, when it fits the budget too, the appearance features already
+        mixed by the basis ``B`` (``[Z, Y, X, app_dim]``); interpolating them gives the factorised
+        values to float rounding, with 8 taps per sample instead of every component of every factor
+        (and no basis product). The cache is keyed by every parameter's storage and version
+        counter, so any in-place update (an optimiser step, ``load_state_dict``), upsampling or
+        shrinking rebuilds it on the next render; ``model.train()`` drops it.
+        """
+        budget = float(self.config.render_cache_mb) * 2**20
+        if self.training or torch.is_grad_enabled() or budget <= 0:
+            return None
+        key = (budget, *((t.data_ptr(), t._version, tuple(t.shape)) for t in (*self.parameters(), self.aabb)))
+        cached = self._render_cache
+        if cached is not None and cached.key == key:
+            return cached
+        self._render_cache = None
+        voxels = math.prod(self.resolution)
+        bytes_per = self.aabb.element_size() if self.aabb.is_floating_point() else 4
+        if voxels * bytes_per > budget:
+            return None
+        density = self.density_grids.dense()
+        app = None
+        if voxels * bytes_per * (1 + self.config.app_dim) <= budget:
+            app = self.app_grids.dense(self.basis.weight)
+        self._render_cache = RenderCache(key, density, app)
+        return self._render_cache
+
+    def train(self, mode: bool = True) -> TensoRF:
+        if mode:
+            self._render_cache = None
+        return super().train(mode)
 
     def color(self, points: Tensor, directions: Tensor, times: Tensor | None = None) -> Tensor:
         """``[S, 3]`` colour :math:`S(B \\mathcal{G}_c(\\hat x), d)` at world points and unit directions.
 
-        The grid features and the basis are computed in one pass, the shader MLP in chunks of
-        ``config.color_chunk`` samples (the same values and gradients, but ``[S, 150]`` /
-        ``[S, 128]`` temporaries small enough for the allocator to recycle instead of mapping
-        fresh pages at every step).
+        The grid features and the basis are computed in one pass (or read from the
+        :meth:`render_cache` when rendering), the shader MLP in chunks of ``config.color_chunk``
+        samples (``color_chunk_render`` without gradients): the same values and gradients, but
+        ``[S, 150]`` / ``[S, 128]`` temporaries small enough for the allocator to recycle instead
+        of mapping fresh pages at every step.
         """
-        features = self.basis(self.app_grids.features(self.normalize(points)))
-        chunk = int(self.config.color_chunk)
+        cache = self.render_cache()
+        if cache is not None and cache.app is not None:
+            features = sample_dense(cache.app, self.normalize(points))
+        else:
+            features = self.basis(self.app_grids.features(self.normalize(points)))
+        chunk = int(self.config.color_chunk if torch.is_grad_enabled() else self.config.color_chunk_render)
         if chunk <= 0 or points.shape[0] <= chunk:
             return self.shader(features, directions)
         return torch.cat([self.shader(f, d) for f, d in zip(features.split(chunk), directions.split(chunk))])

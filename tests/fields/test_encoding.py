@@ -71,3 +71,36 @@ def test_float64_uses_the_plain_path():
     out = shader(features, F.normalize(torch.randn(10, 3, dtype=torch.float64), dim=-1))
     assert out.dtype == torch.float64
     assert torch.autograd.gradcheck(lambda f: shader(f, torch.ones(10, 3, dtype=torch.float64) / math.sqrt(3)), (features,))
+
+
+def reference_input(features: torch.Tensor, dirs: torch.Tensor, feature_pe: int, view_pe: int) -> torch.Tensor:
+    """``[f, d, PE(f), PE(d)]`` in float64 from the float32 values (sin/cos of each octave directly)."""
+    f, d = features.double(), dirs.double()
+    return torch.cat([f, d, positional_encoding(f, feature_pe), positional_encoding(d, view_pe)], dim=-1)
+
+
+@pytest.mark.parametrize("feature_pe,view_pe", [(2, 2), (0, 4), (5, 1), (9, 0)])
+def test_native_shader_input_matches_float64(feature_pe, view_pe):
+    g = torch.Generator().manual_seed(feature_pe * 10 + view_pe)
+    features = torch.randn(700, 27, generator=g) * 4
+    features[:50] *= 3000  # beyond the polynomial's range reduction: the libm fall-back
+    features[50, 3], features[51, 4], features[52, 5] = float("inf"), float("-inf"), float("nan")
+    dirs = F.normalize(torch.randn(700, 3, generator=g), dim=-1)
+    native = encoding.shader_input_native(features, dirs, feature_pe, view_pe)
+    if native is None:
+        pytest.skip("no C compiler")
+    expected = reference_input(features, dirs, feature_pe, view_pe)
+    assert native.shape == expected.shape
+    finite = torch.isfinite(expected)
+    assert torch.equal(torch.isnan(native), torch.isnan(expected))
+    # one octave from sin/cos (~1 ulp), then double-angle steps (about an ulp each, 3 at most)
+    assert float((native.double() - expected)[finite].abs().max()) < 4e-6
+
+
+def test_torch_fallback_encoding_matches_float64():
+    g = torch.Generator().manual_seed(3)
+    values = torch.randn(200, 5, generator=g) * 3
+    for octaves in (1, 2, 4, 6):
+        x = torch.empty(200, 2 * 5 * octaves)
+        encoding._encode_into(x, values, 0, octaves)
+        torch.testing.assert_close(x.double(), positional_encoding(values.double(), octaves), rtol=0, atol=4e-6)

@@ -18,6 +18,7 @@ from tensorfield.fields.factor_grids import (
     VectorMatrixGrids,
     bilinear_corners,
     off_diagonal_gram,
+    sample_dense,
     sample_line,
     sample_line_reference,
     sample_plane,
@@ -317,3 +318,58 @@ def test_accumulate_into_grad_equals_autograd():
     for a, b in zip(*results):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
         assert float(a.abs().sum()) > 0
+
+
+def dense_reference(grid: torch.Tensor, xyz: torch.Tensor) -> torch.Tensor:
+    """Trilinear interpolation of ``[Z, Y, X, C]`` by looping over the 8 corners (float64, zero padding)."""
+    size = [grid.shape[2], grid.shape[1], grid.shape[0]]
+    out = torch.zeros(xyz.shape[0], grid.shape[3], dtype=F64)
+    p = [(xyz[:, a].double() + 1) / 2 * (size[a] - 1) for a in range(3)]
+    lo = [torch.floor(q) for q in p]
+    for corner in range(8):
+        bits = [(corner >> a) & 1 for a in range(3)]
+        index = [(lo[a] + bits[a]).long() for a in range(3)]
+        weight = torch.ones(xyz.shape[0], dtype=F64)
+        inside = torch.ones(xyz.shape[0], dtype=torch.bool)
+        for a in range(3):
+            frac = p[a] - lo[a]
+            weight = weight * (frac if bits[a] else 1 - frac)
+            inside &= (index[a] >= 0) & (index[a] < size[a])
+        ix, iy, iz = (index[a].clamp(0, size[a] - 1) for a in range(3))
+        out += (weight * inside)[:, None] * grid.double()[iz, iy, ix]
+    return out
+
+
+@pytest.mark.parametrize("factory", [lambda g: VectorMatrixGrids([3, 4, 5], (7, 9, 11), 0.5, g), lambda g: CandecompGrids(6, (8, 5, 10), 0.5, g)])
+def test_dense_grid_interpolates_to_the_factorised_features_float64(factory):
+    g = torch.Generator().manual_seed(5)
+    grids = factory(g).double()
+    weights = torch.randn(4, grids.feature_dim, generator=g, dtype=F64)
+    xyz = random_coords(500, 3, g)
+    dense = grids.dense(weights)
+    assert dense.shape == (grids.resolution[2], grids.resolution[1], grids.resolution[0], 4)
+    with torch.no_grad():
+        expected = grids.features(xyz) @ weights.t()
+        torch.testing.assert_close(sample_dense(dense, xyz), expected, rtol=0, atol=1e-12)  # torch path
+        torch.testing.assert_close(dense_reference(dense, xyz), expected, rtol=0, atol=1e-12)
+        total = grids.dense()
+        assert total.shape[-1] == 1
+        torch.testing.assert_close(sample_dense(total, xyz)[:, 0], grids.feature_sum(xyz), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels", [1, 5, 27])
+def test_native_trilinear_matches_float64_reference(channels):
+    if grid_kernels.native_library() is None:
+        pytest.skip("no C compiler")
+    g = torch.Generator().manual_seed(channels)
+    grid = torch.randn(6, 9, 7, channels, generator=g)
+    xyz = random_coords(3000, 3, g).float()
+    xyz[2] = float("nan")
+    native = grid_kernels.trilinear(grid, xyz)
+    assert native is not None and native.shape == (3000, channels)
+    expected = dense_reference(grid, xyz)
+    expected[2] = 0.0  # non-finite coordinates get no weight
+    torch.testing.assert_close(native.double(), expected, rtol=2e-6, atol=2e-6)  # float32 rounding
+    # the torch path (grid_sample) agrees too
+    torch.testing.assert_close(sample_dense(grid.double(), xyz.double())[3:], expected[3:], rtol=0, atol=1e-12)
+    assert grid_kernels.trilinear(grid.double(), xyz) is None  # float64 is not the kernel's

@@ -430,3 +430,62 @@ def test_yaml_configs_use_exact_field_names(name, mode):
     config = replace(TensoRFConfig(), **values)
     assert resolve_mode(config) == mode
     assert len(config.upsample_steps) >= 1 and len(config.alpha_mask_steps) >= 2
+
+
+# ------------------------------------------------------------------------------ render cache
+@pytest.mark.parametrize("method", ["tensorf_vm", "tensorf_cp"])
+def test_render_cache_gives_the_factorised_render_and_follows_parameter_changes(method):
+    model = TensoRF(tiny_config(method=method, density_shift=0.0), scene_info())  # dense and coloured everywhere
+    rays = ball_rays(300, seed=4)
+    train(model, range(0, 45), rays)  # past an upsampling and the first alpha mask (box shrunk)
+    origins, directions, _ = rays
+    model.eval()
+
+    def render(cache_mb: float):
+        model.config.render_cache_mb = cache_mb
+        return model.render_rays(origins, directions, background=torch.ones(3))
+
+    plain = render(0)
+    assert float(plain.alpha.mean()) > 0.3 and float(plain.rgb.std()) > 0.02  # a scene worth comparing
+    with torch.no_grad():
+        assert model.render_cache() is None
+    cached = render(1024)
+    with torch.no_grad():
+        cache = model.render_cache()
+    assert cache is not None and cache.app is not None
+    assert cache.density.shape == (*reversed(model.resolution), 1)
+    assert cache.app.shape == (*reversed(model.resolution), model.config.app_dim)
+    for a, b in ((cached.rgb, plain.rgb), (cached.depth, plain.depth), (cached.alpha, plain.alpha)):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-5)
+    with torch.no_grad():
+        assert model.render_cache() is cache  # reused while nothing changes
+
+    # an in-place update (what an optimiser step does) rebuilds it on the next render
+    with torch.no_grad():
+        model.density_grids.tables()[0].mul_(0.5)
+        model.basis.weight.mul_(-1.0)
+    changed_plain = render(0)
+    changed = render(1024)
+    with torch.no_grad():
+        assert model.render_cache() is not cache
+    torch.testing.assert_close(changed.rgb, changed_plain.rgb, rtol=0, atol=2e-5)
+    assert float((changed.rgb - cached.rgb).abs().max()) > 1e-3
+
+    # a budget that holds only the density: appearance stays factorised
+    voxels = math.prod(model.resolution)
+    model.config.render_cache_mb = 1.5 * voxels * 4 / 2**20
+    density_only = render(model.config.render_cache_mb)
+    with torch.no_grad():
+        assert model.render_cache().app is None
+    torch.testing.assert_close(density_only.rgb, changed_plain.rgb, rtol=0, atol=2e-5)
+    model.config.render_cache_mb = 0.5 * voxels * 4 / 2**20
+    with torch.no_grad():
+        assert model.render_cache() is None
+
+    # never in training mode or with gradients
+    model.config.render_cache_mb = 1024
+    with torch.enable_grad():
+        assert model.render_cache() is None
+    model.train()
+    with torch.no_grad():
+        assert model._render_cache is None and model.render_cache() is None
