@@ -183,16 +183,29 @@ def sample_line(table: Tensor, coord: Tensor) -> Tensor:
     return _LineSample.apply(table, coord.detach().contiguous())
 
 
-def sample_dense(grid: Tensor, xyz: Tensor) -> Tensor:
+def sample_dense(grid: Tensor, xyz: Tensor, box: Tensor | None = None, softplus_shift: float | None = None) -> Tensor:
     """Trilinearly interpolate a dense ``[Z, Y, X, C]`` grid at normalised ``xyz [S, 3]`` -> ``[S, C]``.
 
-    The factors' convention (``align_corners=True``, zero padding). Inference only: the native
-    kernel on float32 CPU tensors, else ``F.grid_sample`` (5D), which is also differentiable.
+    The factors' convention (``align_corners=True``, zero padding). With ``box`` (``[2, 3]``),
+    ``xyz`` are world points normalised as ``(p - lo) * 2 / (hi - lo) - 1``; with
+    ``softplus_shift`` (one channel) the result is ``softplus(value + shift)`` of shape ``[S]``.
+    Inference only: the native kernel on float32 CPU tensors (normalisation and activation
+    fused), else ``F.grid_sample`` (5D), which is also differentiable.
     """
     xyz = xyz.contiguous()
-    native = grid_kernels.trilinear(grid, xyz)
+    native = grid_kernels.trilinear(grid, xyz, box, softplus_shift)
     if native is not None:
         return native
+    if box is not None:
+        lo, hi = box[0].to(xyz), box[1].to(xyz)
+        xyz = (xyz - lo) * (2.0 / (hi - lo)) - 1.0
+    values = _grid_sample_dense(grid, xyz)
+    if softplus_shift is not None:
+        return F.softplus(values[:, 0] + softplus_shift)
+    return values
+
+
+def _grid_sample_dense(grid: Tensor, xyz: Tensor) -> Tensor:
     volume = grid.permute(3, 0, 1, 2).unsqueeze(0)  # [1, C, Z, Y, X]; grid_sample's (x, y, z) = (W, H, D)
     out = F.grid_sample(volume, xyz.to(grid.dtype).view(1, -1, 1, 1, 3), mode="bilinear", padding_mode="zeros", align_corners=True)
     return out[0, :, :, 0, 0].t()

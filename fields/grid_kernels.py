@@ -298,7 +298,15 @@ int tf_features_backward(const float *xyz, int64_t samples, const group_t *group
 typedef struct {
     const float *grid; int64_t size[3], channels;
     const float *xyz; float *out; int64_t begin, end;
+    const float *box;   /* NULL: xyz normalised; else world points, normalised as (p - box[a]) * box[3 + a] - 1 */
+    int softplus; float shift; /* C == 1 only: out = softplus(value + shift) (threshold 20, as torch) */
 } dense_job_t;
+
+static inline void dense_point(const dense_job_t *j, int64_t s, float *x) {
+    const float *p = j->xyz + 3 * s;
+    if (!j->box) { x[0] = p[0]; x[1] = p[1]; x[2] = p[2]; return; }
+    for (int a = 0; a < 3; ++a) x[a] = (p[a] - j->box[a]) * j->box[3 + a] - 1.0f;
+}
 
 /* the four (z, y) rows of a sample's cell: row r = (a, b) starts at grid + base[r] * C, and the
    two x corners are at offsets i0 * C and i1 * C from it */
@@ -321,22 +329,29 @@ static void *dense_job(void *arg) {
     const dense_job_t *j = (const dense_job_t *)arg;
     const int64_t C = j->channels, X = j->size[0], Y = j->size[1], Z = j->size[2];
     for (int64_t s = j->begin; s < j->end; ++s) {
+        float x[3];
         if (s + AHEAD < j->end) { /* the rows of a sample a few ahead: the grid is larger than the caches */
             cell_t ahead;
-            dense_cell(j->xyz + 3 * (s + AHEAD), X, Y, Z, &ahead);
+            dense_point(j, s + AHEAD, x);
+            dense_cell(x, X, Y, Z, &ahead);
             for (int r = 0; r < 4; ++r) {
                 const float *row = j->grid + (ahead.base[r] + ahead.i0) * C;
                 for (int64_t c = 0; c < 2 * C; c += 16) __builtin_prefetch(row + c, 0, 1);
             }
         }
         cell_t cell;
-        dense_cell(j->xyz + 3 * s, X, Y, Z, &cell);
+        dense_point(j, s, x);
+        dense_cell(x, X, Y, Z, &cell);
         float *restrict o = j->out + s * C;
         if (C == 1) { /* the density sum */
             float acc = 0.0f;
             for (int r = 0; r < 4; ++r) {
                 const float *row = j->grid + cell.base[r];
                 acc += cell.w[r] * (cell.wi0 * row[cell.i0] + cell.wi1 * row[cell.i1]);
+            }
+            if (j->softplus) {
+                acc += j->shift;
+                acc = acc > 20.0f ? acc : log1pf(expf(acc));
             }
             o[0] = acc;
             continue;
@@ -354,14 +369,15 @@ static void *dense_job(void *arg) {
 }
 
 int tf_trilinear(const float *grid, int64_t X, int64_t Y, int64_t Z, int64_t C,
-                 const float *xyz, int64_t samples, float *out, int threads) {
-    if (C < 1 || X < 1 || Y < 1 || Z < 1) return -1;
+                 const float *xyz, int64_t samples, float *out, int threads,
+                 const float *box, int softplus, float shift) {
+    if (C < 1 || X < 1 || Y < 1 || Z < 1 || (softplus && C != 1)) return -1;
     if (threads < 1) threads = 1;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     dense_job_t jobs[MAX_THREADS];
     pthread_t ids[MAX_THREADS];
     for (int t = 0; t < threads; ++t) {
-        dense_job_t job = {grid, {X, Y, Z}, C, xyz, out, samples * t / threads, samples * (t + 1) / threads};
+        dense_job_t job = {grid, {X, Y, Z}, C, xyz, out, samples * t / threads, samples * (t + 1) / threads, box, softplus, shift};
         jobs[t] = job;
     }
     int started = 1;
@@ -401,7 +417,7 @@ def _declare(library: ctypes.CDLL) -> None:
     library.tf_features_backward.restype = ctypes.c_int
     library.tf_features_backward.argtypes = arguments
     library.tf_trilinear.restype = ctypes.c_int
-    library.tf_trilinear.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 4 + [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+    library.tf_trilinear.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 4 + [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_float]
     library.tf_add_sign.restype = None
     library.tf_add_sign.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float]
 
@@ -522,20 +538,30 @@ def add_sign_(grad: Tensor, x: Tensor, scale: float) -> bool:
     return True
 
 
-def trilinear(grid: Tensor, xyz: Tensor) -> Tensor | None:
-    """Trilinear interpolation of a dense ``[Z, Y, X, C]`` grid at normalised ``xyz [S, 3]``.
+def trilinear(grid: Tensor, xyz: Tensor, box: Tensor | None = None, softplus_shift: float | None = None) -> Tensor | None:
+    """Trilinear interpolation of a dense ``[Z, Y, X, C]`` grid at ``xyz [S, 3]``.
 
     Inference only (no gradient). ``align_corners=True`` with zero padding, the factors' own
-    convention. Returns ``[S, C]``, or ``None`` when the kernels cannot take these tensors.
+    convention. ``xyz`` are normalised coordinates, or world points inside ``box`` (``[2, 3]``:
+    normalised in the kernel as ``(p - lo) * 2 / (hi - lo) - 1``). With ``softplus_shift`` (one
+    channel only) the kernel returns ``softplus(value + shift)`` as ``[S]``. Returns ``[S, C]``,
+    or ``None`` when the kernels cannot take these tensors.
     """
     if grid.dim() != 4 or not usable(grid, xyz) or xyz.dim() != 2 or xyz.shape[1] != 3:
         return None
     depth, height, width, channels = (int(v) for v in grid.shape)
+    if softplus_shift is not None and channels != 1:
+        return None
+    affine = None
+    if box is not None:
+        lo, hi = box[0].double().cpu(), box[1].double().cpu()
+        affine = torch.cat([lo, 2.0 / (hi - lo)]).float().contiguous()
     out = xyz.new_empty(xyz.shape[0], channels)
     status = native_library().tf_trilinear(
         grid.data_ptr(), width, height, depth, channels, xyz.data_ptr(), xyz.shape[0], out.data_ptr(),
-        _threads(xyz.shape[0]),
+        _threads(xyz.shape[0]), None if affine is None else affine.data_ptr(),
+        int(softplus_shift is not None), float(softplus_shift or 0.0),
     )
     if status != 0:
         raise RuntimeError("native trilinear kernel refused its arguments")
-    return out
+    return out[:, 0] if softplus_shift is not None else out

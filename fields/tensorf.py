@@ -291,9 +291,8 @@ class TensoRF(Field):
         """``[S]`` density :math:`\\mathrm{softplus}(\\sum \\mathcal{G}_\\sigma(\\hat x) + s)` at world points ``[S, 3]``."""
         cache = self.render_cache()
         if cache is not None:
-            feature = sample_dense(cache.density, self.normalize(points))[:, 0]
-        else:
-            feature = self.density_grids.feature_sum(self.normalize(points))
+            return sample_dense(cache.density, points, box=self.aabb, softplus_shift=float(self.config.density_shift))
+        feature = self.density_grids.feature_sum(self.normalize(points))
         return F.softplus(feature + self.config.density_shift)
 
     # ------------------------------------------------------------------ render cache
@@ -344,7 +343,7 @@ class TensoRF(Field):
         """
         cache = self.render_cache()
         if cache is not None and cache.app is not None:
-            features = sample_dense(cache.app, self.normalize(points))
+            features = sample_dense(cache.app, points, box=self.aabb)
         else:
             features = self.basis(self.app_grids.features(self.normalize(points)))
         chunk = int(self.config.color_chunk if torch.is_grad_enabled() else self.config.color_chunk_render)

@@ -373,3 +373,22 @@ def test_native_trilinear_matches_float64_reference(channels):
     # the torch path (grid_sample) agrees too
     torch.testing.assert_close(sample_dense(grid.double(), xyz.double())[3:], expected[3:], rtol=0, atol=1e-12)
     assert grid_kernels.trilinear(grid.double(), xyz) is None  # float64 is not the kernel's
+
+
+def test_trilinear_with_world_box_and_softplus_matches_torch_path():
+    if grid_kernels.native_library() is None:
+        pytest.skip("no C compiler")
+    g = torch.Generator().manual_seed(11)
+    box = torch.tensor([[-0.7, -1.2, 0.3], [0.9, 1.1, 2.0]])
+    points = box[0] + torch.rand(2000, 3, generator=g) * (box[1] - box[0]) * 1.1 - 0.05 * (box[1] - box[0])
+    grid = torch.randn(5, 8, 6, 1, generator=g) * 8
+    normalised = (points.double() - box[0].double()) * (2.0 / (box[1].double() - box[0].double())) - 1.0
+    expected = dense_reference(grid, normalised)[:, 0]
+    # float32 normalisation moves a coordinate by ~1e-6 voxel; values here change by ~10 per voxel
+    torch.testing.assert_close(grid_kernels.trilinear(grid, points, box)[:, 0].double(), expected, rtol=0, atol=5e-5)
+    activated = grid_kernels.trilinear(grid, points, box, softplus_shift=-3.0)
+    assert activated.shape == (2000,)
+    torch.testing.assert_close(activated.double(), F.softplus(expected - 3.0), rtol=0, atol=5e-5)
+    # the fall-back (torch) path applies the same box and activation
+    torch.testing.assert_close(sample_dense(grid.double(), points.double(), box.double(), -3.0), F.softplus(expected - 3.0), rtol=1e-6, atol=1e-6)
+    assert grid_kernels.trilinear(torch.randn(5, 8, 6, 2), points, box, softplus_shift=0.0) is None  # one channel only
