@@ -229,6 +229,10 @@ class Field(nn.Module, abc.ABC):
     """
 
     batch_kind: ClassVar[BatchKind]
+    #: Models with an inference cache (TensoRF's dense render grids) build and use it only while
+    #: this is True. Worth it for a model rendered many times (viewer, ``render``, evaluation);
+    #: the live viewer's training snapshots, each rendered a few times, turn it off.
+    allow_render_cache: bool = True
 
     @abc.abstractmethod
     def param_groups(self) -> list[ParamGroup]:

@@ -306,10 +306,11 @@ class TensoRF(Field):
         values to float rounding, with 8 taps per sample instead of every component of every factor
         (and no basis product). The cache is keyed by every parameter's storage and version
         counter, so any in-place update (an optimiser step, ``load_state_dict``), upsampling or
-        shrinking rebuilds it on the next render; ``model.train()`` drops it.
+        shrinking rebuilds it on the next render; a training step drops it (no memory held while
+        training). Off where ``allow_render_cache`` is False.
         """
         budget = float(self.config.render_cache_mb) * 2**20
-        if self.training or torch.is_grad_enabled() or budget <= 0:
+        if self.training or torch.is_grad_enabled() or budget <= 0 or not self.allow_render_cache:
             return None
         key = (budget, *((t.data_ptr(), t._version, tuple(t.shape)) for t in (*self.parameters(), self.aabb)))
         cached = self._render_cache
@@ -327,10 +328,6 @@ class TensoRF(Field):
         self._render_cache = RenderCache(key, density, app)
         return self._render_cache
 
-    def train(self, mode: bool = True) -> TensoRF:
-        if mode:
-            self._render_cache = None
-        return super().train(mode)
 
     def color(self, points: Tensor, directions: Tensor, times: Tensor | None = None) -> Tensor:
         """``[S, 3]`` colour :math:`S(B \\mathcal{G}_c(\\hat x), d)` at world points and unit directions.
@@ -435,6 +432,7 @@ class TensoRF(Field):
         ``load_state_dict``), so checkpoints resume bit-exactly.
         """
         config = self.config
+        self._render_cache = None  # stale from now on: free it
         with accumulate_into_grad():  # per-round density gradients go straight into .grad
             out = march_rays(
                 batch.origins,

@@ -246,6 +246,8 @@ def test_live_training_pause_resume_and_close(qtbot, tiny_run, tmp_path):
     qtbot.waitUntil(lambda: win.last_progress is not None and win.last_progress.loss is not None, timeout=WAIT_MS)
     assert "loss" in win.training_label.text() and "PSNR" in win.training_label.text()
     qtbot.waitUntil(win.wait_idle, timeout=WAIT_MS)  # frames come from the live model
+    shown = win.worker.model
+    assert shown is not trainer.model and not shown.training and not shown.allow_render_cache  # a snapshot, no cache
     qtbot.mouseClick(win.pause_button, Qt.MouseButton.LeftButton)
     assert win.training_state == "paused"
     time.sleep(0.3)

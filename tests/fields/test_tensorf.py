@@ -482,10 +482,24 @@ def test_render_cache_gives_the_factorised_render_and_follows_parameter_changes(
     with torch.no_grad():
         assert model.render_cache() is None
 
-    # never in training mode or with gradients
+    # kept across eval/train toggles (render_frame restores the mode after each view) ...
     model.config.render_cache_mb = 1024
+    with torch.no_grad():
+        cache = model.render_cache()
+    model.train()
+    model.eval()
+    with torch.no_grad():
+        assert model.render_cache() is cache
+    # ... never used in training mode, with gradients or when the model disallows it
     with torch.enable_grad():
+        assert model.render_cache() is None
+    model.allow_render_cache = False
+    with torch.no_grad():
         assert model.render_cache() is None
     model.train()
     with torch.no_grad():
-        assert model._render_cache is None and model.render_cache() is None
+        assert model.render_cache() is None
+    # and a training step frees it
+    assert model._render_cache is not None
+    model.training_step(batch_of(*rays, torch.arange(64)), 45)
+    assert model._render_cache is None
