@@ -15,7 +15,10 @@ to float32 rounding.
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
+from tensorfield.cuda.native import NativeLibrary
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
@@ -200,14 +203,12 @@ void tf_shader_input(const float *f, const float *d, int64_t S, int64_t D, int64
 """
 
 
-def _declare_encode(library) -> None:
-    import ctypes
-
+def _declare_encode(library: ctypes.CDLL) -> None:
     library.tf_shader_input.restype = None
     library.tf_shader_input.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 4 + [ctypes.c_void_p]
 
 
-_ENCODE_LIBRARY = None
+_ENCODE_LIBRARY = NativeLibrary("shader_input", _ENCODE_SOURCE, ["-fopenmp", "-fno-math-errno"], _declare_encode)
 
 
 def shader_input_native(f: Tensor, d: Tensor, feature_pe: int, view_pe: int) -> Tensor | None:
@@ -216,11 +217,6 @@ def shader_input_native(f: Tensor, d: Tensor, feature_pe: int, view_pe: int) -> 
     Float32 CPU only; ``None`` when the kernel is unavailable. Octaves follow from the first by
     the double-angle formulas, as :func:`_encode_into` (values agree with it to ~2 ulp).
     """
-    global _ENCODE_LIBRARY
-    if _ENCODE_LIBRARY is None:
-        from tensorfield.cuda.native import NativeLibrary
-
-        _ENCODE_LIBRARY = NativeLibrary("shader_input", _ENCODE_SOURCE, ["-fopenmp", "-fno-math-errno"], _declare_encode)
     library = _ENCODE_LIBRARY.get()
     if library is None or f.dtype != torch.float32 or d.dtype != torch.float32 or f.device.type != "cpu":
         return None

@@ -224,23 +224,31 @@ static void *backward_job(void *arg) {
     return 0;
 }
 
-static int run(job_t *proto, int threads, int backward) {
-    if (threads < 1) threads = 1;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    job_t jobs[MAX_THREADS];
+/* fn on each of threads jobs (size bytes apart), one thread each: the calling thread takes
+   job 0, and a job whose thread could not be created runs inline. */
+static void spawn(void *(*fn)(void *), char *jobs, size_t size, int threads) {
     pthread_t ids[MAX_THREADS];
-    void *(*fn)(void *) = backward ? backward_job : forward_job;
+    int started = 1;
+    for (int t = 1; t < threads; ++t, ++started)
+        if (pthread_create(&ids[t], 0, fn, jobs + t * size) != 0) break;
+    fn(jobs);
+    for (int t = 1; t < started; ++t) pthread_join(ids[t], 0);
+    for (int t = started; t < threads; ++t) fn(jobs + t * size);
+}
+
+static int clamp_threads(int threads) {
+    return threads < 1 ? 1 : (threads > MAX_THREADS ? MAX_THREADS : threads);
+}
+
+static int run(job_t *proto, int threads, int backward) {
+    threads = clamp_threads(threads);
+    job_t jobs[MAX_THREADS];
     for (int t = 0; t < threads; ++t) {
         jobs[t] = *proto;
         jobs[t].begin = proto->samples * t / threads;
         jobs[t].end = proto->samples * (t + 1) / threads;
     }
-    int started = 1;
-    for (int t = 1; t < threads; ++t, ++started)
-        if (pthread_create(&ids[t], 0, fn, &jobs[t]) != 0) break;
-    fn(&jobs[0]);
-    for (int t = 1; t < started; ++t) pthread_join(ids[t], 0);
-    for (int t = started; t < threads; ++t) fn(&jobs[t]);  /* thread creation failed: run inline */
+    spawn(backward ? backward_job : forward_job, (char *)jobs, sizeof(job_t), threads);
     return 0;
 }
 
@@ -372,20 +380,13 @@ int tf_trilinear(const float *grid, int64_t X, int64_t Y, int64_t Z, int64_t C,
                  const float *xyz, int64_t samples, float *out, int threads,
                  const float *box, int softplus, float shift) {
     if (C < 1 || X < 1 || Y < 1 || Z < 1 || (softplus && C != 1)) return -1;
-    if (threads < 1) threads = 1;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    threads = clamp_threads(threads);
     dense_job_t jobs[MAX_THREADS];
-    pthread_t ids[MAX_THREADS];
     for (int t = 0; t < threads; ++t) {
         dense_job_t job = {grid, {X, Y, Z}, C, xyz, out, samples * t / threads, samples * (t + 1) / threads, box, softplus, shift};
         jobs[t] = job;
     }
-    int started = 1;
-    for (int t = 1; t < threads; ++t, ++started)
-        if (pthread_create(&ids[t], 0, dense_job, &jobs[t]) != 0) break;
-    dense_job(&jobs[0]);
-    for (int t = 1; t < started; ++t) pthread_join(ids[t], 0);
-    for (int t = started; t < threads; ++t) dense_job(&jobs[t]);
+    spawn(dense_job, (char *)jobs, sizeof(dense_job_t), threads);
     return 0;
 }
 

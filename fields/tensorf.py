@@ -318,7 +318,7 @@ class TensoRF(Field):
             return cached
         self._render_cache = None
         voxels = math.prod(self.resolution)
-        bytes_per = self.aabb.element_size() if self.aabb.is_floating_point() else 4
+        bytes_per = self.basis.weight.element_size()  # the cache has the parameters' dtype
         if voxels * bytes_per > budget:
             return None
         density = self.density_grids.dense()
@@ -327,7 +327,6 @@ class TensoRF(Field):
             app = self.app_grids.dense(self.basis.weight)
         self._render_cache = RenderCache(key, density, app)
         return self._render_cache
-
 
     def color(self, points: Tensor, directions: Tensor, times: Tensor | None = None) -> Tensor:
         """``[S, 3]`` colour :math:`S(B \\mathcal{G}_c(\\hat x), d)` at world points and unit directions.
