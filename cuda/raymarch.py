@@ -62,7 +62,13 @@ Implementation (CPU and GPU alike, pure torch):
   rounds are used in training and inference alike;
 * ``color_fn`` is called once, on the samples whose weight passed ``weight_threshold``;
 * backward is plain autograd through ``exp``, a float64 ``cumsum`` and ``index_add`` (all
-  linear-time gathers and scatters).
+  linear-time gathers and scatters);
+* **fused inference march**: a field whose density is also a dense grid (TensoRF's render
+  cache) passes it as a :class:`DenseDensity`; with gradients off on the CPU, each ray is then
+  marched in one native pass (:func:`tensorfield.cuda.raymarch_native.march_dense`: placement,
+  occupancy skip, trilinear density, transmittance, termination per sample, alpha and depth
+  sums), which keeps only the samples to colour. Same values: the same per-ray arithmetic in
+  the same order (tested bit for bit against the rounds with the same density lookup).
 
 For whole images, :func:`march_rays_chunked` splits the rays into chunks.
 """
@@ -80,6 +86,7 @@ DensityFn = Callable[[Tensor, Tensor], Tensor]
 ColorFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 __all__ = [
+    "DenseDensity",
     "OccupancyGrid",
     "RayMarchOutput",
     "march_rays",
@@ -194,6 +201,29 @@ class OccupancyGrid:
         return torch.stack([lo + first_t * size, lo + last_t * size])
 
 
+@dataclass
+class DenseDensity:
+    """The density a field hands :func:`march_rays` as well as ``density_fn``: a dense grid.
+
+    When it is given, gradients are off and the rays are float32 on the CPU, the marcher runs its
+    fused native inference march (:func:`tensorfield.cuda.raymarch_native.march_dense`): each ray
+    is marched in one pass (placement, occupancy skip, trilinear density, transmittance, early
+    termination, sums), instead of round by round through ``density_fn``. The grid must be the
+    same function as ``density_fn`` (TensoRF's render cache is: its factors baked into a dense
+    grid); otherwise ``density_fn`` is used.
+
+    Attributes:
+        grid: ``[Z, Y, X]`` (or ``[Z, Y, X, 1]``) values on the vertices of ``box``
+            (``align_corners=True`` trilinear interpolation, zero outside), ``Z`` along world z.
+        box: ``[2, 3]`` the grid's box.
+        softplus_shift: density = ``softplus(value + shift)`` (``None``: the value itself).
+    """
+
+    grid: Tensor
+    box: Tensor
+    softplus_shift: float | None = None
+
+
 # ------------------------------------------------------------------------------ output
 @dataclass
 class RayMarchOutput:
@@ -211,6 +241,10 @@ class RayMarchOutput:
             round); a stable sort by ``ray_indices`` groups them.
         distances: ``[N]`` ``t_i`` of those samples.
         weights: ``[N]`` ``w_i`` of those samples (differentiable).
+
+        The fused inference march (:class:`DenseDensity`) keeps no per-sample record:
+        ``ray_indices``, ``distances`` and ``weights`` are ``None`` there, and ``num_samples``
+        counts only the samples before each ray's termination.
     """
 
     rgb: Tensor
@@ -433,6 +467,7 @@ def march_rays(
     transmittance_threshold: float = 1e-4,
     max_samples_per_ray: int | None = None,
     samples_per_round: int | None = 64,
+    dense_density: DenseDensity | None = None,
 ) -> RayMarchOutput:
     """Render rays through a field given as callbacks (see the module docstring for the math).
 
@@ -463,6 +498,8 @@ def march_rays(
             (counted before occupancy skipping) in the first round, doubling every round;
             ``None`` marches everything in one round. Values and gradients do not depend on it,
             only the number of ``density_fn`` evaluations and calls.
+        dense_density: the same density as a dense grid, for the fused native march when
+            nothing needs gradients (see :class:`DenseDensity`); same values to float rounding.
 
     Returns:
         :class:`RayMarchOutput`; differentiable w.r.t. what the callbacks return (and
@@ -485,6 +522,13 @@ def march_rays(
     )
 
     sampler = _RaySamples(origins, directions, t_start, offsets, step_size, occupancy)
+    if dense_density is not None and not torch.is_grad_enabled():
+        fused = _march_dense(
+            sampler, k_begin, k_end, dense_density, color_fn, times, background, delta, weight_threshold,
+            transmittance_threshold,
+        )
+        if fused is not None:
+            return fused
 
     # ---- march in rounds of samples k in [position, position + round_size) of each live ray
     live = torch.nonzero(k_end > k_begin).flatten()
@@ -572,20 +616,9 @@ def march_rays(
     depth = torch.zeros(num_rays, dtype=out_dtype, device=device).index_add(
         0, rays_all, w_all * t_all.to(out_dtype)
     )
-    rgb = torch.zeros(num_rays, 3, dtype=out_dtype, device=device)
     coloured = torch.nonzero(colour_all).flatten()
-    if coloured.numel() > 0:
-        rays_c, points_c, w_c = _select((rays_all, points_all, w_all), coloured)
-        colour = color_fn(
-            points_c, directions.index_select(0, rays_c), times.index_select(0, rays_c)
-        )
-        if colour.shape != points_c.shape:
-            raise ValueError(
-                f"color_fn must return [{rays_c.shape[0]}, 3], got {tuple(colour.shape)}"
-            )
-        rgb = rgb.index_add(0, rays_c, w_c[:, None] * colour)
-    if background is not None:
-        rgb = rgb + (1.0 - acc)[:, None] * background.to(device=device, dtype=rgb.dtype)
+    rays_c, points_c, w_c = _select((rays_all, points_all, w_all), coloured)
+    rgb = _shade(color_fn, rays_c, points_c, w_c, directions, times, acc, background)
     return RayMarchOutput(
         rgb=rgb,
         depth=depth,
@@ -595,6 +628,59 @@ def march_rays(
         distances=t_all,
         weights=w_all,
     )
+
+
+def _shade(
+    color_fn: ColorFn,
+    rays: Tensor,
+    points: Tensor,
+    weights: Tensor,
+    directions: Tensor,
+    times: Tensor,
+    alpha: Tensor,
+    background: Tensor | None,
+) -> Tensor:
+    """``[R, 3]`` ``sum_i w_i c_i + (1 - alpha) b`` over the coloured samples ``(rays, points, weights)``."""
+    rgb = torch.zeros(alpha.shape[0], 3, dtype=alpha.dtype, device=alpha.device)
+    if rays.numel() > 0:
+        colour = color_fn(points, directions.index_select(0, rays), times.index_select(0, rays))
+        if colour.shape != points.shape:
+            raise ValueError(f"color_fn must return [{rays.shape[0]}, 3], got {tuple(colour.shape)}")
+        rgb = rgb.index_add(0, rays, weights[:, None] * colour)
+    if background is not None:
+        rgb = rgb + (1.0 - alpha)[:, None] * background.to(device=alpha.device, dtype=rgb.dtype)
+    return rgb
+
+
+def _march_dense(
+    sampler: _RaySamples,
+    k_begin: Tensor,
+    k_end: Tensor,
+    dense: DenseDensity,
+    color_fn: ColorFn,
+    times: Tensor,
+    background: Tensor | None,
+    delta: float,
+    weight_threshold: float,
+    transmittance_threshold: float,
+) -> RayMarchOutput | None:
+    """The fused native inference march (``None`` when it cannot run: then march in rounds)."""
+    if os.environ.get("TENSORFIELD_NATIVE_MARCH", "1") == "0":
+        return None
+    from tensorfield.cuda.raymarch_native import march_dense
+
+    grid = sampler.grid
+    marched = march_dense(
+        k_begin, k_end, sampler.t_start, sampler.offsets, sampler.step_size, sampler.origins, sampler.directions,
+        sampler._voxel_origin if grid is not None else None, sampler._voxel_step if grid is not None else None,
+        grid.mask if grid is not None else None, dense.grid, dense.box, dense.softplus_shift, delta,
+        weight_threshold, transmittance_threshold,
+    )
+    if marched is None:
+        return None
+    alpha, depth, evaluated, rays, points, weights = marched
+    rgb = _shade(color_fn, rays, points, weights, sampler.directions, times, alpha, background)
+    return RayMarchOutput(rgb=rgb, depth=depth, alpha=alpha, num_samples=evaluated)
 
 
 def march_rays_chunked(

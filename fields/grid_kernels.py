@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from tensorfield.cuda.native import NativeLibrary
+from tensorfield.cuda.native import TRILINEAR_SOURCE, NativeLibrary, box_affine
 from torch import Tensor
 
 _SOURCE = r"""
@@ -40,24 +40,12 @@ _SOURCE = r"""
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+""" + TRILINEAR_SOURCE + r"""
 
 #define BLOCK 16  /* components per backward work unit: one 64-byte cache line of a row */
 #define AHEAD 4   /* prefetch distance in samples */
 #define MAX_GROUPS 8
 #define MAX_THREADS 32
-
-/* align_corners=True corners of one axis: vertices i0, i1 (clamped into range) with weights
-   w0, w1, zero for vertices outside [0, size) and for non-finite coordinates. */
-static inline void axis_corners(float coord, int64_t size, int64_t *i0, int64_t *i1, float *w0, float *w1) {
-    float p = (coord + 1.0f) * (0.5f * (float)(size - 1));
-    if (!(p > -2.0f && p < (float)size + 1.0f)) { *i0 = *i1 = 0; *w0 = *w1 = 0.0f; return; }
-    float f0 = floorf(p), frac = p - f0;
-    int64_t a = (int64_t)f0, b = a + 1;
-    *w0 = (a >= 0 && a < size) ? 1.0f - frac : 0.0f;
-    *w1 = (b >= 0 && b < size) ? frac : 0.0f;
-    *i0 = a < 0 ? 0 : (a >= size ? size - 1 : a);
-    *i1 = b < 0 ? 0 : (b >= size ? size - 1 : b);
-}
 
 /* One product: a VM mode (kind 0: table 0 = plane [H, W, C] over axes (u, v) = axis[0..1],
    table 1 = line [L, C] over axis[2]; size = H, W, L) or the CP product (kind 1: three lines
@@ -310,29 +298,6 @@ typedef struct {
     int softplus; float shift; /* C == 1 only: out = softplus(value + shift) (threshold 20, as torch) */
 } dense_job_t;
 
-static inline void dense_point(const dense_job_t *j, int64_t s, float *x) {
-    const float *p = j->xyz + 3 * s;
-    if (!j->box) { x[0] = p[0]; x[1] = p[1]; x[2] = p[2]; return; }
-    for (int a = 0; a < 3; ++a) x[a] = (p[a] - j->box[a]) * j->box[3 + a] - 1.0f;
-}
-
-/* the four (z, y) rows of a sample's cell: row r = (a, b) starts at grid + base[r] * C, and the
-   two x corners are at offsets i0 * C and i1 * C from it */
-typedef struct { int64_t base[4], i0, i1; float w[4], wi0, wi1; } cell_t;
-
-static inline void dense_cell(const float *x, int64_t X, int64_t Y, int64_t Z, cell_t *cell) {
-    int64_t k[2], l[2];
-    float wk[2], wl[2];
-    axis_corners(x[0], X, &cell->i0, &cell->i1, &cell->wi0, &cell->wi1);
-    axis_corners(x[1], Y, &k[0], &k[1], &wk[0], &wk[1]);
-    axis_corners(x[2], Z, &l[0], &l[1], &wl[0], &wl[1]);
-    for (int a = 0; a < 2; ++a)
-        for (int b = 0; b < 2; ++b) {
-            cell->base[2 * a + b] = (l[a] * Y + k[b]) * X;
-            cell->w[2 * a + b] = wl[a] * wk[b];
-        }
-}
-
 static void *dense_job(void *arg) {
     const dense_job_t *j = (const dense_job_t *)arg;
     const int64_t C = j->channels, X = j->size[0], Y = j->size[1], Z = j->size[2];
@@ -340,30 +305,21 @@ static void *dense_job(void *arg) {
         float x[3];
         if (s + AHEAD < j->end) { /* the rows of a sample a few ahead: the grid is larger than the caches */
             cell_t ahead;
-            dense_point(j, s + AHEAD, x);
+            dense_normalise(j->xyz + 3 * (s + AHEAD), j->box, x);
             dense_cell(x, X, Y, Z, &ahead);
             for (int r = 0; r < 4; ++r) {
                 const float *row = j->grid + (ahead.base[r] + ahead.i0) * C;
                 for (int64_t c = 0; c < 2 * C; c += 16) __builtin_prefetch(row + c, 0, 1);
             }
         }
-        cell_t cell;
-        dense_point(j, s, x);
-        dense_cell(x, X, Y, Z, &cell);
+        dense_normalise(j->xyz + 3 * s, j->box, x);
         float *restrict o = j->out + s * C;
         if (C == 1) { /* the density sum */
-            float acc = 0.0f;
-            for (int r = 0; r < 4; ++r) {
-                const float *row = j->grid + cell.base[r];
-                acc += cell.w[r] * (cell.wi0 * row[cell.i0] + cell.wi1 * row[cell.i1]);
-            }
-            if (j->softplus) {
-                acc += j->shift;
-                acc = acc > 20.0f ? acc : log1pf(expf(acc));
-            }
-            o[0] = acc;
+            o[0] = dense_scalar(j->grid, X, Y, Z, x, j->softplus, j->shift);
             continue;
         }
+        cell_t cell;
+        dense_cell(x, X, Y, Z, &cell);
         for (int64_t c = 0; c < C; ++c) o[c] = 0.0f;
         for (int r = 0; r < 4; ++r) {
             if (cell.w[r] == 0.0f) continue;
@@ -555,8 +511,7 @@ def trilinear(grid: Tensor, xyz: Tensor, box: Tensor | None = None, softplus_shi
         return None
     affine = None
     if box is not None:
-        lo, hi = box[0].double().cpu(), box[1].double().cpu()
-        affine = torch.cat([lo, 2.0 / (hi - lo)]).float().contiguous()
+        affine = box_affine(box)
     out = xyz.new_empty(xyz.shape[0], channels)
     status = native_library().tf_trilinear(
         grid.data_ptr(), width, height, depth, channels, xyz.data_ptr(), xyz.shape[0], out.data_ptr(),

@@ -62,6 +62,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tensorfield.cuda.raymarch import (
+    DenseDensity,
     OccupancyGrid,
     march_rays,
     march_rays_chunked,
@@ -495,9 +496,17 @@ class TensoRF(Field):
             chunk=int(self.config.render_chunk),
             background=background,
             jitter=False,
+            dense_density=self._dense_density(),
             **self._march_kwargs(training=False),
         )
         return RenderOutput(rgb=out.rgb.clamp(0.0, 1.0), depth=out.depth, alpha=out.alpha)
+
+    def _dense_density(self) -> DenseDensity | None:
+        """The render cache's density grid for the marcher's fused inference march (``None`` without a cache)."""
+        cache = self.render_cache()
+        if cache is None:
+            return None
+        return DenseDensity(cache.density, self.aabb, float(self.config.density_shift))
 
     @torch.no_grad()
     def render_view(self, cameras, index: int, time: float | None, background: Tensor) -> RenderOutput:

@@ -14,7 +14,7 @@ from tensorfield.cuda.raymarch import (
     rays_hit_occupancy,
 )
 from tensorfield.cuda.raymarch_reference import march_rays_reference
-from torch import nn
+from torch import Tensor, nn
 
 F64 = torch.float64
 
@@ -675,3 +675,159 @@ def test_native_round_transmittance_values_and_gradients():
     for a, b in zip(got, expected):
         torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-6)
     assert od_out[3] == od[3]  # a ray without samples keeps its depth
+
+
+# ------------------------------------------------------------------------------ fused dense march
+def _dense_reference_density(grid: Tensor, box: Tensor, shift: float | None):
+    """float64 brute-force trilinear interpolation of a ``[Z, Y, X]`` vertex grid over ``box``
+    (align_corners=True, zero outside), optionally ``softplus(value + shift)``: a density_fn."""
+    values = grid.double()
+    size = torch.tensor([grid.shape[2], grid.shape[1], grid.shape[0]], dtype=F64)  # (X, Y, Z)
+    lo, hi = box[0].double(), box[1].double()
+
+    def density(points, times):
+        u = (points.double() - lo) / (hi - lo) * (size - 1)  # vertex coordinates (x, y, z)
+        base = u.floor()
+        total = torch.zeros(points.shape[0], dtype=F64)
+        for corner in range(8):
+            offset = torch.tensor([(corner >> a) & 1 for a in range(3)], dtype=F64)
+            vertex = base + offset
+            weight = (1 - (u - vertex).abs()).prod(-1)
+            inside = ((vertex >= 0) & (vertex < size)).all(-1)
+            idx = vertex.clamp(min=0).long()
+            idx = torch.minimum(idx, (size - 1).long())
+            value = values[idx[:, 2], idx[:, 1], idx[:, 0]]
+            total += torch.where(inside, weight * value, torch.zeros_like(value))
+        if shift is not None:
+            total = torch.nn.functional.softplus(total + shift)
+        return total.to(points.dtype)
+
+    return density
+
+
+def _slab_grid(sigma_value: float) -> Tensor:
+    """``[Z=2, Y=2, X=5]`` vertices at x = 0..4 over SLAB_BOX: 2 sigma at x = 2, else 0, so the
+    midpoint samples x = 0.5, 1.5, 2.5, 3.5 read sigma = 0, s, s, 0 (the slab of slab_field)."""
+    grid = torch.zeros(2, 2, 5)
+    grid[:, :, 2] = 2 * sigma_value
+    return grid
+
+
+def test_fused_dense_march_hand_worked():
+    """The slab cases of test_hand_worked_slab / _thresholds through a dense grid, fused path."""
+    from tensorfield.cuda.raymarch import DenseDensity
+    from tensorfield.cuda.raymarch_native import native_library
+
+    if native_library() is None:
+        pytest.skip("no C compiler for the native kernel")
+    origins, directions = (t.float() for t in SLAB_RAY)
+    box = SLAB_BOX.float()
+
+    def never(points, times):
+        raise AssertionError("the fused march must not call density_fn")
+
+    _, colour, calls = slab_field(math.log(2.0))
+    with torch.no_grad():
+        out = march_rays(origins, directions, never, colour, aabb=box, step_size=1.0, near=0.0, far=10.0,
+                         background=torch.tensor([0.2, 0.4, 1.0]), dense_density=DenseDensity(_slab_grid(math.log(2.0)), box))
+    assert_close(out.rgb, torch.tensor([[0.5 + 0.25 * 0.2, 0.25 + 0.25 * 0.4, 0.25]]), rtol=0, atol=1e-6)
+    assert_close(out.depth, torch.tensor([2.125]), rtol=0, atol=1e-6)
+    assert_close(out.alpha, torch.tensor([0.75]), rtol=0, atol=1e-6)
+    assert out.num_samples == 4 and out.weights is None
+    assert torch.cat(calls)[:, 0].tolist() == [1.5, 2.5]
+
+    # thresholds: sigma = ln 4, T >= 0.1 keeps three samples, w > 0.2 colours only the second
+    _, colour, calls = slab_field(math.log(4.0))
+    with torch.no_grad():
+        out = march_rays(origins, directions, never, colour, aabb=box, step_size=1.0, near=0.0, far=10.0,
+                         background=torch.tensor([0.0, 0.0, 1.0]), weight_threshold=0.2, transmittance_threshold=0.1,
+                         dense_density=DenseDensity(_slab_grid(math.log(4.0)), box))
+    alpha = 3 / 4 + 3 / 16
+    assert_close(out.alpha, torch.tensor([alpha]), rtol=0, atol=1e-6)
+    assert_close(out.depth, torch.tensor([3 / 4 * 2.5 + 3 / 16 * 3.5]), rtol=0, atol=1e-6)
+    assert_close(out.rgb, torch.tensor([[3 / 4, 0.0, 1 - alpha]]), rtol=0, atol=1e-6)
+    assert torch.cat(calls)[:, 0].tolist() == [1.5]
+    assert out.num_samples == 3  # the fourth sample (T = 1/16 < 0.1) is never evaluated
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("with_grid", [True, False], ids=["occupancy", "no-occupancy"])
+@pytest.mark.parametrize("shift", [-2.0, None], ids=["softplus", "raw"])
+def test_fused_dense_march_matches_round_march_and_reference(seed, with_grid, shift):
+    """Fused march of a random dense grid against the round-by-round march of the same density
+    (a float64 brute-force trilinear density_fn) and the float64 per-ray reference: colour,
+    depth and alpha, with early termination and the colour threshold both active."""
+    from tensorfield.cuda.raymarch import DenseDensity
+    from tensorfield.cuda.raymarch_native import native_library
+
+    if native_library() is None:
+        pytest.skip("no C compiler for the native kernel")
+    g = torch.Generator().manual_seed(seed)
+    origins, directions = random_rays(400, seed=seed, dtype=torch.float32)
+    box = torch.tensor([[-0.9, -1.1, -1.0], [1.2, 0.9, 1.05]])  # not the marching box: zero outside it
+    grid = torch.rand(9, 11, 7, generator=g) * 12.0 - (4.0 if shift is not None else 0.0)
+    density = _dense_reference_density(grid, box, shift)
+    field = BlobField(seed=seed, dtype=torch.float32)
+    occupancy = random_grid(fraction=0.6, seed=seed) if with_grid else None
+    kwargs = dict(aabb=AABB.float(), step_size=0.03, near=0.2, far=4.5, occupancy=occupancy,
+                  background=torch.tensor([0.3, 0.6, 0.9]), distance_scale=2.0, weight_threshold=1e-3,
+                  transmittance_threshold=1e-2)
+    with torch.no_grad():
+        fused = march_rays(origins, directions, density, field.colour, dense_density=DenseDensity(grid[..., None], box, shift), **kwargs)
+        rounds = march_rays(origins, directions, density, field.colour, **kwargs)
+        reference = march_rays_reference(origins.double(), directions.double(), density, lambda p, d, t: field.colour(p.float(), d.float(), t).double(), **{**kwargs, "aabb": AABB, "background": kwargs["background"].double()})
+    assert fused.weights is None and rounds.weights is not None  # the fused path ran
+    terminated = rounds.alpha > 1 - 1e-2
+    assert 0 < int(terminated.sum()) < origins.shape[0]  # early termination is exercised
+    for name in ("rgb", "depth", "alpha"):
+        torch.testing.assert_close(getattr(fused, name), getattr(rounds, name), rtol=2e-5, atol=2e-5)
+        torch.testing.assert_close(getattr(fused, name).double(), getattr(reference, name), rtol=1e-4, atol=1e-4)
+    assert 0 < fused.num_samples <= rounds.num_samples
+
+
+def test_fused_dense_march_equals_round_march_with_native_density():
+    """With the render cache's own lookup (the native trilinear kernel) as density_fn, the fused
+    march reproduces the round-by-round march: alpha and depth bit for bit, colour to rounding."""
+    from tensorfield.cuda.raymarch import DenseDensity
+    from tensorfield.cuda.raymarch_native import native_library
+    from tensorfield.fields.factor_grids import sample_dense
+
+    if native_library() is None:
+        pytest.skip("no C compiler for the native kernel")
+    g = torch.Generator().manual_seed(3)
+    origins, directions = random_rays(600, seed=3, dtype=torch.float32)
+    box = AABB.float()
+    grid = torch.rand(16, 12, 14, 1, generator=g) * 10.0 - 3.0
+
+    def density(points, times):
+        return sample_dense(grid, points, box=box, softplus_shift=-1.0)
+
+    field = BlobField(seed=3, dtype=torch.float32)
+    kwargs = dict(aabb=box, step_size=0.02, near=0.2, far=4.5, occupancy=random_grid(fraction=0.7, seed=4),
+                  background=torch.ones(3), weight_threshold=1e-3, transmittance_threshold=1e-3)
+    with torch.no_grad():
+        fused = march_rays(origins, directions, density, field.colour, dense_density=DenseDensity(grid, box, -1.0), **kwargs)
+        rounds = march_rays(origins, directions, density, field.colour, **kwargs)
+    assert fused.weights is None
+    assert torch.equal(fused.alpha, rounds.alpha) and torch.equal(fused.depth, rounds.depth)
+    torch.testing.assert_close(fused.rgb, rounds.rgb, rtol=1e-6, atol=1e-6)
+
+
+def test_fused_dense_march_not_used_with_gradients():
+    """With gradients on, the marcher ignores the dense grid and differentiates density_fn."""
+    from tensorfield.cuda.raymarch import DenseDensity
+
+    origins, directions = (t.float() for t in SLAB_RAY)
+    box = SLAB_BOX.float()
+    sigma = torch.tensor(math.log(2.0), requires_grad=True)
+
+    def density(points, times):
+        x = points[:, 0]
+        return torch.where((x >= 1) & (x < 3), sigma.expand_as(x), torch.zeros_like(x))
+
+    _, colour, _ = slab_field(math.log(2.0))
+    out = march_rays(origins, directions, density, colour, aabb=box, step_size=1.0, near=0.0, far=10.0,
+                     dense_density=DenseDensity(torch.zeros(2, 2, 5), box))
+    assert_close(out.alpha, torch.tensor([0.75]), rtol=0, atol=1e-6)  # from density_fn, not the zero grid
+    out.alpha.sum().backward()
+    assert sigma.grad is not None and float(sigma.grad) != 0.0
