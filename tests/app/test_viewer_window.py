@@ -1,10 +1,11 @@
 """The desktop viewer, headless (pytest-qt, offscreen): open a tiny trained TensoRF run, drive the
 camera by simulated mouse and keys, compare frames with the CLI's render of the same camera and
-time, time scrubbing on a dynamic model, errors in a dialog, camera paths, live training, and
+time (TensoRF, and tiny trained 3D and 4D Gaussian runs), time scrubbing on a dynamic model, errors in a dialog, camera paths, live training, and
 closing stops the threads."""
 
 import json
 import time
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -207,6 +208,68 @@ def test_gaussians4d_when_available(qtbot, window):
     first = settle(qtbot, window)
     window.set_time(0.9)
     assert not np.array_equal(settle(qtbot, window), first)
+
+
+@pytest.fixture(scope="module")
+def tiny_gaussian_runs(tmp_path_factory):
+    """Tiny trained gaussians4d (dynamic scene) and gaussians3d (static scene) runs, native rasteriser."""
+    root = tmp_path_factory.mktemp("viewer_gaussians")
+    tiny = ["steps=8", "init_points=400", "densify_from=2", "densify_interval=2", "densify_until=6",
+            "sh_increase_interval=3", "checkpoint_every=8", "log_every=4", "eval_every=0"]
+    runs = {}
+    for method, kind in (("gaussians4d", "dynamic"), ("gaussians3d", "static")):
+        data = make_scene(root / f"data_{kind}", kind=kind, resolution=24, n_train=6, n_test=1, n_val=1)
+        runs[method] = root / method
+        config = str(Path(__file__).resolve().parents[2] / "configs" / f"{method}_small.yaml")
+        assert main(["train", config, "--data", str(data), "--out", str(runs[method]), "--no-progress", *tiny]) == 0
+    return runs
+
+
+def _cli_render(run, request, tmp_path, name, time_value=None):
+    """The CLI's render of the viewer's last camera (and time): ``tensorfield render --path``."""
+    save_camera_path(tmp_path / f"{name}.json", CameraPath(request.cameras()))
+    extra = ["--time", str(time_value)] if time_value is not None else []
+    assert main(["render", str(run), "--path", str(tmp_path / f"{name}.json"), "--out", str(tmp_path / name), *extra]) == 0
+    return iio.imread(tmp_path / name / "00000.png")
+
+
+def test_trained_gaussians4d_scrub_and_match_the_cli(qtbot, window, tiny_gaussian_runs, tmp_path):
+    """A trained 4D Gaussian run: orbit by mouse, scrub the slider by keys; frames change with time
+    and equal `tensorfield render --time` for the same camera and time."""
+    run = tiny_gaussian_runs["gaussians4d"]
+    window.open_run(run)
+    first = settle(qtbot, window)
+    assert window.time_box.isVisibleTo(window)
+    view = window.view
+    centre = QPoint(view.width() // 2, view.height() // 2)
+    qtbot.mousePress(view, Qt.MouseButton.LeftButton, pos=centre)
+    qtbot.mouseMove(view, centre + QPoint(30, 0))
+    qtbot.mouseRelease(view, Qt.MouseButton.LeftButton, pos=centre + QPoint(30, 0))
+    orbited = settle(qtbot, window)
+    assert not np.array_equal(orbited, first)
+    window.time_slider.setFocus()
+    qtbot.keyClick(window.time_slider, Qt.Key.Key_Home)
+    at_start = settle(qtbot, window)
+    assert window.time_value == 0.0
+    for _ in range(70):  # page steps of 10 / 1000: t = 0.7
+        qtbot.keyClick(window.time_slider, Qt.Key.Key_PageUp)
+    later = settle(qtbot, window)
+    assert window.time_value == pytest.approx(0.7)
+    assert not np.array_equal(at_start, later)  # the scene moves
+    request = window.last_result.request
+    assert request.time == pytest.approx(0.7)
+    assert np.array_equal(later, _cli_render(run, request, tmp_path, "t07", 0.7))
+
+
+def test_trained_gaussians3d_matches_the_cli(qtbot, window, tiny_gaussian_runs, tmp_path):
+    run = tiny_gaussian_runs["gaussians3d"]
+    window.open_run(run)
+    first = settle(qtbot, window)
+    assert not window.time_box.isVisibleTo(window)  # static: no time controls
+    qtbot.keyClick(window.view, Qt.Key.Key_A)
+    moved = settle(qtbot, window)
+    assert not np.array_equal(moved, first)
+    assert np.array_equal(moved, _cli_render(run, window.last_result.request, tmp_path, "g3d"))
 
 
 def test_keyframes_save_load_and_render(qtbot, window, tiny_run, tmp_path):
