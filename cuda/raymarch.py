@@ -210,7 +210,7 @@ class DenseDensity:
     is marched in one pass (placement, occupancy skip, trilinear density, transmittance, early
     termination, sums), instead of round by round through ``density_fn``. The grid must be the
     same function as ``density_fn`` (TensoRF's render cache is: its factors baked into a dense
-    grid); otherwise ``density_fn`` is used.
+    grid); otherwise ``density_fn`` is used. The grid is static: ray times are not read.
 
     Attributes:
         grid: ``[Z, Y, X]`` (or ``[Z, Y, X, 1]``) values on the vertices of ``box``
