@@ -60,6 +60,14 @@ def window(qtbot):
     win.shutdown()
 
 
+def drag(qtbot, view, dx: int, dy: int, button=Qt.MouseButton.LeftButton) -> None:
+    """A simulated mouse drag by (dx, dy) pixels from the centre of ``view``."""
+    centre = QPoint(view.width() // 2, view.height() // 2)
+    qtbot.mousePress(view, button, pos=centre)
+    qtbot.mouseMove(view, centre + QPoint(dx, dy))
+    qtbot.mouseRelease(view, button, pos=centre + QPoint(dx, dy))
+
+
 def settle(qtbot, win):
     qtbot.waitUntil(win.wait_idle, timeout=WAIT_MS)
     return win.current_frame.copy()
@@ -75,10 +83,7 @@ def test_open_drive_and_match_the_cli(qtbot, window, tiny_run, tmp_path):
 
     # orbit with a simulated left-button drag
     view = window.view
-    centre = QPoint(view.width() // 2, view.height() // 2)
-    qtbot.mousePress(view, Qt.MouseButton.LeftButton, pos=centre)
-    qtbot.mouseMove(view, centre + QPoint(40, 10))
-    qtbot.mouseRelease(view, Qt.MouseButton.LeftButton, pos=centre + QPoint(40, 10))
+    drag(qtbot, view, 40, 10)
     orbited = settle(qtbot, window)
     assert not np.array_equal(orbited, first)
 
@@ -240,11 +245,7 @@ def test_trained_gaussians4d_scrub_and_match_the_cli(qtbot, window, tiny_gaussia
     window.open_run(run)
     first = settle(qtbot, window)
     assert window.time_box.isVisibleTo(window)
-    view = window.view
-    centre = QPoint(view.width() // 2, view.height() // 2)
-    qtbot.mousePress(view, Qt.MouseButton.LeftButton, pos=centre)
-    qtbot.mouseMove(view, centre + QPoint(30, 0))
-    qtbot.mouseRelease(view, Qt.MouseButton.LeftButton, pos=centre + QPoint(30, 0))
+    drag(qtbot, window.view, 30, 0)
     orbited = settle(qtbot, window)
     assert not np.array_equal(orbited, first)
     window.time_slider.setFocus()
