@@ -3,8 +3,10 @@
 The window holds the view state (camera, time, mode, background, resolution) and turns every
 change into a :class:`~tensorfield.app.viewer.worker.FrameRequest` for the render thread. It
 never renders itself: results come back as queued signals. While the view changes, frames are
-requested at the preview scale; once it has been still for ``SETTLE_MS`` the same view is
-refined level by level (each doubling the scale) up to full resolution.
+requested at the preview scale (a fixed one, or "auto": the largest that keeps
+``AUTO_PREVIEW_FPS`` at the last frame's cost per pixel); once it has been still for
+``SETTLE_MS`` the same view is refined level by level (each doubling the scale) up to full
+resolution.
 
 Mouse: left drag orbits, right / middle (or shift + left) drag pans, the wheel zooms. Keys:
 W/S forward/back, A/D left/right, Q/E down/up, R resets to the first dataset camera.
@@ -60,6 +62,23 @@ PLAY_INTERVAL_MS = 33
 ORBIT_RADIANS_PER_PIXEL = 0.01
 FLY_FRACTION = 0.05  # one fly key press moves this fraction of the pivot distance
 PREVIEW_SCALES = (1.0, 0.5, 0.25, 0.125)
+AUTO_PREVIEW = None  # preview-scale choice "auto": the largest scale that keeps AUTO_PREVIEW_FPS
+AUTO_PREVIEW_FPS = 30.0
+
+
+def auto_preview_scale(seconds_per_pixel: float | None, full_pixels: int, fps: float = AUTO_PREVIEW_FPS,
+                       scales: tuple[float, ...] = PREVIEW_SCALES) -> float:
+    """The largest of ``scales`` whose frame (``full_pixels * scale^2`` pixels at the measured
+    ``seconds_per_pixel``) renders within ``1 / fps``; the smallest scale when none does, 0.25
+    before anything was measured. Small frames carry the same fixed cost per frame, so the
+    per-pixel estimate from a preview errs on the slow side (a smaller, not a larger, scale)."""
+    if seconds_per_pixel is None or seconds_per_pixel <= 0:
+        return 0.25 if 0.25 in scales else min(scales)
+    budget = 1.0 / fps
+    for scale in sorted(scales, reverse=True):
+        if seconds_per_pixel * full_pixels * scale * scale <= budget:
+            return scale
+    return min(scales)
 
 
 class _Bridge(QObject):
@@ -159,7 +178,8 @@ class ViewerWindow(QMainWindow):
         self.time_value = 0.0
         self.mode = "rgb"
         self.background = (1.0, 1.0, 1.0)
-        self.preview_scale = 0.25
+        self.preview_scale: float | None = 0.25  # None: auto (AUTO_PREVIEW)
+        self.seconds_per_pixel: float | None = None  # of the last frame rendered (auto preview)
         self.full_size = (256, 256)
         self.keyframes: list[Keyframe] = []
         self.current_frame: np.ndarray | None = None  # last full-resolution frame
@@ -265,6 +285,7 @@ class ViewerWindow(QMainWindow):
         self.preview_combo = QComboBox()
         for scale in PREVIEW_SCALES:
             self.preview_combo.addItem(f"{scale:g}×", scale)
+        self.preview_combo.addItem(f"auto ({AUTO_PREVIEW_FPS:g} FPS)", AUTO_PREVIEW)
         self.preview_combo.setCurrentIndex(PREVIEW_SCALES.index(0.25))
         self.preview_combo.currentIndexChanged.connect(self._on_preview_scale)
         form.addRow("Preview scale", self.preview_combo)
@@ -516,13 +537,22 @@ class ViewerWindow(QMainWindow):
         self.request_frame()
 
     def _on_preview_scale(self, index: int) -> None:
-        self.preview_scale = float(self.preview_combo.itemData(index))
+        data = self.preview_combo.itemData(index)
+        self.preview_scale = None if data is AUTO_PREVIEW else float(data)
         self.request_frame()
+
+    def effective_preview_scale(self) -> float:
+        """The preview scale in use: the chosen one, or under "auto" the largest that keeps
+        :data:`AUTO_PREVIEW_FPS` at the last measured cost per pixel."""
+        if self.preview_scale is not None:
+            return self.preview_scale
+        return auto_preview_scale(self.seconds_per_pixel, self.full_size[0] * self.full_size[1])
 
     # ================================================================== frames
     def _levels(self) -> list[float]:
         scales = [1.0]
-        while scales[-1] / 2 >= self.preview_scale - 1e-9 and scales[-1] / 2 * self.full_size[1] >= 8:
+        preview = self.effective_preview_scale()
+        while scales[-1] / 2 >= preview - 1e-9 and scales[-1] / 2 * self.full_size[1] >= 8:
             scales.append(scales[-1] / 2)
         return scales[::-1]
 
@@ -581,6 +611,8 @@ class ViewerWindow(QMainWindow):
         self._shown_generation = request.generation
         self.last_result = result
         self.shown_frame = result.image
+        if result.seconds > 0:
+            self.seconds_per_pixel = result.seconds / max(1, request.width * request.height)
         if request.final:
             self.current_frame = result.image
         self.view.set_image(result.image)

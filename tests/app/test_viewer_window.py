@@ -134,6 +134,36 @@ def test_previews_then_refinement(qtbot, window, tiny_run):
     assert "FPS" in window.fps_label.text()
 
 
+def test_auto_preview_scale_by_hand():
+    from tensorfield.app.viewer.window import auto_preview_scale
+
+    full = 640 * 480
+    assert auto_preview_scale(None, full) == 0.25  # nothing measured yet
+    assert auto_preview_scale(1e-8, full) == 1.0  # 3 ms a full frame: no preview needed
+    assert auto_preview_scale(1e-7, full) == 1.0  # 31 ms a full frame: within 1/30 s
+    assert auto_preview_scale(2e-7, full) == 0.5  # 61 ms full, 15 ms at 0.5x
+    assert auto_preview_scale(6e-7, full) == 0.25  # 184 ms full, 46 ms at 0.5x, 11.5 ms at 0.25x
+    assert auto_preview_scale(1e-4, full) == 0.125  # nothing fits: the smallest scale
+    assert auto_preview_scale(6e-7, full, fps=60.0) == 0.25  # 11.5 ms within 1/60 s
+    assert auto_preview_scale(1.6e-6, full, fps=60.0) == 0.125  # 31 ms at 0.25x, 7.7 ms at 0.125x
+
+
+def test_auto_preview_follows_the_measured_frame_cost(qtbot, window, tiny_run):
+    window.open_run(tiny_run[2])
+    settle(qtbot, window)
+    window.height_spin.setValue(256)
+    settle(qtbot, window)
+    assert window.seconds_per_pixel is not None and window.seconds_per_pixel > 0  # measured from frames
+    window.preview_combo.setCurrentIndex(window.preview_combo.count() - 1)  # "auto (30 FPS)"
+    assert window.preview_scale is None
+    window.seconds_per_pixel = 1e-9  # a fast model: previews at full resolution
+    assert window.frame_request(0).height == 256
+    window.seconds_per_pixel = 4e-6  # 262 ms for 256x256, 66 ms at 0.5x, 16 ms at 0.25x
+    assert window.frame_request(0).height == 64 and window.frame_request().height == 256
+    window.preview_combo.setCurrentIndex(1)  # back to a fixed 0.5x
+    assert window.frame_request(0).height == 128
+
+
 @pytest.mark.parametrize("damage", ["truncated", "unknown_model"])
 def test_bad_checkpoint_shows_a_dialog_and_the_window_stays_usable(qtbot, window, tiny_run, tmp_path, damage):
     _, _, run = tiny_run
