@@ -6,7 +6,8 @@ orbit of viewpoints, at the preview and full resolutions, for each model family 
 
 * TensoRF-VM on lego_100 at 160x160 (preview 0.5x = 80x80 and the viewer's default 0.25x =
   40x40), from a short run (trained here unless ``--run`` names one; cached in
-  ``runs/viewer_bench_lego``);
+  ``runs/viewer_bench_lego``), and the same frames marched round by round (``round_march``,
+  with the fused march's speed-up over it);
 * 4D Gaussians (``gaussians4d``) at 320x240 and 640x480 with ``--gaussians`` Gaussians, when the
   rasteriser (``tensorfield.cuda.rasterize``) is present; the Gaussians are the model's random
   initialisation in the scene box (no training): a volumetric cloud of overlapping, mostly
@@ -77,10 +78,24 @@ def tensorf_entry(args) -> dict:
         trainer.close()
     session = load_session(run)
     views = orbit_views(session)
-    full = fps(session.model, views, 160, 160, None, args.frames)
-    preview = fps(session.model, views, 80, 80, None, args.frames)
-    default_preview = fps(session.model, views, 40, 40, None, args.frames)
-    return {"family": "tensorf_vm", "scene": f"lego_100 ({session.trainer.step} steps)", "full": full, "preview_0.5": preview, "preview_0.25": default_preview}
+    model = session.model
+    full = fps(model, views, 160, 160, None, args.frames)
+    preview = fps(model, views, 80, 80, None, args.frames)
+    default_preview = fps(model, views, 40, 40, None, args.frames)
+    entry = {"family": "tensorf_vm", "scene": f"lego_100 ({session.trainer.step} steps)", "full": full, "preview_0.5": preview, "preview_0.25": default_preview}
+    # A/B in the same process: the same frames marched round by round (no DenseDensity handed
+    # to the marcher), against the fused inference march used above
+    model._dense_density = lambda: None
+    try:
+        rounds = {"full": fps(model, views, 160, 160, None, args.frames), "preview_0.5": fps(model, views, 80, 80, None, args.frames)}
+    finally:
+        del model._dense_density
+    entry["round_march"] = {
+        **rounds,
+        "fused_speedup_full": round(rounds["full"]["ms_median"] / full["ms_median"], 2),
+        "fused_speedup_preview_0.5": round(rounds["preview_0.5"]["ms_median"] / preview["ms_median"], 2),
+    }
+    return entry
 
 
 def random_gaussians4d(count: int, device: str):
