@@ -320,41 +320,26 @@ def test_cpu_backend_edge_cases():
 
 @pytest.mark.parametrize("covars", [False, True], ids=["scales", "covars"])
 @pytest.mark.parametrize("antialiased", [False, True], ids=["classic", "antialiased"])
-def test_gsplat_wrapper_against_a_stand_in(monkeypatch, covars, antialiased):
-    """The CUDA path's call of ``gsplat.rasterization`` (no GPU here): a stand-in bound to gsplat's
-    real signature (an unknown or misspelt keyword fails) renders what it is told with the
-    torch backend in gsplat's output layout ("RGB+ED" channels, ``[C, H, W, 1]`` alphas, info
-    radii and means2d); the wrapper's result must equal the torch backend called directly."""
-    import inspect
-
-    gsplat = pytest.importorskip("gsplat", reason="gsplat (test extra) is not installed")
-    real = inspect.signature(gsplat.rasterization)
-    calls = []
-
-    def stand_in(*args, **kwargs):
-        bound = real.bind(*args, **kwargs)
-        bound.apply_defaults()
-        a = bound.arguments
-        calls.append(a)
-        assert a["render_mode"] == "RGB+ED" and a["backgrounds"] is None and not a["packed"]
-        given_covars = a["covars"]
-        assert (given_covars is None) == (a["quats"] is not None and a["scales"] is not None)
-        batch = GaussianBatch(means=a["means"], opacities=a["opacities"], colors=a["colors"], scales=a["scales"],
-                              quats=a["quats"], covars=given_covars, sh_degree=a["sh_degree"])
-        out = rasterize(batch, a["viewmats"], a["Ks"], a["width"], a["height"], near_plane=a["near_plane"],
-                        far_plane=a["far_plane"], eps2d=a["eps2d"], antialiased=a["rasterize_mode"] == "antialiased",
-                        tile_size=a["tile_size"], backend="torch")
-        render = torch.cat([out.rgb, out.depth[..., None]], dim=-1)
-        return render, out.alpha[..., None], {"radii": out.radii, "means2d": out.means2d}
-
-    monkeypatch.setattr(gsplat, "rasterization", stand_in)
-    batch, _ = _scene(40, seed=7, sh_degree=2, covars=covars)
+def test_gsplat_wrapper_against_a_stand_in(gsplat_stand_in, covars, antialiased):
+    """The CUDA path's call of ``gsplat.rasterization`` (no GPU here) through the stand-in bound
+    to gsplat's real signature (``tests/conftest.py``): the wrapper's result must equal the torch
+    backend called directly, values and gradients."""
+    batch, params = _scene(40, seed=7, sh_degree=2, covars=covars)
     viewmats, Ks = _cameras(2, 24, 20)
     background = torch.tensor([0.2, 0.5, 0.9])
     options = {"background": background, "eps2d": 0.3, "antialiased": antialiased, "near_plane": 0.05}
-    wrapped = rasterize(batch, viewmats, Ks, 24, 20, backend="gsplat", **options)
-    direct = rasterize(batch, viewmats, Ks, 24, 20, backend="torch", **options)
-    assert len(calls) == 1
+    results = []
+    for backend in ("gsplat", "torch"):
+        for p in params.values():
+            p.grad = None
+        out = rasterize(batch, viewmats, Ks, 24, 20, backend=backend, **options)
+        (out.rgb.sum() + out.depth.sum() + out.alpha.sum()).backward()
+        results.append((out, {name: p.grad.clone() for name, p in params.items() if p.grad is not None}))
+    (wrapped, wrapped_grads), (direct, direct_grads) = results
+    assert len(gsplat_stand_in) == 1
     for name in ("rgb", "alpha", "depth", "means2d", "radii"):
-        assert torch.allclose(getattr(wrapped, name).float(), getattr(direct, name).float(), atol=1e-6), name
+        assert torch.allclose(getattr(wrapped, name).detach().float(), getattr(direct, name).detach().float(), atol=1e-6), name
+    assert wrapped_grads.keys() == direct_grads.keys() and len(direct_grads) >= 4
+    for name, grad in direct_grads.items():
+        assert torch.allclose(wrapped_grads[name], grad, atol=1e-6), name
     assert float(direct.alpha.detach().max()) > 0.3  # something was drawn
