@@ -1,0 +1,28 @@
+"""benchmarks/gpu_check.py, the one-shot check a GPU session runs, dry-run on the CPU so that it
+works the first time a GPU is lent (every part runs and reports; the native rasteriser agrees
+with the exact torch backend)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_dry_run_on_the_cpu(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary == {"benchmark": "gpu_check", "device": "cpu", "failed": []}
+    parts = {record["part"]: record for record in json.loads((tmp_path / "gpu_check.json").read_text())}
+    assert set(parts) == {"environment", "rasterizer", "viewer_fps", "train_gaussians3d", "train_gaussians4d", "train_tensorf_vm"}
+    for case in parts["rasterizer"]["cases"]:
+        assert case["alpha_max"] > 0.5 and case["max_abs_rgb"] < 2e-4 and case["max_abs_alpha"] < 2e-4
+    for name in ("train_gaussians3d", "train_gaussians4d", "train_tensorf_vm"):
+        assert parts[name]["test_psnr"] > 12.0 and parts[name]["it_per_s"] > 0
