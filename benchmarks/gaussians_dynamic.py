@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--layout", choices=("blender", "n3v"), default="blender", help="views at random times (D-NeRF layout) or multi-view video (N3V layout)")
     parser.add_argument("--cameras", type=int, default=5, help="n3v: cameras of the rig (cam00 is held out)")
     parser.add_argument("--frames", type=int, default=12, help="n3v: frames per video")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for both models (repeatable), e.g. rigid_weight=1.0")
     parser.add_argument("--out", type=Path, default=None, help="default runs/dynamic_bench (runs/dynamic_bench_n3v)")
     args = parser.parse_args()
     args.out = args.out or ROOT / "runs" / ("dynamic_bench" if args.layout == "blender" else "dynamic_bench_n3v")
@@ -93,8 +94,9 @@ def main() -> None:
         extra = []
     results = {}
     for method in ("gaussians4d", "gaussians3d"):
-        result, trainer = run(method, data, args.out, args.steps, args.init_points, args.backend, extra)
+        result, trainer = run(method, data, args.out, args.steps, args.init_points, args.backend, extra + args.set)
         result["layout"] = args.layout
+        result["overrides"] = args.set
         results[method] = result
         print(json.dumps(result), flush=True)
         if method == "gaussians4d":

@@ -328,6 +328,43 @@ def collapse_spherindrical(
 
 
 # ------------------------------------------------------------------------------------ neighbours
+def nearest_neighbours(points: Tensor, k: int, chunk: int = 2048, use_tree: bool = True) -> Tensor:
+    """``[P, k]`` (long) indices of each point's ``k`` nearest points by Euclidean distance, the
+    point itself included (first, at distance 0), nearest first; ``k`` is capped at ``P``.
+
+    scipy's KD-tree for CPU tensors (``use_tree``), else chunked ``torch.cdist`` + ``topk`` on the
+    points' device (the GPU path, and the reference the tree is tested against).
+    """
+    count = points.shape[0]
+    k = min(int(k), count)
+    if count == 0 or k <= 0:
+        return torch.zeros(count, max(k, 0), dtype=torch.long, device=points.device)
+    if use_tree and points.device.type == "cpu":
+        try:
+            from scipy.spatial import cKDTree
+
+            array = points.detach().double().numpy()
+            _, index = cKDTree(array).query(array, k=k, workers=-1)
+            index = index.reshape(count, k)
+            return torch.from_numpy(index).long()
+        except ImportError:  # pragma: no cover - scipy comes with scikit-image
+            pass
+    parts = []
+    detached = points.detach()
+    for start in range(0, count, chunk):
+        d = torch.cdist(detached[start : start + chunk], detached)
+        parts.append(d.topk(k, dim=1, largest=False).indices)
+    return torch.cat(parts)
+
+
+def mean_velocity(scales: Tensor, quats_left: Tensor, quats_right: Tensor, dt: float) -> Tensor:
+    r"""``[N, 3]`` how far each 4D Gaussian's conditional mean moves in ``dt`` of scene time:
+    :math:`\Sigma_{1:3,4} / \Sigma_{44} \, dt` (the official ``get_current_covariance_and_mean_offset``
+    at ``t = \mu_t + dt``), from activated ``scales [N, 4]`` and the two quaternions."""
+    covariances = covariance_4d(scales, quats_left, quats_right)
+    return covariances[:, :3, 3] / covariances[:, 3, 3, None] * dt
+
+
 def mean_neighbour_distance(points: Tensor, k: int = 3, chunk: int = 2048) -> Tensor:
     """``[P]`` :math:`\\sqrt{\\tfrac1k \\sum_{j \\le k} d_j^2}` over the ``k`` nearest other points.
 

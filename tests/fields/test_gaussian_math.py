@@ -16,6 +16,8 @@ from tensorfield.fields.gaussian_math import (
     eval_spherindrical,
     left_isoclinic,
     mean_neighbour_distance,
+    mean_velocity,
+    nearest_neighbours,
     num_sh_bases,
     quat_to_rotmat,
     right_isoclinic,
@@ -265,3 +267,33 @@ def test_photometric_loss_gradient():
     loss.backward()
     assert float(loss.detach()) == pytest.approx(0.8 * float(l1.detach()) + 0.2 * (1 - float(s.detach())), rel=1e-6)
     assert pred.grad is not None and torch.isfinite(pred.grad).all()
+
+
+def test_nearest_neighbours_tree_equals_brute_force():
+    g = torch.Generator().manual_seed(4)
+    points = torch.rand(700, 3, generator=g, dtype=torch.float64)
+    tree = nearest_neighbours(points, 20)
+    brute = nearest_neighbours(points, 20, chunk=128, use_tree=False)
+    assert tree.shape == (700, 20) and tree.dtype == torch.long
+    assert torch.equal(tree, brute)
+    assert torch.equal(tree[:, 0], torch.arange(700))  # itself first
+    d = torch.cdist(points, points)
+    expected = d.argsort(dim=1)[:, :20]
+    assert torch.equal(tree, expected)
+    assert nearest_neighbours(points[:5], 20).shape == (5, 5)  # k capped at the count
+    assert nearest_neighbours(points[:0], 20).shape == (0, 0)
+
+
+def test_mean_velocity_is_the_conditional_mean_shift():
+    """v = mean of the slice at t = mu_t + dt minus the spatial mean (slice_4d per Gaussian)."""
+    g = torch.Generator().manual_seed(5)
+    n = 50
+    scales = torch.exp(torch.randn(n, 4, generator=g, dtype=torch.float64) * 0.5)
+    ql, qr = torch.randn(n, 4, generator=g, dtype=torch.float64), torch.randn(n, 4, generator=g, dtype=torch.float64)
+    means = torch.randn(n, 4, generator=g, dtype=torch.float64)
+    velocity = mean_velocity(scales, ql, qr, 0.1)
+    shifted, _, _ = slice_4d(means, covariance_4d(scales, ql, qr), means[:, 3] + 0.1)
+    assert torch.allclose(velocity, shifted - means[:, :3], atol=1e-12)
+    # an unrotated Gaussian (identity quaternions) does not move
+    identity = torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=torch.float64).expand(n, 4)
+    assert torch.allclose(mean_velocity(scales, identity, identity, 0.1), torch.zeros(n, 3, dtype=torch.float64), atol=1e-12)

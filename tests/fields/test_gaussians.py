@@ -284,3 +284,68 @@ def test_native_4d_slice_equals_the_torch_slice():
     assert torch.equal(native.index, exact.index)
     for name in ("means", "covariances", "opacities", "dt", "sh_dc", "sh_rest"):
         assert torch.allclose(getattr(native, name), getattr(exact, name).detach(), atol=1e-5, rtol=1e-4), name
+
+
+# ------------------------------------------------------------------------------ 4DGS regularisers
+def _rigidity_reference(means, scales4, ql, qr, k):
+    """float64 loops: sum_i sum_{j in kNN(i)} exp(-100 |mu_j - mu_i|) |v_j - v_i| / (k N), the kNN
+    by sorting all distances, v = Sigma_{1:3,4} / Sigma_44 * 0.1 Gaussian by Gaussian."""
+    n = means.shape[0]
+    total = means.new_zeros(())
+    velocities = []
+    for i in range(n):
+        cov = covariance_4d(scales4[i : i + 1], ql[i : i + 1], qr[i : i + 1])[0]
+        velocities.append(cov[:3, 3] / cov[3, 3] * 0.1)
+    for i in range(n):
+        d = [(float((means[j] - means[i]).norm()), j) for j in range(n)]
+        for dist, j in sorted(d)[:k]:
+            total = total + math.exp(-100.0 * dist) * (velocities[j] - velocities[i]).norm()
+    return total / k / n
+
+
+def test_rigidity_loss_against_a_float64_loop():
+    """Values and gradients (scales, both quaternions) of the rigidity loss; the means only set the
+    neighbours and weights (detached, as the official)."""
+    from tensorfield.fields.gaussian_math import mean_velocity
+
+    model = model_with(4, count=30, rigid_weight=1.0, rigid_neighbours=6).double()
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        model.means.mul_(0.05)  # close enough for the exp(-100 d) weights to matter
+        model.quats_right.copy_(torch.randn(30, 4, generator=g, dtype=torch.float64))
+        model.log_scale_t.add_(torch.randn(30, generator=g, dtype=torch.float64) * 0.3)
+    velocity = mean_velocity(model._scales_4d(), model.quats, model.quats_right, 0.1)
+    loss = model.rigidity_loss(velocity, step=0)
+    loss.backward()
+    got = {name: getattr(model, name).grad.clone() for name in ("log_scales", "log_scale_t", "quats", "quats_right")}
+    assert model.means.grad is None  # neighbours and weights are detached
+    assert model.rigid_neighbours.shape == (30, 6)
+
+    leaves = {name: getattr(model, name).detach().clone().requires_grad_(True) for name in ("log_scales", "log_scale_t", "quats", "quats_right")}
+    scales4 = torch.exp(torch.cat([leaves["log_scales"], leaves["log_scale_t"][:, None]], dim=1))
+    expected = _rigidity_reference(model.means.detach(), scales4, leaves["quats"], leaves["quats_right"], 6)
+    expected.backward()
+    assert float(loss.detach()) > 1e-6
+    assert torch.allclose(loss, expected, rtol=1e-10, atol=0)
+    for name, grad in got.items():
+        assert torch.allclose(grad, leaves[name].grad, rtol=1e-8, atol=1e-12), name
+
+
+def test_rigidity_neighbours_refresh_schedule():
+    """Kept for rigid_knn_interval steps, recomputed on the interval and after densification."""
+    from tensorfield.fields.gaussian_math import mean_velocity
+
+    model = model_with(4, count=30, rigid_weight=1.0, rigid_neighbours=4, rigid_knn_interval=5, percent_dense=0.1, scene_extent=1.0)
+    velocity = mean_velocity(model._scales_4d(), model.quats, model.quats_right, 0.1).detach()
+    model.rigidity_loss(velocity, step=3)  # nothing cached yet: computed now
+    first = model.rigid_neighbours.clone()
+    with torch.no_grad():
+        model.means.copy_(model.means.flip(0))  # the neighbours change ...
+    model.rigidity_loss(velocity, step=4)
+    assert torch.equal(model.rigid_neighbours, first)  # ... but are kept until the interval
+    model.rigidity_loss(velocity, step=5)
+    assert not torch.equal(model.rigid_neighbours, first)
+    model.grad_accum[:5] = 1.0
+    model.grad_count[:] = 1.0
+    model.densify_and_prune(prune_large=False)
+    assert model.rigid_neighbours.shape == (model.num_gaussians, 0)  # dropped with the old rows
