@@ -52,11 +52,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def _import_tree() -> None:
     """Make ``import tensorfield`` work from the working tree even where it is not installed
     (the device machine): register the repository folder as the ``tensorfield`` package."""
-    try:
-        importlib.import_module("tensorfield.engine.trainer")
+    if importlib.util.find_spec("tensorfield") is not None:
         return
-    except ModuleNotFoundError:
-        pass
     spec = importlib.util.spec_from_file_location("tensorfield", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
     module = importlib.util.module_from_spec(spec)
     sys.modules["tensorfield"] = module

@@ -49,6 +49,7 @@ Shapes follow the conventions of the models: ``N`` Gaussians, quaternions ``[N, 
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import torch
@@ -339,16 +340,12 @@ def nearest_neighbours(points: Tensor, k: int, chunk: int = 2048, use_tree: bool
     k = min(int(k), count)
     if count == 0 or k <= 0:
         return torch.zeros(count, max(k, 0), dtype=torch.long, device=points.device)
-    if use_tree and points.device.type == "cpu":
-        try:
-            from scipy.spatial import cKDTree
+    if use_tree and points.device.type == "cpu" and importlib.util.find_spec("scipy") is not None:
+        from scipy.spatial import cKDTree
 
-            array = points.detach().double().numpy()
-            _, index = cKDTree(array).query(array, k=k, workers=-1)
-            index = index.reshape(count, k)
-            return torch.from_numpy(index).long()
-        except ImportError:  # pragma: no cover - scipy comes with scikit-image
-            pass
+        array = points.detach().double().numpy()
+        _, index = cKDTree(array).query(array, k=k, workers=-1)
+        return torch.from_numpy(index.reshape(count, k)).long()
     parts = []
     detached = points.detach()
     for start in range(0, count, chunk):
