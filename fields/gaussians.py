@@ -90,9 +90,8 @@ Differences from the original code, all deliberate:
   and divides by the batch size: the same); the opacity-mask loss (it needs sky masks) and
   environment maps are not; the time-gradient statistics the official code accumulates are
   unused there and omitted here;
-* the rigidity loss's neighbours may be kept for ``rigid_knn_interval`` steps (official: found
-  anew every step; the CPU config keeps them 10 steps), the weights always from the current
-  distances.
+* the rigidity loss's neighbours may be kept for ``rigid_knn_interval`` steps (official and
+  default: found anew every step), the weights always from the current distances.
 """
 
 from __future__ import annotations
@@ -213,6 +212,14 @@ def scene_extent(config: GaussianConfig, scene: SceneInfo) -> float:
     return 1.1 * 0.5 * float((aabb[1] - aabb[0]).norm())
 
 
+def _without_neighbours_is_empty(module, state_dict, prefix, *args) -> None:
+    """Checkpoints written before the rigidity loss existed hold no ``rigid_neighbours``: load
+    them with an empty ``[N, 0]`` table (found when first needed)."""
+    key, means = prefix + "rigid_neighbours", prefix + "means"
+    if key not in state_dict and means in state_dict:
+        state_dict[key] = torch.zeros(state_dict[means].shape[0], 0, dtype=torch.long)
+
+
 def _logit(p: Tensor | float) -> Tensor:
     p = torch.as_tensor(p)
     return torch.log(p / (1 - p))
@@ -319,6 +326,7 @@ class GaussianSplatting(Field):
         self.register_buffer("max_radii", torch.zeros(count))
         # 4D rigidity loss: each Gaussian's nearest neighbours, [N, k] ([N, 0] = to be computed)
         self.register_buffer("rigid_neighbours", torch.zeros(count, 0, dtype=torch.long))
+        self.register_load_state_dict_pre_hook(_without_neighbours_is_empty)
 
     # ------------------------------------------------------------------ structure
     @property

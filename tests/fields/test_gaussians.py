@@ -221,6 +221,18 @@ def test_state_round_trip_with_changed_count(dim):
         model_with(7 - dim, count=5).prepare_for_state(shape)
 
 
+def test_checkpoints_without_rigid_neighbours_still_load():
+    """State written before the rigidity loss existed (no ``rigid_neighbours``) loads, with an
+    empty neighbour table."""
+    model = model_with(4, count=12)
+    state = {k: v for k, v in model.state_dict().items() if k != "rigid_neighbours"}
+    fresh = model_with(4, count=12)
+    fresh.prepare_for_state({k: v for k, v in model.shape_state().items() if k != "rigid_columns"})  # an old shape_state
+    fresh.load_state_dict(state)
+    assert fresh.rigid_neighbours.shape == (12, 0)
+    assert torch.equal(fresh.means, model.means)
+
+
 def test_splat_attributes_3d():
     model = model_with(3, count=8)
     splat = model.splat_attributes()
