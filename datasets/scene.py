@@ -115,6 +115,7 @@ class Scene:
             points=self.points,
             points_rgb=self.points_rgb,
             camera_centers=train.cameras.c2w[:, :, 3].clone() if train is not None else None,
+            source_format=self.format,
         )
 
 

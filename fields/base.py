@@ -207,6 +207,8 @@ class SceneInfo:
         points: optional ``[P, 3]`` initial point cloud (SfM points); ``points_rgb`` its colours.
         camera_centers: optional ``[C, 3]`` training camera positions (Gaussian models derive
             the scene extent from them, as 3DGS's ``getNerfppNorm``).
+        source_format: the data layout it was loaded from (``"blender"``, ``"dnerf"``,
+            ``"nerfstudio"``, ``"n3v"``; empty when not from a loader).
     """
 
     aabb: Tensor
@@ -217,6 +219,7 @@ class SceneInfo:
     points: Tensor | None = None
     points_rgb: Tensor | None = None
     camera_centers: Tensor | None = None
+    source_format: str = ""
 
 
 # ---------------------------------------------------------------------------------- the field

@@ -97,6 +97,7 @@ Differences from the original code, all deliberate:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -302,6 +303,13 @@ class GaussianSplatting(Field):
             )
         else:
             count = int(config.init_points)
+            if scene.source_format in ("nerfstudio", "n3v"):  # real captures: 3DGS starts from SfM points
+                warnings.warn(
+                    f"no SfM points in this {scene.source_format} scene: {count} Gaussians start uniformly in the "
+                    "scene box, a slow and poor start for a real capture; put COLMAP's points3D.bin/.txt (or a "
+                    "points3d.ply) beside the data (README: SfM points)",
+                    stacklevel=2,
+                )
             points = aabb[0] + torch.rand(count, 3, generator=init) * (aabb[1] - aabb[0])
             dc = torch.rand(count, 3, generator=init) / 255.0  # grey: colour = 0.5 + C0 * dc
         count = points.shape[0]

@@ -4,6 +4,7 @@ densification and pruning with the optimiser state, opacity reset, checkpoint sh
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -81,6 +82,15 @@ def test_init_from_points():
     assert torch.allclose(model.log_scales.detach()[:, 0], mean_neighbour_distance(points).log(), atol=1e-6)
     assert torch.allclose(model.opacities, torch.full((30,), 0.1), atol=1e-6)
     assert model.sh_rest.shape == (30, 15, 3)
+
+
+def test_random_init_of_a_real_capture_warns():
+    """Without SfM points, a nerfstudio / N3V scene (a real capture) starts from random points: say so."""
+    with pytest.warns(UserWarning, match="no SfM points in this n3v scene"):
+        GaussianSplatting(config(4), SceneInfo(BOX.clone(), 1.0, 5.0, is_dynamic=True, source_format="n3v"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # synthetic (Blender) scenes start randomly by design: no warning
+        GaussianSplatting(config(3), SceneInfo(BOX.clone(), 1.0, 5.0, source_format="blender"))
 
 
 def test_random_init_4d():
