@@ -334,7 +334,8 @@ class GaussianSplatting(Field):
         self.register_buffer("max_radii", torch.zeros(count))
         # 4D rigidity loss: each Gaussian's nearest neighbours, [N, k] ([N, 0] = to be computed)
         self.register_buffer("rigid_neighbours", torch.zeros(count, 0, dtype=torch.long))
-        self.register_load_state_dict_pre_hook(_without_neighbours_is_empty)
+        # the private spelling: the public register_load_state_dict_pre_hook needs torch >= 2.5
+        self._register_load_state_dict_pre_hook(_without_neighbours_is_empty, with_module=True)
 
     # ------------------------------------------------------------------ structure
     @property
