@@ -286,6 +286,11 @@ def _ptr(tensor: Tensor | None):
     return tensor.data_ptr() if tensor is not None else None
 
 
+def _bytes(mask: Tensor) -> Tensor:
+    """An occupancy mask as contiguous uint8 (a bool mask is viewed, not copied)."""
+    return mask.contiguous().view(torch.uint8) if mask.dtype == torch.bool else mask.to(torch.uint8).contiguous()
+
+
 def pack_occupied(
     rays: Tensor,
     first_k: Tensor,
@@ -313,7 +318,7 @@ def pack_occupied(
     if mask is None:  # every sample
         mask_u8, (nx, ny, nz) = None, (1, 1, 1)
     else:
-        mask_u8 = mask.contiguous().view(torch.uint8) if mask.dtype == torch.bool else mask.to(torch.uint8).contiguous()
+        mask_u8 = _bytes(mask)
         nx, ny, nz = mask.shape
     counts = torch.empty_like(rays)
     total = library.tf_pack_count(
@@ -388,7 +393,7 @@ def any_occupied(first_k: Tensor, take: Tensor, voxel_origin: Tensor, voxel_step
     library = native_library()
     if library is None or voxel_origin.device.type != "cpu" or voxel_origin.dtype != torch.float64:
         return None
-    mask_u8 = mask.contiguous().view(torch.uint8) if mask.dtype == torch.bool else mask.to(torch.uint8).contiguous()
+    mask_u8 = _bytes(mask)
     hit = torch.empty(first_k.numel(), dtype=torch.uint8)
     library.tf_any_occupied(
         first_k.numel(), first_k.contiguous().data_ptr(), take.contiguous().data_ptr(), voxel_origin.contiguous().data_ptr(),
@@ -450,7 +455,7 @@ def march_dense(
     if mask is None:
         mask_u8, (nx, ny, nz), voxel_origin, voxel_step = None, (1, 1, 1), None, None
     else:
-        mask_u8 = mask.contiguous().view(torch.uint8) if mask.dtype == torch.bool else mask.to(torch.uint8).contiguous()
+        mask_u8 = _bytes(mask)
         nx, ny, nz = mask.shape
         voxel_origin, voxel_step = voxel_origin.contiguous(), voxel_step.contiguous()
     k_begin, k_end = k_begin.contiguous(), k_end.contiguous()

@@ -329,6 +329,26 @@ def collapse_spherindrical(
 
 
 # ------------------------------------------------------------------------------------ neighbours
+def _knn(points: Tensor, k: int, chunk: int, use_tree: bool) -> tuple[Tensor, Tensor]:
+    """``(distances [P, k], indices [P, k])`` of each point's ``k`` nearest points (itself first):
+    scipy's KD-tree (float64, on the CPU) when ``use_tree`` and scipy is there, else chunked
+    ``torch.cdist`` + ``topk`` on the points' device and dtype."""
+    if use_tree and importlib.util.find_spec("scipy") is not None:
+        from scipy.spatial import cKDTree
+
+        array = points.detach().double().cpu().numpy()
+        distances, index = cKDTree(array).query(array, k=k, workers=-1)
+        shape = (points.shape[0], k)
+        return torch.from_numpy(distances.reshape(shape)), torch.from_numpy(index.reshape(shape)).long()
+    detached = points.detach()
+    values, indices = [], []
+    for start in range(0, detached.shape[0], chunk):
+        nearest = torch.cdist(detached[start : start + chunk], detached).topk(k, dim=1, largest=False)
+        values.append(nearest.values)
+        indices.append(nearest.indices)
+    return torch.cat(values), torch.cat(indices)
+
+
 def nearest_neighbours(points: Tensor, k: int, chunk: int = 2048, use_tree: bool = True) -> Tensor:
     """``[P, k]`` (long) indices of each point's ``k`` nearest points by Euclidean distance, the
     point itself included (first, at distance 0), nearest first; ``k`` is capped at ``P``.
@@ -340,18 +360,7 @@ def nearest_neighbours(points: Tensor, k: int, chunk: int = 2048, use_tree: bool
     k = min(int(k), count)
     if count == 0 or k <= 0:
         return torch.zeros(count, max(k, 0), dtype=torch.long, device=points.device)
-    if use_tree and points.device.type == "cpu" and importlib.util.find_spec("scipy") is not None:
-        from scipy.spatial import cKDTree
-
-        array = points.detach().double().numpy()
-        _, index = cKDTree(array).query(array, k=k, workers=-1)
-        return torch.from_numpy(index.reshape(count, k)).long()
-    parts = []
-    detached = points.detach()
-    for start in range(0, count, chunk):
-        d = torch.cdist(detached[start : start + chunk], detached)
-        parts.append(d.topk(k, dim=1, largest=False).indices)
-    return torch.cat(parts)
+    return _knn(points, k, chunk, use_tree and points.device.type == "cpu")[1]
 
 
 def mean_velocity(scales: Tensor, quats_left: Tensor, quats_right: Tensor, dt: float) -> Tensor:
@@ -372,16 +381,6 @@ def mean_neighbour_distance(points: Tensor, k: int = 3, chunk: int = 2048) -> Te
     if count <= 1:
         return torch.ones(count, dtype=points.dtype, device=points.device)
     k = min(k, count - 1)
-    try:
-        from scipy.spatial import cKDTree
-
-        array = points.detach().double().cpu().numpy()
-        distances, _ = cKDTree(array).query(array, k=k + 1)
-        squared = torch.from_numpy(distances[:, 1:] ** 2).to(points)
-    except ImportError:  # pragma: no cover - scipy comes with scikit-image
-        parts = []
-        for start in range(0, count, chunk):
-            d = torch.cdist(points[start : start + chunk].double(), points.double())
-            parts.append(d.topk(k + 1, dim=1, largest=False).values[:, 1:] ** 2)
-        squared = torch.cat(parts).to(points)
+    distances, _ = _knn(points.double(), k + 1, chunk, use_tree=True)
+    squared = (distances[:, 1:] ** 2).to(points)
     return squared.mean(1).sqrt()
