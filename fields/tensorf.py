@@ -25,7 +25,11 @@ Rendering goes through the shared ray marcher :func:`tensorfield.cuda.raymarch.m
 step ``mean(aabb size / (reso - 1)) * step_ratio`` and segment length ``step * distance_scale``
 (Sec. 4: "distance scale" 25).
 
-Training schedule (Sec. 4, official ``train.py``), driven by :meth:`TensoRF.after_step`:
+Training schedule (Sec. 4, official ``train.py``): *when* is decided by a
+:class:`~tensorfield.fields.grid_schedule.GridSchedule` (``TensoRF.schedule``, built from the
+config; reusable by other grid methods), *how* by the model's :meth:`TensoRF.upsample`,
+:meth:`TensoRF.rebuild_alpha_mask`, :meth:`TensoRF.shrink_to_mask` / :meth:`TensoRF.shrink`;
+:meth:`TensoRF.after_step` hands each step to the schedule:
 
 * **coarse-to-fine**: the grid resolution follows voxel counts spaced log-linearly from
   ``voxels_init`` to ``voxels_final``; at each of ``upsample_steps`` all factors are resampled
@@ -81,6 +85,7 @@ from tensorfield.fields.base import (
 )
 from tensorfield.fields.config import MethodConfig, option
 from tensorfield.fields.encoding import FeatureShader, positional_encoding  # noqa: F401 (re-export)
+from tensorfield.fields.grid_schedule import GridSchedule, voxel_schedule, voxels_to_resolution  # noqa: F401 (re-export)
 from tensorfield.fields.factor_grids import (
     CandecompGrids,
     FactorGrids,
@@ -153,24 +158,6 @@ def resolve_mode(config: TensoRFConfig) -> str:
 
 
 # ================================================================================== helpers
-def voxels_to_resolution(num_voxels: int, aabb: Tensor) -> list[int]:
-    """Grid vertices per axis for about ``num_voxels`` cubic voxels in ``aabb`` (official ``N_to_reso``).
-
-    :math:`v = (\\prod_a \\mathrm{size}_a / N)^{1/3}`, :math:`\\mathrm{reso}_a = \\lfloor
-    \\mathrm{size}_a / v \\rfloor`, computed in float32 like the official code (so that
-    ``64**3`` gives 64 on the Blender cube, where float64 gives 63).
-    """
-    size = aabb[1].float().cpu() - aabb[0].float().cpu()
-    voxel = (size.prod() / num_voxels).pow(1 / 3)
-    return (size / voxel).long().tolist()
-
-
-def voxel_schedule(voxels_init: int, voxels_final: int, num_upsamples: int) -> list[int]:
-    """Voxel counts after each upsampling: log-linear from init to final (official ``N_voxel_list``)."""
-    counts = torch.linspace(math.log(voxels_init), math.log(voxels_final), num_upsamples + 1)
-    return torch.round(torch.exp(counts)).long().tolist()[1:]
-
-
 # ================================================================================== model
 def _after_load_hook(module: TensoRF, incompatible_keys) -> None:
     module._after_load()
@@ -207,7 +194,8 @@ class TensoRF(Field):
         self.near, self.far = float(scene.near), float(scene.far)
         aabb = scene.aabb.detach().float().cpu().reshape(2, 3)
         resolution = voxels_to_resolution(config.voxels_init, aabb)
-        self.voxel_counts = voxel_schedule(config.voxels_init, config.voxels_final, len(config.upsample_steps))
+        self.schedule = GridSchedule.from_config(config)
+        self.voxel_counts = list(self.schedule.voxel_counts)
 
         init = torch.Generator().manual_seed(int(config.seed))
         with torch.random.fork_rng(devices=[]):
@@ -252,7 +240,7 @@ class TensoRF(Field):
     @property
     def l1_weight(self) -> float:
         """``l1_weight_initial`` until the first alpha mask, ``l1_weight_rest`` after."""
-        return self.config.l1_weight_initial if self.alpha_mask_updates == 0 else self.config.l1_weight_rest
+        return self.schedule.l1_weight(self.alpha_mask_updates)
 
     @property
     def occupancy(self) -> OccupancyGrid | None:
@@ -543,17 +531,11 @@ class TensoRF(Field):
         ]
 
     def after_step(self, step: int) -> HookResult:
-        """Alpha-mask updates, then upsampling, after the optimiser step of ``step`` (0-based)."""
-        result = HookResult()
-        if step in self.config.alpha_mask_steps:
-            result = result | self.update_alpha_mask(step)
-        if step in self.config.upsample_steps:
-            count = self.voxel_counts[list(self.config.upsample_steps).index(step)]
-            self.upsample(voxels_to_resolution(count, self.aabb))
-            result = result | HookResult(rebuild_optimizer=True)
-        if result.rebuild_optimizer:
-            self.lr_scale = 1.0 if self.config.lr_upsample_reset else self.config.lr_decay_ratio ** (step / max(self.config.steps, 1))
-        return result
+        """Alpha-mask updates, then upsampling, after the optimiser step of ``step`` (0-based).
+
+        When is decided by :attr:`schedule` (:class:`~tensorfield.fields.grid_schedule.GridSchedule`).
+        """
+        return self.schedule.after_step(self, step)
 
     @torch.no_grad()
     def upsample(self, resolution: Sequence[int]) -> None:
@@ -561,9 +543,17 @@ class TensoRF(Field):
         self.density_grids.upsample(resolution)
         self.app_grids.upsample(resolution)
 
-    @torch.no_grad()
     def update_alpha_mask(self, step: int) -> HookResult:
-        """Rebuild the alpha mask (official ``updateAlphaMask``); shrink the box on the first call.
+        """Rebuild the alpha mask now (:meth:`rebuild_alpha_mask`), with the schedule's consequences.
+
+        The first installed mask shrinks the box (:meth:`shrink_to_mask`, optimiser rebuilt); at
+        the second of ``alpha_mask_steps`` the trainer is asked to refilter the rays.
+        """
+        return self.schedule.alpha_mask_update(self, step)
+
+    @torch.no_grad()
+    def rebuild_alpha_mask(self, step: int) -> bool:
+        """Compute and install the alpha mask (official ``updateAlphaMask``); ``True`` if installed.
 
         The dense alpha (:meth:`density_grid`) on the current grid (or the previous mask's grid
         above ``alpha_mask_max_voxels``) is max-pooled with ``alpha_mask_kernel`` and thresholded
@@ -582,23 +572,23 @@ class TensoRF(Field):
         pooled = F.max_pool3d(alpha.clamp(0, 1)[None, None], kernel_size=k, padding=k // 2, stride=1)[0, 0]
         mask = pooled >= config.alpha_mask_threshold
         if not bool(mask.any()):
-            warnings.warn(f"TensoRF alpha mask at step {step} is empty; keeping the previous state", stacklevel=2)
-            return HookResult()
+            warnings.warn(f"TensoRF alpha mask at step {step} is empty; keeping the previous state", stacklevel=3)
+            return False
         self.alpha_mask = mask
         self.alpha_mask_aabb = aabb.clone()
         self._invalidate_occupancy()
         self.alpha_mask_updates += 1
-        result = HookResult()
-        if self.alpha_mask_updates == 1:
-            occupied = mask.nonzero()
-            size = (aabb[1] - aabb[0]) / (torch.tensor(resolution, device=aabb.device) - 1)
-            lower = aabb[0] + occupied.amin(0) * size
-            upper = aabb[0] + occupied.amax(0) * size
-            self.shrink(torch.stack([lower, upper]))
-            result = result | HookResult(rebuild_optimizer=True)
-        if len(config.alpha_mask_steps) > 1 and step == config.alpha_mask_steps[1]:
-            result = result | HookResult(refilter_rays=True)
-        return result
+        return True
+
+    @torch.no_grad()
+    def shrink_to_mask(self) -> None:
+        """Shrink the box to the occupied vertices of the current alpha mask (:meth:`shrink`)."""
+        mask, aabb = self.alpha_mask, self.alpha_mask_aabb
+        occupied = mask.nonzero()
+        size = (aabb[1] - aabb[0]) / (torch.tensor(tuple(mask.shape), device=aabb.device) - 1)
+        lower = aabb[0] + occupied.amin(0) * size
+        upper = aabb[0] + occupied.amax(0) * size
+        self.shrink(torch.stack([lower, upper]))
 
     @torch.no_grad()
     def shrink(self, new_aabb: Tensor) -> None:
