@@ -145,7 +145,9 @@ def camera_matrices(cameras) -> tuple[Tensor, Tensor]:
 
 # SH basis (gsplat's order and constants; Sloan, "Efficient Spherical Harmonic Evaluation")
 def sh_basis(degree: int, dirs: Tensor) -> Tensor:
-    """``[..., (degree + 1)^2]`` real SH basis at unit directions ``[..., 3]``."""
+    """``[..., (degree + 1)^2]`` real SH basis at unit directions ``[..., 3]`` (degree 0 to 3)."""
+    if not 0 <= degree <= 3:
+        raise ValueError(f"SH degree must be in [0, 3], got {degree}")
     x, y, z = dirs.unbind(-1)
     out = [torch.full_like(x, 0.2820947917738781)]
     if degree >= 1:
@@ -162,8 +164,6 @@ def sh_basis(degree: int, dirs: Tensor) -> Tensor:
             -0.5900435899266435 * s2, tb * s1, tc * y, z * (1.865881662950577 * z2 - 1.119528997770346),
             tc * x, tb * c1, -0.5900435899266435 * c2,
         ]
-    if degree >= 4:
-        raise ValueError(f"SH degree {degree} > 3 is not supported")
     return torch.stack(out, dim=-1)
 
 

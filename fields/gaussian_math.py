@@ -4,7 +4,10 @@ Everything the Gaussian models (:mod:`tensorfield.fields.gaussians`) compute bef
 :class:`~tensorfield.cuda.rasterize.GaussianBatch` to the rasteriser lives here, so that tests can
 check each formula on its own:
 
-* **3D rotations** from unit quaternions ``(w, x, y, z)`` (gsplat's order), and back.
+* **3D rotations** from unit quaternions ``(w, x, y, z)`` (gsplat's order), and back. The 3D
+  rasterisation math, :func:`quat_to_rotmat`, :func:`covariance_3d` (``R S S^T R^T``) and
+  :func:`sh_basis`, is the rasteriser's own (:mod:`tensorfield.cuda.rasterize`), imported here
+  so that the models and the kernels share one copy.
 * **4D rotations** (Yang et al., ICLR 2024, Sec. 3.2): a rotation of R^4 factors into a
   left-isoclinic and a right-isoclinic rotation, :math:`R = L(q_l) R(q_r)`, each given by a unit
   quaternion. :func:`left_isoclinic` is left multiplication by :math:`q_l`,
@@ -54,21 +57,12 @@ import math
 
 import torch
 import torch.nn.functional as F
+from tensorfield.cuda.rasterize import covariance_from_scales_quats as covariance_3d
+from tensorfield.cuda.rasterize import quat_to_rotmat, sh_basis
 from torch import Tensor
 
-# Real spherical-harmonics normalisation constants (degree 0..3) in the 3DGS / gsplat basis.
+# The degree-0 real SH constant (the DC term) of the colour <-> DC conversions.
 SH_C0 = 0.28209479177387814
-SH_C1 = 0.4886025119029199
-SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
-SH_C3 = (
-    -0.5900435899266435,
-    2.890611442640554,
-    -0.4570457994644658,
-    0.3731763325901154,
-    -0.4570457994644658,
-    1.445305721320277,
-    -0.5900435899266435,
-)
 MAX_SH_DEGREE = 3
 MAX_TIME_DEGREE = 2
 
@@ -89,17 +83,6 @@ def sh_to_rgb(dc: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------ rotations
-def quat_to_rotmat(quats: Tensor) -> Tensor:
-    """``[..., 4]`` quaternions ``(w, x, y, z)`` (any norm) -> ``[..., 3, 3]`` rotation matrices."""
-    w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
-    rows = (
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    )  # fmt: skip
-    return torch.stack(rows, dim=-1).reshape(*quats.shape[:-1], 3, 3)
-
-
 def rotmat_to_quat(rotations: Tensor) -> Tensor:
     """``[..., 3, 3]`` proper rotations -> ``[..., 4]`` unit quaternions ``(w, x, y, z)``, ``w >= 0``.
 
@@ -157,12 +140,6 @@ def rotation_4d(quats_left: Tensor, quats_right: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------ covariances
-def covariance_3d(scales: Tensor, quats: Tensor) -> Tensor:
-    """``[N, 3, 3]`` :math:`\\Sigma = R S S^T R^T` from activated ``scales [N, 3]`` and ``quats [N, 4]``."""
-    m = quat_to_rotmat(quats) * scales[..., None, :]
-    return m @ m.transpose(-1, -2)
-
-
 def covariance_4d(scales: Tensor, quats_left: Tensor, quats_right: Tensor) -> Tensor:
     """``[N, 4, 4]`` :math:`\\Sigma = R S S^T R^T` from activated ``scales [N, 4]`` (x, y, z, t)."""
     m = rotation_4d(quats_left, quats_right) * scales[..., None, :]
@@ -212,37 +189,6 @@ def covariance_to_scales_quats(covariances: Tensor, min_scale: float = 1e-8) -> 
 
 
 # ------------------------------------------------------------------------------------ harmonics
-def sh_basis(degree: int, directions: Tensor) -> Tensor:
-    """``[..., (degree + 1)^2]`` real SH basis of unit ``directions [..., 3]`` (3DGS order)."""
-    if not 0 <= degree <= MAX_SH_DEGREE:
-        raise ValueError(f"SH degree must be in [0, {MAX_SH_DEGREE}], got {degree}")
-    x, y, z = directions.unbind(-1)
-    bases = [torch.full_like(x, SH_C0)]
-    if degree > 0:
-        bases += [-SH_C1 * y, SH_C1 * z, -SH_C1 * x]
-    if degree > 1:
-        xx, yy, zz = x * x, y * y, z * z
-        xy, yz, xz = x * y, y * z, x * z
-        bases += [
-            SH_C2[0] * xy,
-            SH_C2[1] * yz,
-            SH_C2[2] * (2 * zz - xx - yy),
-            SH_C2[3] * xz,
-            SH_C2[4] * (xx - yy),
-        ]
-    if degree > 2:
-        bases += [
-            SH_C3[0] * y * (3 * xx - yy),
-            SH_C3[1] * xy * z,
-            SH_C3[2] * y * (4 * zz - xx - yy),
-            SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy),
-            SH_C3[4] * x * (4 * zz - xx - yy),
-            SH_C3[5] * z * (xx - yy),
-            SH_C3[6] * x * (xx - 3 * yy),
-        ]
-    return torch.stack(bases, dim=-1)
-
-
 def time_basis(time_degree: int, dt: Tensor, period: float) -> Tensor:
     """``[..., time_degree + 1]`` Fourier terms :math:`\\cos(2 \\pi n\\, dt / T)`, ``n = 0..N_t``."""
     if not 0 <= time_degree <= MAX_TIME_DEGREE:
