@@ -21,9 +21,6 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-OPENGL_TO_OPENCV = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
-
-
 def opengl_to_opencv(c2w: Tensor) -> Tensor:
     """Convert camera-to-world poses from the OpenGL/Blender to the OpenCV camera frame.
 

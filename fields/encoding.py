@@ -15,10 +15,10 @@ to float32 rounding.
 
 from __future__ import annotations
 
-import ctypes
+import functools
 
 import torch
-from tensorfield.cuda.native import NativeLibrary
+from tensorfield.cuda.encoding_native import shader_input_native
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
@@ -61,24 +61,18 @@ class _PositionalEncoding(torch.autograd.Function):
         return ((g_sin * cos - g_cos * sin) * bands).sum(-1), None
 
 
-_linear_op = None
-_linear_checked = False
-
-
+@functools.cache
 def onednn_linear():
     """``torch.ops.mkldnn._linear_pointwise`` if it runs here (checked once), else ``None``."""
-    global _linear_op, _linear_checked
-    if not _linear_checked:
-        _linear_checked = True
-        try:
-            op = torch.ops.mkldnn._linear_pointwise
-            x, w, b = torch.randn(3, 4), torch.randn(2, 4), torch.randn(2)
-            out = op(x, w, b, "relu", [None], "")
-            if torch.allclose(out, torch.relu(x @ w.t() + b), atol=1e-5):
-                _linear_op = op
-        except (AttributeError, RuntimeError):
-            _linear_op = None
-    return _linear_op
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+        x, w, b = torch.randn(3, 4), torch.randn(2, 4), torch.randn(2)
+        out = op(x, w, b, "relu", [None], "")
+        if torch.allclose(out, torch.relu(x @ w.t() + b), atol=1e-5):
+            return op
+    except (AttributeError, RuntimeError):
+        pass
+    return None
 
 
 #: Octaves of :func:`_encode_into` derived by the double-angle formulas (beyond: sin/cos again).
@@ -108,30 +102,6 @@ def _encode_into(x: Tensor, values: Tensor, start: int, frequencies: int) -> Non
         ps, pc = sin[:, :, octave - 1], cos[:, :, octave - 1]
         torch.mul(ps, pc, out=s).mul_(2.0)
         torch.mul(ps, ps, out=c).mul_(-2.0).add_(1.0)
-
-
-def _declare_encode(library: ctypes.CDLL) -> None:
-    library.tf_shader_input.restype = None
-    library.tf_shader_input.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 4 + [ctypes.c_void_p]
-
-
-_ENCODE_LIBRARY = NativeLibrary("shader_input", "encoding.c", ["-fopenmp", "-fno-math-errno"], _declare_encode)
-
-
-def shader_input_native(f: Tensor, d: Tensor, feature_pe: int, view_pe: int) -> Tensor | None:
-    """``[S, D + 3 + 2 D F + 6 V]`` shader input ``[f, d, PE(f), PE(d)]`` in one native pass.
-
-    Float32 CPU only; ``None`` when the kernel is unavailable. Octaves follow from the first by
-    the double-angle formulas, as :func:`_encode_into` (values agree with it to ~2 ulp).
-    """
-    library = _ENCODE_LIBRARY.get()
-    if library is None or f.dtype != torch.float32 or d.dtype != torch.float32 or f.device.type != "cpu":
-        return None
-    f, d = f.contiguous(), d.contiguous()
-    samples, dim = f.shape
-    x = f.new_empty(samples, dim + 3 + 2 * dim * feature_pe + 6 * view_pe)
-    library.tf_shader_input(f.data_ptr(), d.data_ptr(), samples, dim, int(feature_pe), int(view_pe), x.data_ptr())
-    return x
 
 
 class _FusedShader(torch.autograd.Function):

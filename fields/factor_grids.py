@@ -21,7 +21,7 @@ code.
 Storage is **channel-last** (planes ``[H, W, C]``, lines ``[L, C]``) so that one sample's
 components are contiguous. Two implementations, chosen per call:
 
-* **native** (float32 CPU tensors, a C compiler available): :mod:`.grid_kernels` fuses a whole
+* **native** (float32 CPU tensors, a C compiler available): :mod:`tensorfield.cuda.grid_kernels` fuses a whole
   VM mode (plane x line) or the CP product into one pass, forward and backward, about 5-10x
   faster than the torch composition on a 2-core CPU;
 * **torch** (any device / dtype, and the reference for the native path): interpolation by a
@@ -43,7 +43,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from tensorfield.fields import grid_kernels
+from tensorfield.cuda import grid_kernels
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
@@ -267,7 +267,7 @@ def accumulate_into_grad():
 
 
 class _FusedFeatures(torch.autograd.Function):
-    """Products of interpolated factors through the native kernels (:mod:`.grid_kernels`).
+    """Products of interpolated factors through the native kernels (:mod:`tensorfield.cuda.grid_kernels`).
 
     ``layout`` gives, per product (a VM mode or the CP product), its kind, the indices of its
     tables in ``tables``, their axes and sizes; the outputs are consecutive column blocks, or all

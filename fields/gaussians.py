@@ -36,7 +36,7 @@ detached as the official Python path) and ``\\mu_t - t``, and hand means, condit
 covariances, opacities and colours to :func:`tensorfield.cuda.rasterize.rasterize`. 3D: means,
 scales, quaternions, opacities and SH colours (view direction not detached, as the original CUDA
 code; the SH table goes to the rasteriser, which evaluates it natively or in gsplat). Without
-gradients (rendering, the viewer) a 4D model slices natively (:mod:`.gaussian_kernels`) and
+gradients (rendering, the viewer) a 4D model slices natively (:mod:`tensorfield.cuda.gaussian_kernels`) and
 hands the rasteriser its spherindrical table collapsed to the frame's time; both are tested equal
 to the torch path. Colours follow gsplat: SH value + 0.5, clamped at 0. Scene time: a camera's normalised time
 ``[0, 1]`` is multiplied by ``time_duration`` (1 for D-NeRF, 10 s for N3V as the official
@@ -114,7 +114,7 @@ from tensorfield.fields.base import (
     StepOutput,
 )
 from tensorfield.fields.config import MethodConfig, option
-from tensorfield.fields.gaussian_kernels import slice_native
+from tensorfield.cuda.gaussian_kernels import slice_native
 from tensorfield.fields.gaussian_loss import photometric_loss
 from tensorfield.fields.gaussian_math import (
     collapse_spherindrical,

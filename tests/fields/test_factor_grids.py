@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tensorfield.fields import grid_kernels
+from tensorfield.cuda import grid_kernels
 from tensorfield.fields.factor_grids import (
     MATRIX_AXES,
     VECTOR_AXES,

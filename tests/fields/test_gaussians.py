@@ -286,7 +286,7 @@ def test_splat_attributes_4d_slice_is_exact():
 def test_native_4d_slice_equals_the_torch_slice():
     """Without gradients a 4D model slices natively; the culled set and every sliced quantity
     equal the torch path's (which training uses)."""
-    from tensorfield.fields.gaussian_kernels import native_library
+    from tensorfield.cuda.gaussian_kernels import native_library
 
     if native_library() is None:
         pytest.skip("no C compiler for the native kernel")
