@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", help="YAML config file (see configs/) or a registered method name")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    p.add_argument("--data", help="dataset folder (Blender/NeRF-Synthetic, D-NeRF or nerfstudio layout)")
+    p.add_argument("--data", help="dataset folder (Blender/NeRF-Synthetic, D-NeRF, nerfstudio or N3V layout); methods whose data the config names need none")
     p.add_argument("--out", default=None, help="run folder (default: runs/<data name>_<method>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--help-config", action="store_true", help="list the config fields of CONFIG's method and exit")
@@ -89,14 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-depth", action="store_true", help="do not write depth renders")
     _add_device(p)
 
-    p = sub.add_parser("export", help="export a mesh, point cloud or Gaussian splats", description="Export RUN as a mesh (grid fields: marching cubes on the density grid; Gaussians: TSDF fusion of rendered depth and colour; vertex colours from the radiance field, small floating parts removed), a point cloud, or Gaussian splats (the standard 3DGS .ply that splat viewers open; 4D models: the slice at --time). The format follows --out's extension: .ply .obj .glb for meshes; .ply .pcd .xyz for points; .ply for splats.")
+    p = sub.add_parser("export", help="export a mesh, point cloud, Gaussian splats or a field slice", description="Export RUN as a mesh (grid fields: marching cubes on the density grid; Gaussians: TSDF fusion of rendered depth and colour; vertex colours from the radiance field, small floating parts removed), a point cloud, or Gaussian splats (the standard 3DGS .ply that splat viewers open; 4D models: the slice at --time). The format follows --out's extension: .ply .obj .glb for meshes; .ply .pcd .xyz for points; .ply for splats. Coordinate models (no images): `slice` writes the field on a plane as .png (colour-mapped) or .npy.")
     p.add_argument("run", help="run folder or checkpoint file")
-    p.add_argument("what", choices=["mesh", "pointcloud", "splat"], help="what to export")
+    p.add_argument("what", choices=["mesh", "pointcloud", "splat", "slice"], help="what to export")
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--resolution", type=int, default=None, help="grid resolution per axis (default: the model's)")
     p.add_argument("--level", type=float, default=0.005, help="alpha iso-level for marching cubes (default: 0.005)")
     p.add_argument("--min-component", type=float, default=0.02, help="drop mesh parts smaller than this fraction of the largest")
     p.add_argument("--time", type=float, default=None, help="time in [0, 1] for dynamic models")
+    p.add_argument("--component", default="", help="slice: which value to show (default: the model's first)")
+    p.add_argument("--origin", type=float, nargs="+", default=None, help="slice: centre in the model's coordinates")
+    p.add_argument("--axis-u", dest="axis_u", type=float, nargs="+", default=None, help="slice: first in-plane half-extent vector")
+    p.add_argument("--axis-v", dest="axis_v", type=float, nargs="+", default=None, help="slice: second in-plane half-extent vector")
     _add_device(p)
 
     p = sub.add_parser(
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from tensorfield.app import commands
 
-    handler = getattr(commands, f"cmd_{args.command}")
+    handler = commands.COMMANDS[args.command]
     try:
         return int(handler(args) or 0)
     except KeyboardInterrupt:

@@ -14,7 +14,8 @@ from tensorfield.engine.config import ConfigError, config_help, load_config
 from tensorfield.engine.export import ExportError
 from tensorfield.engine.render import CameraPathError
 from tensorfield.engine.trainer import DeviceError, TrainingError
-from tensorfield.fields.registry import METHODS, get_method
+from tensorfield.engine.render import RenderError
+from tensorfield.fields.registry import RegistryError, get_method, methods
 
 
 class CommandError(ValueError):
@@ -30,6 +31,8 @@ USER_ERRORS = (
     ExportError,
     DeviceError,
     TrainingError,
+    RenderError,
+    RegistryError,
     FileNotFoundError,
     KeyError,
 )
@@ -50,14 +53,14 @@ def _resolve_config(spec: str, overrides: list[str]):
     path = Path(spec)
     if path.is_file():
         return load_config(path, overrides)
-    if spec in METHODS:
+    if spec in methods():
         return load_config(None, overrides, method=spec)
     for candidate in (spec, spec + ".yaml"):
         try:
             return load_config(packaged_config(candidate), overrides)
         except CommandError:
             continue
-    raise CommandError(f"{spec}: no such config file or method (methods: {', '.join(sorted(METHODS))})")
+    raise CommandError(f"{spec}: no such config file or method (methods: {', '.join(sorted(methods()))})")
 
 
 def _print_summary(title: str, values: dict) -> None:
@@ -70,8 +73,9 @@ def _print_summary(title: str, values: dict) -> None:
 
 # ------------------------------------------------------------------------------- methods
 def cmd_methods(args) -> int:
-    for name in sorted(METHODS):
-        print(f"{name:<14} {METHODS[name].summary}")
+    available = methods()
+    for name in sorted(available):
+        print(f"{name:<14} {available[name].summary}")
     return 0
 
 
@@ -94,14 +98,13 @@ def cmd_train(args) -> int:
         print(f"resuming {args.out} at step {trainer.step}")
     else:
         config = _resolve_config(args.config, overrides)
-        data = args.data or config.data
-        if not data:
-            raise CommandError("no data: pass --data PATH (or set data: in the config)")
-        run_dir = Path(args.out) if args.out else Path("runs") / f"{Path(data).resolve().name}_{config.method}"
+        data = args.data or config.data or None  # a method whose data is named by its config needs none
+        default_name = f"{Path(data).resolve().name}_{config.method}" if data else config.method
+        run_dir = Path(args.out) if args.out else Path("runs") / default_name
         if latest_checkpoint(run_dir) is not None:
             raise CommandError(f"{run_dir}: already holds a run; use --resume to continue it or another --out")
         trainer = Trainer.from_config(config, run_dir, data_path=data, device=args.device)
-    if getattr(args, "view", False):
+    if args.view:
         return _train_with_viewer(trainer, args)
     summary = trainer.train(progress=not args.no_progress)
     trainer.close()
@@ -144,12 +147,9 @@ def _train_with_viewer(trainer, args) -> int:
 
 # ------------------------------------------------------------------------------- eval
 def _load_run(run: str, device: str | None):
-    from tensorfield.engine.trainer import Trainer
+    from tensorfield.engine.trainer import load_run
 
-    path = Path(run)
-    if not path.exists():
-        raise CommandError(f"{run}: no such run folder or checkpoint")
-    return Trainer.from_checkpoint(path, device=device)
+    return load_run(run, device)
 
 
 def cmd_eval(args) -> int:
@@ -162,32 +162,56 @@ def cmd_eval(args) -> int:
 
 
 # ------------------------------------------------------------------------------- render
+def _camera_data(trainer, what: str):
+    """The run's data as :class:`~tensorfield.fields.base.CameraData`, or a one-line error."""
+    from tensorfield.fields.base import CameraData
+
+    if not isinstance(trainer.data, CameraData):
+        raise CommandError(f"{trainer.run_dir}: {what} needs data seen through cameras; {trainer.config.method} has none")
+    return trainer.data
+
+
 def _camera_path(trainer, spec: str, frames: int):
-    import torch
     from tensorfield.engine.render import CameraPath, load_camera_path, orbit_path
 
-    scene = trainer.scene
-    if spec in ("test", "train", "val"):
-        return CameraPath(scene.split(spec).cameras)
-    if spec == "orbit":
-        center = scene.aabb.float().mean(0) if hasattr(scene, "aabb") else torch.zeros(3)
-        return orbit_path(scene.split("train").cameras, frames, center=center)
     if spec.endswith(".json") or Path(spec).is_file():
         return load_camera_path(spec)
-    raise CommandError(f"--path {spec}: use test, train, val, orbit or a camera path .json file")
+    if spec not in ("test", "train", "val", "orbit"):
+        raise CommandError(f"--path {spec}: use test, train, val, orbit or a camera path .json file")
+    data = _camera_data(trainer, f"--path {spec}")
+    cameras = data.split_cameras()
+    if spec == "orbit":
+        return orbit_path(cameras["train"], frames, center=data.scene_box().mean(0))
+    if spec not in cameras:
+        raise CommandError(f"--path {spec}: the data has no '{spec}' split (has: {', '.join(cameras)})")
+    return CameraPath(cameras[spec])
 
 
 def cmd_render(args) -> int:
     from tensorfield.engine.render import apply_time, render_path
+    from tensorfield.fields.base import ExportsSlices, RendersViews
 
     trainer = _load_run(args.run, args.device)
+    model = trainer.model
+    if not isinstance(model, RendersViews):
+        hint = f"; use: tensorfield export {args.run} slice --out slice.png" if isinstance(model, ExportsSlices) else ""
+        raise CommandError(f"{args.run}: a {type(model).__name__} does not render camera views{hint}")
     path = _camera_path(trainer, args.path, args.frames)
     path = apply_time(path, args.time, tuple(args.time_range) if args.time_range else None)
+    background = _background(trainer)
     start = time.perf_counter()
-    written = render_path(trainer.model, path, trainer.scene.background, args.out, fps=args.fps, depth=not args.no_depth)
+    written = render_path(model, path, background, args.out, fps=args.fps, depth=not args.no_depth)
     seconds = time.perf_counter() - start
     print(f"rendered {len(path)} frames in {seconds:.1f} s -> {args.out} ({len(written)} files)")
     return 0
+
+
+def _background(trainer):
+    """The data's background colour, white when the data has no cameras."""
+    import torch
+    from tensorfield.fields.base import CameraData
+
+    return trainer.data.background_color() if isinstance(trainer.data, CameraData) else torch.ones(3)
 
 
 # ------------------------------------------------------------------------------- export
@@ -198,29 +222,75 @@ def cmd_export(args) -> int:
         write_mesh,
         write_point_cloud,
     )
+    from tensorfield.fields.base import ExportsDensityGrid, RendersViews
 
     trainer = _load_run(args.run, args.device)
-    model, scene = trainer.model, trainer.scene
+    model = trainer.model
     if args.what == "splat":
         return _export_splat(model, args)
-    cameras = scene.split("train").cameras
-    if args.what == "mesh":
+    if args.what == "slice":
+        return _export_slice(model, args)
+    if args.what == "mesh" and isinstance(model, ExportsDensityGrid):
+        mesh = extract_mesh(model, level=args.level, resolution=args.resolution, min_component_fraction=args.min_component)
+    else:
+        if not isinstance(model, RendersViews):
+            raise CommandError(f"{args.run}: a {type(model).__name__} renders no views to build a {args.what} from")
+        data = _camera_data(trainer, args.what)
+        cameras, background = data.split_cameras()["train"], data.background_color()
+        if args.what == "pointcloud":
+            box = data.scene_box()
+            extent = float((box[1] - box[0]).max())
+            points, colors = extract_point_cloud(model, cameras, background, time=args.time, voxel_size=extent / 512)
+            write_point_cloud(points, colors, args.out)
+            print(f"wrote {args.out}: {len(points)} points")
+            return 0
         mesh = extract_mesh(
             model,
             level=args.level,
             resolution=args.resolution,
             min_component_fraction=args.min_component,
             cameras=cameras,
-            background=scene.background,
+            background=background,
             time=args.time,
         )
-        write_mesh(mesh, args.out)
-        print(f"wrote {args.out}: {len(mesh.vertices)} vertices, {len(mesh.faces)} triangles")
+    write_mesh(mesh, args.out)
+    print(f"wrote {args.out}: {len(mesh.vertices)} vertices, {len(mesh.faces)} triangles")
+    return 0
+
+
+def _export_slice(model, args) -> int:
+    """``export RUN slice``: a coordinate model's values on a plane, as a PNG (colour-mapped) or .npy."""
+    import dataclasses
+
+    import imageio.v2 as imageio
+    import numpy as np
+    from tensorfield.engine.render import render_slice
+    from tensorfield.fields.base import ExportsSlices
+
+    if not isinstance(model, ExportsSlices):
+        raise CommandError(f"{args.run}: a {type(model).__name__} has no slices to export (use mesh, pointcloud or splat)")
+    request = model.default_slice()
+    changes = {"resolution": args.resolution} if args.resolution else {}
+    if args.component:
+        changes["component"] = args.component
+    for name, value in (("origin", args.origin), ("axis_u", args.axis_u), ("axis_v", args.axis_v)):
+        if value is not None:
+            if len(value) != len(request.origin):
+                raise CommandError(f"--{name.replace('_', '-')}: expected {len(request.origin)} numbers, got {len(value)}")
+            changes[name] = tuple(float(v) for v in value)
+    request = dataclasses.replace(request, **changes)
+    out = Path(args.out)
+    if out.suffix.lower() == ".npy":
+        if request.component and request.component not in model.slice_components():
+            raise CommandError(f"unknown slice component '{request.component}' (has: {', '.join(model.slice_components())})")
+        if not request.component:
+            request = dataclasses.replace(request, component=model.slice_components()[0])
+        np.save(out, model.field_slice(request).detach().cpu().numpy())
+    elif out.suffix.lower() == ".png":
+        imageio.imwrite(out, render_slice(model, request))
     else:
-        extent = float((scene.aabb[1] - scene.aabb[0]).max()) if hasattr(scene, "aabb") else 2.0
-        points, colors = extract_point_cloud(model, cameras, scene.background, time=args.time, voxel_size=extent / 512)
-        write_point_cloud(points, colors, args.out)
-        print(f"wrote {args.out}: {len(points)} points")
+        raise CommandError(f"{args.out}: slices are written as .png (colour-mapped) or .npy (values)")
+    print(f"wrote {args.out}: {request.resolution}x{request.resolution} slice of {request.component or 'the default component'}")
     return 0
 
 
@@ -229,7 +299,9 @@ def _export_splat(model, args) -> int:
     import torch
     from tensorfield.engine.export import write_splat_ply
 
-    if not hasattr(model, "splat_attributes"):
+    from tensorfield.fields.base import ExportsSplats
+
+    if not isinstance(model, ExportsSplats):
         raise CommandError(f"{args.run}: a {type(model).__name__} has no Gaussians to export as splats (use mesh or pointcloud)")
     if Path(args.out).suffix.lower() != ".ply":
         raise CommandError(f"{args.out}: splats are written as .ply")
@@ -287,9 +359,9 @@ def cmd_demo(args) -> int:
     evaluation = summary.get("eval") or {}
 
     print("[3/5] rendering an orbit video")
-    center = trainer.scene.aabb.float().mean(0)
-    path = apply_time(orbit_path(trainer.scene.split("train").cameras, 60, center=center))
-    render_path(trainer.model, path, trainer.scene.background, out / "orbit.mp4", fps=20, progress=not args.no_progress)
+    scene = trainer.data  # the demo's method trains on posed images (CameraData)
+    path = apply_time(orbit_path(scene.split_cameras()["train"], 60, center=scene.scene_box().mean(0)))
+    render_path(trainer.model, path, scene.background_color(), out / "orbit.mp4", fps=20, progress=not args.no_progress)
 
     print("[4/5] extracting a mesh")
     mesh = extract_mesh(trainer.model)
@@ -323,3 +395,15 @@ def cmd_demo(args) -> int:
     psnr_text = f"{psnr:.2f} dB" if isinstance(psnr, float) and math.isfinite(psnr) else "n/a"
     print(f"done in {result['total_seconds']} s: test PSNR {psnr_text}; outputs in {out}/ (summary.json lists them)")
     return 0
+
+
+COMMANDS = {
+    "demo": cmd_demo,
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "render": cmd_render,
+    "export": cmd_export,
+    "view": cmd_view,
+    "methods": cmd_methods,
+}
+"""Subcommand name -> handler (what :func:`tensorfield.app.cli.main` dispatches on)."""

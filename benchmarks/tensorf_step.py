@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from tensorfield.datasets.cameras import Cameras, orbit_poses
 from tensorfield.engine.optim import apply_lr_schedule, build_optimizer
-from tensorfield.fields.base import RayBatch, SceneInfo
+from tensorfield.fields.base import RayBatch, RenderRequest, SceneInfo
 from tensorfield.fields.tensorf import TensoRF, TensoRFConfig, voxels_to_resolution
 
 LEGO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lego_100"
@@ -143,7 +143,7 @@ def clone(model: TensoRF) -> TensoRF:
 def mean_psnr(model, cameras, images, background) -> float:
     values = []
     for i in range(len(cameras)):
-        out = model.render_view(cameras, i, None, background)
+        out = model.render_view(RenderRequest(cameras, i, background))
         mse = float(((out.rgb - images[i]) ** 2).mean())
         values.append(-10.0 * math.log10(max(mse, 1e-12)))
     return sum(values) / len(values)

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..fields.base import SceneInfo
 from .blender import is_blender, parse_blender
 from .cameras import Cameras
 from .errors import DatasetError
+from .info import SceneInfo
 from .images import ImageRequest, load_images, resize, resized_size
 from .n3v import VideoOptions, is_n3v, load_video_split, parse_n3v
 from .nerfstudio import is_nerfstudio, parse_nerfstudio
@@ -104,7 +104,7 @@ class Scene:
         return any(split.cameras.is_dynamic for split in self.splits.values())
 
     def scene_info(self) -> SceneInfo:
-        """What a model needs at construction (see :class:`tensorfield.fields.base.SceneInfo`)."""
+        """What a model needs at construction (see :class:`tensorfield.datasets.info.SceneInfo`)."""
         train = self.splits.get("train")
         return SceneInfo(
             aabb=self.aabb.clone(),
@@ -116,6 +116,7 @@ class Scene:
             points_rgb=self.points_rgb,
             camera_centers=train.cameras.c2w[:, :, 3].clone() if train is not None else None,
             source_format=self.format,
+            white_background=not self.random_background and bool((self.background.float() == 1.0).all()),
         )
 
 

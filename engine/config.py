@@ -47,7 +47,7 @@ def load_config(
 
     The method is, in decreasing priority, ``method``, a ``method=...`` override, or the YAML
     file's ``method:`` key. Its config dataclass comes from
-    :data:`tensorfield.fields.registry.METHODS`.
+    :func:`tensorfield.fields.registry.get_method`.
 
     Args:
         path: YAML file, or ``None`` to start from the method's defaults.
@@ -168,14 +168,16 @@ def config_help(config_class: type) -> str:
 
 # ------------------------------------------------------------------------------------ internals
 def _known_methods() -> str:
-    return ", ".join(sorted(registry.METHODS))
+    return ", ".join(sorted(registry.methods()))
 
 
 def _config_class(method: str, source: str) -> type:
     try:
         spec = registry.get_method(method)
-    except KeyError:
-        raise ConfigError(f"{source}: unknown method '{method}' (known: {_known_methods()})") from None
+    except registry.RegistryError as err:
+        if "unknown method" in str(err):
+            raise ConfigError(f"{source}: unknown method '{method}' (known: {_known_methods()})") from None
+        raise ConfigError(f"{source}: {err}") from None
     config_class = spec.config_class()
     if not (dataclasses.is_dataclass(config_class) and issubclass(config_class, MethodConfig)):
         raise ConfigError(f"{source}: method '{method}' has no MethodConfig dataclass")

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tensorfield.datasets.cameras import Cameras
+from tensorfield.fields.base import ExportsDensityGrid, RenderRequest
 from torch import Tensor
 
 MESH_SUFFIXES = (".ply", ".obj", ".glb", ".gltf", ".off", ".stl")
@@ -199,7 +200,7 @@ def tsdf_mesh(
 
     views, lower, upper = [], None, None
     for i in range(len(cameras)):
-        out = render_frame(model, cameras, i, background, time)
+        out = render_frame(model, RenderRequest(cameras, i, background, time))
         # render depth is the expected distance along the unit ray times alpha; TSDF wants z-depth
         origins, directions = cameras.generate_rays(i)
         alpha = out.alpha.cpu()
@@ -252,19 +253,17 @@ def extract_mesh(
 ) -> Mesh:
     """A cleaned, vertex-coloured mesh of ``model``.
 
-    Grid models (``density_grid``): marching cubes at ``level`` on the alpha grid (TensoRF's
+    Grid models (:class:`~tensorfield.fields.base.ExportsDensityGrid`): marching cubes at ``level`` on the alpha grid (TensoRF's
     export uses alpha at level 0.005), vertex colours from ``radiance``. Other models: TSDF
     fusion of renders from ``cameras``. Components smaller than ``min_component_fraction`` of the
     largest are removed.
     """
-    if hasattr(model, "density_grid"):
+    if isinstance(model, ExportsDensityGrid):
         grid_res = None if resolution is None else (resolution,) * 3
         alpha, aabb = model.density_grid(grid_res)
         mesh = marching_cubes_mesh(alpha, aabb, level)
         mesh = remove_small_components(mesh, min_component_fraction)
-        if hasattr(model, "radiance"):
-            mesh = color_vertices(model, mesh)
-        return mesh
+        return color_vertices(model, mesh)
     if cameras is None or background is None:
         raise ExportError("this model has no density grid; TSDF export needs cameras and a background")
     distance = cameras.c2w[:, :, 3].norm(dim=-1).mean().item()
@@ -293,7 +292,7 @@ def extract_point_cloud(
 
     points, colors = [], []
     for i in range(len(cameras)):
-        out = render_frame(model, cameras, i, background, time)
+        out = render_frame(model, RenderRequest(cameras, i, background, time))
         origins, directions = cameras.generate_rays(i)
         alpha = out.alpha.cpu()
         mask = alpha > min_alpha

@@ -1,8 +1,10 @@
 """The render service: camera paths in, images and videos out.
 
 Both ``tensorfield render`` and the desktop viewer go through :func:`render_frame` and
-:func:`output_image` (together :func:`render_image`: camera, time, identity, mode -> image), so a
-frame in the viewer and the CLI's render of the same camera and time are identical.
+:func:`output_image` (together :func:`render_image`), which take one
+:class:`~tensorfield.fields.base.RenderRequest` (camera, time, identity, frame, mode), so a frame
+in the viewer and the CLI's render of the same request are identical. Coordinate models render
+slices instead (:func:`render_slice`).
 
 Camera paths are read from three sources:
 
@@ -18,18 +20,23 @@ from __future__ import annotations
 
 import json
 import math
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tensorfield.datasets.cameras import Cameras, look_at, opengl_to_opencv
-from tensorfield.fields.base import RenderOutput
+from tensorfield.fields.base import RENDER_MODES, ExportsSlices, RenderOutput, RenderRequest, RendersViews, SliceRequest
 from torch import Tensor
 
 
 class CameraPathError(ValueError):
     """A camera path file that cannot be used (one-line message naming the file)."""
+
+
+class RenderError(ValueError):
+    """A render the model cannot do (one line)."""
 
 
 @dataclass
@@ -173,33 +180,26 @@ def apply_time(camera_path: CameraPath, time: float | None = None, time_range: t
 
 
 # ------------------------------------------------------------------------------- rendering
-RENDER_MODES = ("rgb", "depth", "alpha")
-
-
 @torch.no_grad()
-def render_frame(
-    model,
-    cameras: Cameras,
-    index: int,
-    background: Tensor,
-    time: float | None = None,
-    identity: int | None = None,
-) -> RenderOutput:
-    """Render one camera of ``cameras`` with ``model`` (the single entry point for CLI and viewer).
+def render_frame(model, request: RenderRequest) -> RenderOutput:
+    """Render one request with ``model`` (the single entry point of the CLI, viewer and exports).
 
-    ``time`` overrides the camera's own time; ``nan`` / ``None`` keeps it (static models ignore
-    time). ``identity`` selects a subject of a model with identities (avatars: a model that sets
-    ``supports_identity = True`` and accepts ``render_view(..., identity=)``); other models
-    ignore it.
+    A ``nan`` time means the camera's own (``None``). Models without time ignore it, and models
+    without identities ignore ``identity`` and ``frame``: the model reads what it understands.
+
+    Raises:
+        RenderError: the model does not render views (:class:`~tensorfield.fields.base.RendersViews`).
     """
+    if not isinstance(model, RendersViews):
+        raise RenderError(f"a {type(model).__name__} does not render camera views")
+    time = request.time
     if time is not None and not math.isfinite(time):
-        time = None
-    extra = {"identity": int(identity)} if identity is not None and getattr(model, "supports_identity", False) else {}
+        request = dataclasses.replace(request, time=None)
     was_training = model.training
     model.eval()
     try:
         device = next(iter(model.parameters())).device
-        return model.render_view(cameras.to(device), index, time, background.to(device), **extra)
+        return model.render_view(request.on(device))
     finally:
         model.train(was_training)
 
@@ -219,22 +219,37 @@ def output_image(output: RenderOutput, mode: str = "rgb") -> np.ndarray:
     raise ValueError(f"unknown render mode '{mode}' (use one of {', '.join(RENDER_MODES)})")
 
 
-def render_image(
-    model,
-    cameras: Cameras,
-    index: int,
-    background: Tensor,
-    time: float | None = None,
-    identity: int | None = None,
-    mode: str = "rgb",
-) -> np.ndarray:
-    """The render service: (camera, time, identity, mode) -> ``[H, W, 3]`` uint8 image.
+def render_image(model, request: RenderRequest) -> np.ndarray:
+    """The render service: a :class:`~tensorfield.fields.base.RenderRequest` -> ``[H, W, 3]`` uint8.
 
     ``tensorfield render`` (:func:`render_path`) and the desktop viewer both produce their
-    images as ``output_image(render_frame(...), mode)``, so a viewer frame and the CLI's frame of
-    the same camera and time are identical bit for bit.
+    images as ``output_image(render_frame(model, request), request.mode)``, so a viewer frame and
+    the CLI's frame of the same camera and time are identical bit for bit.
     """
-    return output_image(render_frame(model, cameras, index, background, time, identity), mode)
+    return output_image(render_frame(model, request), request.mode)
+
+
+def render_slice(model, request: SliceRequest) -> np.ndarray:
+    """A coordinate model's slice (:class:`~tensorfield.fields.base.ExportsSlices`) as a
+    colour-mapped ``[R, R, 3]`` uint8 image (the turbo ramp of :func:`colorize_depth`, min to max).
+
+    Raises:
+        RenderError: the model has no slices, or an unknown component.
+    """
+    if not isinstance(model, ExportsSlices):
+        raise RenderError(f"a {type(model).__name__} has no slices to render")
+    components = model.slice_components()
+    if request.component and request.component not in components:
+        raise RenderError(f"unknown slice component '{request.component}' (has: {', '.join(components)})")
+    if not request.component:
+        request = dataclasses.replace(request, component=components[0])
+    was_training = model.training
+    model.eval()
+    try:
+        values = model.field_slice(request).detach().double().cpu()
+    finally:
+        model.train(was_training)
+    return colorize_depth(values)
 
 
 def to_uint8(image: Tensor) -> np.ndarray:
@@ -307,7 +322,7 @@ def render_path(
     cams = camera_path.cameras
     colour_frames, depth_frames = [], []
     for i in tqdm(range(len(cams)), desc="render", unit="frame", disable=not progress, leave=False):
-        result = render_frame(model, cams, i, background)
+        result = render_frame(model, RenderRequest(cams, i, background))
         colour_frames.append(output_image(result, "rgb"))
         if depth:
             depth_frames.append(output_image(result, "depth"))

@@ -120,6 +120,10 @@ class RaySource:
             raise RuntimeError(f"{type(model).__name__}.ray_filter rejected every training ray")
         return before, self.num_active
 
+    def refilter(self, model) -> tuple[int, int]:
+        """:meth:`apply_filter` (the batch-source protocol's reaction to ``refilter_rays``)."""
+        return self.apply_filter(model)
+
     def _next_positions(self, batch_size: int, generator: torch.Generator) -> Tensor:
         """The next ``batch_size`` positions of the epoch permutation (a new one when it runs out)."""
         count = self.num_active
@@ -205,6 +209,10 @@ class ImageSource:
             indices=indices.to(self.device),
         )
 
+    def refilter(self, model) -> None:
+        """Nothing to filter."""
+        return None
+
     def state_dict(self) -> dict:
         return {}
 
@@ -230,6 +238,10 @@ class CoordinateSource:
             values=batch.values.to(self.device),
             jacobians=batch.jacobians.to(self.device) if batch.jacobians is not None else None,
         )
+
+    def refilter(self, model) -> None:
+        """Nothing to filter."""
+        return None
 
     def state_dict(self) -> dict:
         return {}

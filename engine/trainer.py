@@ -51,10 +51,10 @@ from tensorfield.engine.checkpoint import (
 )
 from tensorfield.engine.config import ConfigError, config_from_dict, save_config
 from tensorfield.engine.logger import MetricsLogger
-from tensorfield.engine.metrics import load_lpips, mse_to_psnr, psnr, ssim
+from tensorfield.engine.data import load_scene_for  # noqa: F401 - re-exported
+from tensorfield.engine.metrics import mse_to_psnr
 from tensorfield.engine.optim import apply_lr_schedule, apply_param_surgery, build_optimizer
-from tensorfield.engine.sampling import CoordinateSource, ImageSource, RaySource
-from tensorfield.fields.base import BatchKind, Field, HookResult
+from tensorfield.fields.base import Field, HookResult, TrainingData
 
 EVAL_FILE = "eval.json"
 
@@ -100,15 +100,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(config, scene_info) -> Field:
-    """Instantiate the registered model of ``config.method`` as ``ModelClass(config, scene_info)``."""
+def _spec(config):
     from tensorfield.fields import registry
 
     try:
-        spec = registry.get_method(config.method)
-    except KeyError as err:
-        raise ConfigError(str(err).strip("'\"")) from None
-    return spec.model_class()(config, scene_info)
+        return registry.get_method(config.method)
+    except registry.RegistryError as err:
+        raise ConfigError(str(err)) from None
+
+
+def build_model(config, scene_info) -> Field:
+    """Instantiate the registered model of ``config.method`` as ``model(config, scene_info)``."""
+    return _spec(config).model_class()(config, scene_info)
+
+
+def build_data(config, path: str | os.PathLike | None = None, scene=None) -> TrainingData:
+    """The training data ``config.method`` names (its ``MethodSpec.data`` factory).
+
+    Args:
+        config: the method's config (image methods read ``data``, ``downscale``, ``background``...).
+        path: the data path, if not ``config.data`` (``None`` for data named by the config alone).
+        scene: an already loaded scene the factory may wrap instead of loading (tests, scripts).
+    """
+    return _spec(config).data_factory()(config, None if path is None else str(path), scene=scene)
 
 
 class TrainingCallback:
@@ -126,39 +140,6 @@ class TrainingCallback:
 
     def after_step(self, trainer: "Trainer", step: int, output) -> None:
         """Called after ``step`` with its output; the default does nothing."""
-
-
-def load_scene_for(config):
-    """Load ``config.data`` with the config's downscale and background.
-
-    ``background="random"`` loads the images composited on white; the trainer recomposites each
-    batch on a random colour using the alpha masks.
-
-    Raises:
-        ConfigError: no data path set. ``DatasetError`` from the loader propagates unchanged.
-    """
-    from tensorfield.datasets.scene import load_scene
-
-    if not config.data:
-        raise ConfigError("no training data: pass --data PATH (or set data=PATH)")
-    background = "white" if config.background == "random" else config.background
-    video = {}
-    if int(getattr(config, "frame_stride", 1)) != 1:
-        video["frame_stride"] = int(config.frame_stride)
-    if int(getattr(config, "max_frames", 0)) > 0:
-        video["max_frames"] = int(config.max_frames)
-    if list(getattr(config, "time_range", []) or []):
-        if len(config.time_range) != 2:
-            raise ConfigError(f"time_range must be [start, end] in seconds, got {list(config.time_range)}")
-        video["time_range"] = (float(config.time_range[0]), float(config.time_range[1]))
-    if list(getattr(config, "test_cameras", []) or []):
-        video["test_cameras"] = [str(c) for c in config.test_cameras]
-    try:
-        return load_scene(config.data, downscale=config.downscale, background=background, **video)
-    except ValueError as err:
-        if video and "video" in str(err).lower():
-            raise ConfigError(f"{config.data}: {err}") from None
-        raise
 
 
 def _capture_rng() -> dict:
@@ -218,13 +199,13 @@ class _Window:
 
 # ------------------------------------------------------------------------------------ trainer
 class Trainer:
-    """Trains one :class:`Field` on one scene, with evaluation, logging and checkpoints.
+    """Trains one :class:`Field` on its :class:`~tensorfield.fields.base.TrainingData`, with
+    evaluation, logging and checkpoints.
 
     Args:
         config: the method's resolved config (a :class:`MethodConfig` subclass).
-        scene: a :class:`tensorfield.datasets.scene.Scene` for ray- and image-batch models, or a
-            :class:`~tensorfield.engine.sampling.CoordinateSampler` for coordinate-batch models
-            (which may also offer ``evaluate(model) -> dict`` for :meth:`evaluate`).
+        data: the training data (from the method's data factory, :func:`build_data`): it builds
+            the batch source and evaluates; the trainer never looks inside it.
         model: the field to train (moved to ``device``).
         run_dir: output directory (created on demand).
         device: see :func:`resolve_device`.
@@ -233,13 +214,13 @@ class Trainer:
         ConfigError: ``tensorboard=true`` without the tensorboard package.
     """
 
-    def __init__(self, config, scene, model: Field, run_dir: str | os.PathLike, device: str | torch.device | None = None):
+    def __init__(self, config, data: TrainingData, model: Field, run_dir: str | os.PathLike, device: str | torch.device | None = None):
         if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
             raise ConfigError("tensorboard=true but the tensorboard package is not installed (pip install tensorboard)")
-        if config.background not in ("white", "black", "random"):
-            raise ConfigError(f"background must be white, black or random, got '{config.background}'")
+        if not isinstance(data, TrainingData):
+            raise TypeError(f"{type(data).__name__} is not TrainingData (scene_info, batch_source, eval_splits, evaluate)")
         self.config = config
-        self.scene = scene
+        self.data = data
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.model = model.to(self.device)
         self.run_dir = Path(run_dir)
@@ -253,8 +234,6 @@ class Trainer:
         self._source = None
         self._pending_source_state: dict | None = None
         self._logger: MetricsLogger | None = None
-        self._lpips = None
-        self._lpips_loaded = False
 
     # ----------------------------------------------------------------------- construction
     @classmethod
@@ -265,23 +244,25 @@ class Trainer:
         *,
         data_path: str | os.PathLike | None = None,
         scene=None,
+        data: TrainingData | None = None,
         device: str | torch.device | None = None,
     ) -> Trainer:
-        """A fresh run: seed, load the scene (``data_path`` or ``config.data``), build the model.
+        """A fresh run: seed, build the method's data (``data_path`` or ``config.data``), build the model.
 
         Args:
             config: resolved config, e.g. from :func:`tensorfield.engine.config.load_config`.
             run_dir: output directory.
             data_path: dataset path; stored into ``config.data`` so resumes find it again.
-            scene: an already loaded scene (skips loading).
+            scene: an already loaded scene for the method's data factory to wrap (skips loading).
+            data: ready training data (skips the factory).
             device: see :func:`resolve_device`.
         """
         if data_path is not None:
             config = dataclasses.replace(config, data=str(data_path))
         seed_everything(config.seed)
-        scene = scene if scene is not None else load_scene_for(config)
-        model = build_model(config, scene.scene_info())
-        return cls(config, scene, model, run_dir, device)
+        data = data if data is not None else build_data(config, scene=scene)
+        model = build_model(config, data.scene_info())
+        return cls(config, data, model, run_dir, device)
 
     @classmethod
     def from_checkpoint(
@@ -292,23 +273,25 @@ class Trainer:
         run_dir: str | os.PathLike | None = None,
         data_path: str | os.PathLike | None = None,
         scene=None,
+        data: TrainingData | None = None,
         model: Field | None = None,
         device: str | torch.device | None = None,
     ) -> Trainer:
         """Rebuild a run from a checkpoint file or a run directory (its newest checkpoint).
 
         The config stored in the checkpoint is used, with ``overrides`` on top (e.g.
-        ``["steps=30000"]`` to train longer). The model is built from the registry unless given,
-        reshaped with :meth:`Field.prepare_for_state` and loaded, and the optimiser, schedule,
-        RNG and sampler states are restored, so :meth:`train` continues exactly where it stopped
-        and :meth:`evaluate` evaluates the stored model.
+        ``["steps=30000"]`` to train longer); the method's data factory rebuilds its data from it.
+        The model is built from the registry unless given, reshaped with
+        :meth:`Field.prepare_for_state` and loaded, and the optimiser, schedule, RNG and batch
+        source states are restored, so :meth:`train` continues exactly where it stopped and
+        :meth:`evaluate` evaluates the stored model.
 
         Args:
             path: ``.../checkpoints/step_NNNNNN.ckpt`` or a run directory.
             overrides: ``key=value`` config overrides.
             run_dir: output directory (default: the run the checkpoint belongs to).
             data_path: dataset path if it moved (default: the stored ``config.data``).
-            scene, model: already built objects (tests, or a caller that loaded them itself).
+            scene, data, model: already built objects (tests, or a caller that loaded them itself).
             device: see :func:`resolve_device`.
 
         Raises:
@@ -319,17 +302,17 @@ class Trainer:
         checkpoint = path if path.is_file() else latest_checkpoint(path)
         if checkpoint is None:
             raise CheckpointError(f"{path}: no checkpoint found (expected {path}/{CHECKPOINT_DIR}/step_*.ckpt)")
-        data = load_checkpoint(checkpoint)
-        config = config_from_dict(data["config"], overrides, source=str(checkpoint))
+        stored = load_checkpoint(checkpoint)
+        config = config_from_dict(stored["config"], overrides, source=str(checkpoint))
         if data_path is not None:
             config = dataclasses.replace(config, data=str(data_path))
         if run_dir is None:
             run_dir = checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINT_DIR else checkpoint.parent
         seed_everything(config.seed)
-        scene = scene if scene is not None else load_scene_for(config)
-        model = model if model is not None else build_model(config, scene.scene_info())
-        trainer = cls(config, scene, model, run_dir, device)
-        trainer._restore(data, checkpoint)
+        data = data if data is not None else build_data(config, scene=scene)
+        model = model if model is not None else build_model(config, data.scene_info())
+        trainer = cls(config, data, model, run_dir, device)
+        trainer._restore(stored, checkpoint)
         return trainer
 
     def resume(self, checkpoint: str | os.PathLike | None = None) -> int:
@@ -350,27 +333,21 @@ class Trainer:
     # ----------------------------------------------------------------------- state
     @property
     def batch_source(self):
-        """The batch source for ``model.batch_kind`` (built, and rays filtered, on first use)."""
+        """The data's batch source for the model (built on first use; fresh ones get the model's
+        filter, e.g. TensoRF's ray filter, restored ones their checkpointed state)."""
         if self._source is None:
-            kind = BatchKind(self.model.batch_kind)
-            random_background = self.config.background == "random"
-            if kind is BatchKind.COORDINATES:
-                source = CoordinateSource(self.scene, self.device)
-            else:
-                split = self._split("train")
-                source_class = RaySource if kind is BatchKind.RAYS else ImageSource
-                source = source_class(split, self._scene_background(), random_background, self.device)
+            source = self.data.batch_source(self.model, self.device)
+            self._source = source
             if self._pending_source_state is not None:
                 source.load_state_dict(self._pending_source_state)
                 self._pending_source_state = None
-            elif kind is BatchKind.RAYS:
-                self._filter_rays(source)
-            self._source = source
+            else:
+                self._refilter(source)
         return self._source
 
     def trainer_state(self) -> dict[str, Any]:
         """Everything besides model and optimiser needed to continue bit-exactly."""
-        model_generator = getattr(self.model, "generator", None)
+        model_generator = self.model.generator
         return {
             "step": self.step,
             "base_step": self.base_step,
@@ -378,7 +355,7 @@ class Trainer:
             "train_s": self.train_s,
             "rng": _capture_rng(),
             "sampler_rng": self.generator.get_state(),
-            "model_rng": model_generator.get_state() if isinstance(model_generator, torch.Generator) else None,
+            "model_rng": model_generator.get_state() if model_generator is not None else None,
             "batch_source": self.batch_source.state_dict(),
         }
 
@@ -411,8 +388,8 @@ class Trainer:
         self.elapsed_s = float(state.get("elapsed_s", 0.0))
         self.train_s = float(state.get("train_s", 0.0))
         self.generator.set_state(state["sampler_rng"])
-        model_generator = getattr(self.model, "generator", None)
-        if state.get("model_rng") is not None and isinstance(model_generator, torch.Generator):
+        model_generator = self.model.generator
+        if state.get("model_rng") is not None and model_generator is not None:
             model_generator.set_state(state["model_rng"])
         self._pending_source_state = state.get("batch_source")
         if self._source is not None:
@@ -532,12 +509,14 @@ class Trainer:
         if hook.rebuild_optimizer:
             self.optimizer, self._groups = build_optimizer(self.model, self.config)
             self.base_step = next_step
-        if hook.refilter_rays and isinstance(self._source, RaySource):
-            self._filter_rays(self._source)
+        if hook.refilter_rays and self._source is not None:
+            self._refilter(self._source)
 
-    def _filter_rays(self, source: RaySource) -> None:
-        before, after = source.apply_filter(self.model)
-        self._get_logger().write({"step": self.step, "event": "ray_filter", "rays_before": before, "rays_after": after}, tag="data")
+    def _refilter(self, source) -> None:
+        counts = source.refilter(self.model)
+        if counts is not None:
+            before, after = counts
+            self._get_logger().write({"step": self.step, "event": "ray_filter", "rays_before": before, "rays_after": after}, tag="data")
 
     def _log_window(self, window: _Window, logger: MetricsLogger) -> dict[str, Any]:
         loss = float(torch.stack(window.losses).mean())
@@ -581,98 +560,30 @@ class Trainer:
         return result
 
     def _default_eval_split(self) -> str | None:
-        if BatchKind(self.model.batch_kind) is BatchKind.COORDINATES:
-            return "test" if hasattr(self.scene, "evaluate") else None
-        splits = getattr(self.scene, "splits", {})
-        return next((name for name in ("test", "val") if name in splits), None)
+        splits = [name for name in self.data.eval_splits() if name != "train"]
+        return splits[0] if splits else None
 
     def _evaluate(self, split: str, save_renders: bool, write_json: bool) -> dict[str, Any]:
+        known = self.data.eval_splits()
+        if split not in known:
+            raise TrainingError(f"the data has no '{split}' split to evaluate (has: {', '.join(known) or 'none'})")
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
-            if BatchKind(self.model.batch_kind) is BatchKind.COORDINATES:
-                result = self._evaluate_coordinates(split)
-            else:
-                result = self._evaluate_images(split, save_renders)
+        out_dir = self.run_dir / "renders" / split if save_renders else None
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                metrics = self.data.evaluate(self.model, split, out_dir, max_items=self.config.eval_max_images)
+        finally:
+            self.model.train(was_training)
+        result = {"split": split, "step": self.step, **metrics}
         if write_json:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             name = EVAL_FILE if split == "test" else f"eval_{split}.json"
             _write_json(self.run_dir / name, result)
         return result
 
-    def _evaluate_coordinates(self, split: str) -> dict[str, Any]:
-        evaluate = getattr(self.scene, "evaluate", None)
-        if evaluate is None:
-            raise TrainingError(f"{type(self.scene).__name__} has no evaluate(model); nothing to evaluate")
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            metrics = evaluate(self.model)
-        finally:
-            self.model.train(was_training)
-        return {"split": split, "step": self.step, **{key: float(value) for key, value in metrics.items()}}
-
-    def _evaluate_images(self, split: str, save_renders: bool) -> dict[str, Any]:
-        import imageio.v2 as imageio
-        from tensorfield.engine.render import colorize_depth, render_frame, to_uint8
-
-        data = self._split(split)
-        cameras = data.cameras
-        count = len(cameras)
-        if self.config.eval_max_images > 0:
-            count = min(count, self.config.eval_max_images)
-        background = self._scene_background()
-        if not self._lpips_loaded:
-            self._lpips, self._lpips_loaded = load_lpips(self.device), True
-        out_dir = self.run_dir / "renders" / split
-        if save_renders:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        names = list(getattr(data, "image_paths", None) or [])
-        per_image = []
-        for index in range(count):
-            tick = time.perf_counter()
-            output = render_frame(self.model, cameras, index, background)
-            seconds = time.perf_counter() - tick
-            prediction = output.rgb.detach().float().clamp(0.0, 1.0).cpu()
-            target = data.images[index].detach().float().cpu()
-            record = {
-                "index": index,
-                "name": Path(str(names[index])).stem if index < len(names) else f"{index:03d}",
-                "psnr": psnr(prediction, target),
-                "ssim": ssim(prediction, target),
-                "lpips": self._lpips(prediction, target) if self._lpips is not None else None,
-                "render_s": seconds,
-            }
-            per_image.append(record)
-            if save_renders:
-                imageio.imwrite(out_dir / f"{index:03d}.png", to_uint8(prediction))
-                imageio.imwrite(out_dir / f"{index:03d}_depth.png", colorize_depth(output.depth, output.alpha))
-
-        def mean(key: str) -> float | None:
-            values = [record[key] for record in per_image if record[key] is not None]
-            return float(np.mean(values)) if values else None
-
-        return {
-            "split": split,
-            "step": self.step,
-            "num_images": count,
-            "psnr": mean("psnr"),
-            "ssim": mean("ssim"),
-            "lpips": mean("lpips"),
-            "render_s": mean("render_s"),
-            "per_image": per_image,
-        }
-
     # ----------------------------------------------------------------------- scene access
-    def _split(self, name: str):
-        splits = getattr(self.scene, "splits", None)
-        if splits is not None and name not in splits:
-            known = ", ".join(splits) or "none"
-            raise TrainingError(f"the scene has no '{name}' split (has: {known})")
-        return splits[name] if splits is not None else self.scene.split(name)
-
-    def _scene_background(self) -> torch.Tensor:
-        return torch.as_tensor(self.scene.background, dtype=torch.float32).reshape(3)
-
     def _get_logger(self) -> MetricsLogger:
         if self._logger is None:
             self._logger = MetricsLogger(self.run_dir, tensorboard=self.config.tensorboard)
@@ -711,3 +622,18 @@ def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(clean(data), indent=1))
     os.replace(tmp, path)
+
+
+def load_run(path: str | os.PathLike, device: str | torch.device | None = None) -> Trainer:
+    """Open a run folder or checkpoint for evaluation, rendering, export or viewing.
+
+    The model, its data and the trainer state come back as :meth:`Trainer.from_checkpoint`
+    builds them (the same path as a resume).
+
+    Raises:
+        CheckpointError: no such run or checkpoint, or an unreadable one.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such run folder or checkpoint")
+    return Trainer.from_checkpoint(path, device=device)

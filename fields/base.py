@@ -28,10 +28,14 @@ from __future__ import annotations
 import abc
 import enum
 from dataclasses import dataclass, field
-from typing import ClassVar
+from pathlib import Path
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
+
+from tensorfield.datasets.cameras import Cameras
+from tensorfield.datasets.info import SceneInfo  # re-exported: models are built from it
 
 
 class BatchKind(str, enum.Enum):
@@ -68,18 +72,21 @@ class ImageBatch:
     """Whole training images (used by the Gaussian families).
 
     Attributes:
-        cameras: a :class:`tensorfield.datasets.cameras.Cameras` batch of ``B`` cameras.
+        cameras: a batch of ``B`` cameras.
         images: ``[B, H, W, 3]`` targets composited on ``background``.
         alphas: ``[B, H, W]`` foreground masks, or ``None``.
         background: ``[3]``.
         indices: ``[B]`` indices of the images in the training split.
+        extras: per-image inputs a method's data source adds (name -> ``[B, ...]`` tensor,
+            e.g. an avatar's skeleton pose per frame); empty for plain image scenes.
     """
 
-    cameras: object
+    cameras: Cameras
     images: Tensor
     alphas: Tensor | None
     background: Tensor
     indices: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -111,6 +118,89 @@ class RenderOutput:
     rgb: Tensor
     depth: Tensor
     alpha: Tensor
+
+
+RENDER_MODES = ("rgb", "depth", "alpha")
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    """One frame to render: the single request type of the CLI, the viewer and the exporters.
+
+    Attributes:
+        cameras: the cameras; ``index`` picks one.
+        index: which camera of ``cameras``.
+        background: ``[3]`` colour to composite on.
+        time: normalised time in ``[0, 1]``; ``None`` (or ``nan``) = the camera's own time, which
+            models without time (:class:`HasTime`) ignore.
+        identity: the subject of a model with identities (:class:`HasIdentities`), else ``None``.
+        frame: the pose / frame index of a model driven by per-frame inputs (avatars), else
+            ``None``.
+        mode: ``rgb``, ``depth`` or ``alpha`` (what :func:`tensorfield.engine.render.output_image`
+            turns the :class:`RenderOutput` into; the model renders all three at once).
+    """
+
+    cameras: Cameras
+    index: int = 0
+    background: Tensor | None = None
+    time: float | None = None
+    identity: int | None = None
+    frame: int | None = None
+    mode: str = "rgb"
+
+    def __post_init__(self) -> None:
+        if self.mode not in RENDER_MODES:
+            raise ValueError(f"unknown render mode '{self.mode}' (use one of {', '.join(RENDER_MODES)})")
+
+    @property
+    def camera_time(self) -> float | None:
+        """The time to render at: ``time`` if finite, else the camera's own (``None`` if it has none)."""
+        import math
+
+        if self.time is not None and math.isfinite(float(self.time)):
+            return float(self.time)
+        own = float(self.cameras.times[self.index])
+        return own if math.isfinite(own) else None
+
+    def on(self, device: torch.device | str) -> RenderRequest:
+        """The same request with cameras and background on ``device``."""
+        background = self.background if self.background is not None else torch.ones(3)
+        return RenderRequest(
+            self.cameras.to(device), self.index, background.to(device), self.time, self.identity, self.frame, self.mode
+        )
+
+
+@dataclass(frozen=True)
+class SliceRequest:
+    """A 2D slice of a field's values, for models without images (Einstein fields).
+
+    The slice is the plane ``origin + u * axis_u + v * axis_v`` for ``u, v`` in ``[-1, 1]``
+    sampled on a ``resolution x resolution`` grid (row ``i`` is ``v`` from +1 down to -1).
+
+    Attributes:
+        origin: ``[D]`` centre of the slice in the model's coordinates (e.g. ``(t, x, y, z)``).
+        axis_u, axis_v: ``[D]`` half-extents of the two in-plane directions.
+        resolution: samples per side.
+        component: which scalar to show (model-defined name, e.g. ``"g_tt"`` or
+            ``"kretschmann"``); empty = the model's default.
+    """
+
+    origin: tuple[float, ...]
+    axis_u: tuple[float, ...]
+    axis_v: tuple[float, ...]
+    resolution: int = 128
+    component: str = ""
+
+    def points(self) -> Tensor:
+        """``[R, R, D]`` float64 sample coordinates."""
+        origin = torch.tensor(self.origin, dtype=torch.float64)
+        u_axis = torch.tensor(self.axis_u, dtype=torch.float64)
+        v_axis = torch.tensor(self.axis_v, dtype=torch.float64)
+        if not (origin.shape == u_axis.shape == v_axis.shape):
+            raise ValueError("slice origin and axes must have the same length")
+        steps = torch.linspace(-1.0, 1.0, self.resolution, dtype=torch.float64)
+        v, u = torch.meshgrid(-steps, steps, indexing="ij")
+        return origin + u[..., None] * u_axis + v[..., None] * v_axis
 
 
 @dataclass
@@ -195,33 +285,6 @@ class ParamGroup:
     decay_steps: int = 1
 
 
-@dataclass
-class SceneInfo:
-    """What a model needs to know about the scene at construction time.
-
-    Attributes:
-        aabb: ``[2, 3]`` scene bounding box (min, max corners).
-        near, far: default ray distance range.
-        is_dynamic: whether images carry different times.
-        num_train_images: number of training images (per-image embeddings, etc.).
-        points: optional ``[P, 3]`` initial point cloud (SfM points); ``points_rgb`` its colours.
-        camera_centers: optional ``[C, 3]`` training camera positions (Gaussian models derive
-            the scene extent from them, as 3DGS's ``getNerfppNorm``).
-        source_format: the data layout it was loaded from (``"blender"``, ``"dnerf"``,
-            ``"nerfstudio"``, ``"n3v"``; empty when not from a loader).
-    """
-
-    aabb: Tensor
-    near: float
-    far: float
-    is_dynamic: bool = False
-    num_train_images: int = 0
-    points: Tensor | None = None
-    points_rgb: Tensor | None = None
-    camera_centers: Tensor | None = None
-    source_format: str = ""
-
-
 # ---------------------------------------------------------------------------------- the field
 class Field(nn.Module, abc.ABC):
     """Base class of every model family.
@@ -236,6 +299,9 @@ class Field(nn.Module, abc.ABC):
     #: this is True. Worth it for a model rendered many times (viewer, ``render``, evaluation);
     #: the live viewer's training snapshots, each rendered a few times, turn it off.
     allow_render_cache: bool = True
+    #: A model that draws random numbers of its own (Gaussian splits, TensoRF's sample jitter)
+    #: draws them from this generator, which the trainer checkpoints for exact resumes.
+    generator: torch.Generator | None = None
 
     @abc.abstractmethod
     def param_groups(self) -> list[ParamGroup]:
@@ -244,10 +310,6 @@ class Field(nn.Module, abc.ABC):
     @abc.abstractmethod
     def training_step(self, batch, step: int) -> StepOutput:
         """Loss (and logged metrics) for one batch."""
-
-    @abc.abstractmethod
-    def render_view(self, cameras, index: int, time: float | None, background: Tensor) -> RenderOutput:
-        """Render camera ``index`` of ``cameras`` at ``time`` (``None`` = the camera's own)."""
 
     # Hooks: defaults do nothing.
     def before_step(self, step: int) -> HookResult:
@@ -273,3 +335,150 @@ class Field(nn.Module, abc.ABC):
 
     def prepare_for_state(self, shape_state: dict) -> None:
         """Reshape parameters and buffers to ``shape_state`` before ``load_state_dict``."""
+
+
+# ---------------------------------------------------------------------------------- capabilities
+# What a model can do beyond training is one of these optional protocols. The CLI, the viewer and
+# the exporters test ``isinstance(model, Protocol)`` and nothing else; a family implements the
+# methods of the capabilities it has (structural typing: no registration, no flags).
+@runtime_checkable
+class RendersViews(Protocol):
+    """Renders camera views (radiance fields, Gaussians, avatars): ``render``, ``eval`` images."""
+
+    def render_view(self, request: RenderRequest) -> RenderOutput:
+        """Colour, depth and alpha of ``request``'s camera (without gradients)."""
+
+
+@runtime_checkable
+class ExportsDensityGrid(Protocol):
+    """A density on a grid and a radiance to colour it: marching-cubes meshes (TensoRF, Strivec)."""
+
+    def density_grid(self, resolution: tuple[int, int, int] | None = None) -> tuple[Tensor, Tensor]:
+        """``alpha [X, Y, Z]`` (opacity of one step) over ``aabb [2, 3]``, and that box."""
+
+    def radiance(self, points: Tensor, directions: Tensor) -> Tensor:
+        """``[N, 3]`` colour leaving ``points [N, 3]`` along unit ``directions [N, 3]``."""
+
+
+@runtime_checkable
+class ExportsSplats(Protocol):
+    """Gaussians in the standard 3DGS PLY layout (``export RUN splat``)."""
+
+    def splat_attributes(self, time: float | None = None) -> SplatAttributes:
+        """The Gaussians (dynamic models: the slice at normalised ``time``)."""
+
+
+@runtime_checkable
+class HasTime(Protocol):
+    """A dynamic model: renders depend on :attr:`RenderRequest.time` (the viewer's time slider)."""
+
+    def time_span(self) -> tuple[float, float]:
+        """The normalised times the model was trained on (usually ``(0, 1)``)."""
+
+
+@runtime_checkable
+class HasIdentities(Protocol):
+    """A model of several subjects driven by per-frame inputs (avatars): identity and frame choosers."""
+
+    def num_identities(self) -> int:
+        """How many subjects :attr:`RenderRequest.identity` can select."""
+
+    def num_frames(self) -> int:
+        """How many poses / frames :attr:`RenderRequest.frame` can select (0 = none)."""
+
+
+@runtime_checkable
+class ExportsSlices(Protocol):
+    """Values on 2D slices of the model's domain (coordinate models: ``export RUN slice``)."""
+
+    def slice_components(self) -> tuple[str, ...]:
+        """Names :attr:`SliceRequest.component` accepts, the default first."""
+
+    def default_slice(self) -> SliceRequest:
+        """The slice shown when none is asked for (e.g. the ``z = 0`` plane at ``t = 0``)."""
+
+    def field_slice(self, request: SliceRequest) -> Tensor:
+        """``[R, R]`` float values of ``request.component`` on the slice."""
+
+
+@dataclass
+class SplatAttributes:
+    """Gaussians in the standard 3DGS PLY layout (what splat viewers read).
+
+    Attributes:
+        names: the ``F`` vertex property names in file order: ``x y z nx ny nz f_dc_0..2
+            f_rest_0..(3(K-1)-1) opacity scale_0..2 rot_0..3`` (``f_rest`` channel-major: all
+            red coefficients, then green, then blue; opacity a logit, scales logs, rotation
+            ``(w, x, y, z)``).
+        values: ``[N, F]`` float32.
+    """
+
+    names: list[str]
+    values: Tensor
+
+
+def capabilities(model) -> tuple[str, ...]:
+    """Names of the capability protocols ``model`` implements (for ``tensorfield methods`` / docs)."""
+    return tuple(
+        protocol.__name__
+        for protocol in (RendersViews, ExportsDensityGrid, ExportsSplats, HasTime, HasIdentities, ExportsSlices)
+        if isinstance(model, protocol)
+    )
+
+
+# ---------------------------------------------------------------------------------- data
+# A method names the data it trains on (``MethodSpec.data``: a factory ``(config, path) ->
+# TrainingData``). The trainer only ever talks to these two protocols, so an image scene, a
+# sampled spacetime and an avatar capture are all trained, resumed and evaluated the same way.
+@runtime_checkable
+class BatchSource(Protocol):
+    """Where each training step's batch comes from; its state is checkpointed for exact resumes."""
+
+    def sample(self, batch_size: int, generator: torch.Generator):
+        """The next batch (a :class:`RayBatch`, :class:`ImageBatch`, :class:`CoordinateBatch`, ...),
+        on the training device, drawn with ``generator`` (the trainer's checkpointed CPU generator)."""
+
+    def refilter(self, model: Field) -> tuple[int, int] | None:
+        """React to :attr:`HookResult.refilter_rays`: ``(before, after)`` counts, or ``None``."""
+
+    def state_dict(self) -> dict:
+        """Tensors and numbers that make :meth:`sample` continue exactly after a resume."""
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+
+
+@runtime_checkable
+class TrainingData(Protocol):
+    """A typed scene a method trains on: what the model learns of it, batches and evaluation."""
+
+    def scene_info(self) -> SceneInfo:
+        """What the model is built from."""
+
+    def batch_source(self, model: Field, device: torch.device) -> BatchSource:
+        """A fresh batch source for ``model`` (e.g. rays already filtered by its ``ray_filter``)."""
+
+    def eval_splits(self) -> tuple[str, ...]:
+        """Splits :meth:`evaluate` accepts, the default (end-of-training) one first; may be empty."""
+
+    def evaluate(self, model: Field, split: str, out_dir: Path | None, max_items: int = 0) -> dict:
+        """Score ``model`` on ``split`` (no gradients; the trainer forks the RNG around it).
+
+        Returns the means (``psnr``, ``ssim``... or a coordinate model's errors) and, optionally,
+        ``per_image`` records; renders are written under ``out_dir`` when it is given.
+        """
+
+
+@runtime_checkable
+class CameraData(Protocol):
+    """Training data seen through cameras: what ``render --path``, orbits, TSDF meshes and the
+    viewer's camera list need from it."""
+
+    def split_cameras(self) -> dict[str, Cameras]:
+        """Split name -> its cameras (``train`` first when present)."""
+
+    def scene_box(self) -> Tensor:
+        """``[2, 3]`` bounding box (orbit centre, point-cloud voxel size)."""
+
+    def background_color(self) -> Tensor:
+        """``[3]`` colour the targets are composited on."""

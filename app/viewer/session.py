@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tensorfield.app.viewer.camera import ViewCamera
 from tensorfield.datasets.cameras import Cameras
+from tensorfield.fields.base import CameraData, HasTime
 
 
 @dataclass
@@ -84,16 +85,9 @@ def mean_up(cameras: Cameras) -> np.ndarray:
     return up / norm if norm > 1e-9 else np.array([0.0, 0.0, 1.0])
 
 
-def model_is_dynamic(model, scene_dynamic: bool) -> bool:
-    """Whether to show time controls: the model's own flag (``is_dynamic``, or a 4D
-    ``dim``), else whether the scene's cameras carry times."""
-    flag = getattr(model, "is_dynamic", None)
-    if isinstance(flag, bool):
-        return flag
-    dim = getattr(model, "dim", None)
-    if isinstance(dim, int) and dim in (3, 4):
-        return dim == 4
-    return bool(scene_dynamic)
+def model_is_dynamic(model) -> bool:
+    """Whether to show the time controls: the model has time (:class:`~tensorfield.fields.base.HasTime`)."""
+    return isinstance(model, HasTime)
 
 
 def session_from_model(
@@ -107,34 +101,34 @@ def session_from_model(
 ) -> ViewerSession:
     if isinstance(cameras, Cameras):
         cameras = {"train": cameras}
-    scene_dynamic = any(c.is_dynamic for c in cameras.values())
-    reference = cameras.get("train") or next(iter(cameras.values()))
+    reference = cameras["train"] if "train" in cameras else next(iter(cameras.values()), None)
     return ViewerSession(
         model=model,
         name=name,
         method=method,
         cameras=cameras,
         background=torch.as_tensor(background, dtype=torch.float32).reshape(3),
-        is_dynamic=model_is_dynamic(model, scene_dynamic) if is_dynamic is None else is_dynamic,
+        is_dynamic=model_is_dynamic(model) if is_dynamic is None else is_dynamic,
         center=np.zeros(3) if center is None else np.asarray(center, dtype=np.float64),
-        up=mean_up(reference),
+        up=mean_up(reference) if reference is not None else np.array([0.0, 0.0, 1.0]),
     )
 
 
 def session_from_trainer(trainer, name: str | None = None) -> ViewerSession:
-    """The session of a trainer's model and scene."""
-    scene = trainer.scene
-    splits = getattr(scene, "splits", {}) or {}
-    cameras = {split: data.cameras for split, data in splits.items()}
-    aabb = getattr(scene, "aabb", None)
-    center = aabb.double().reshape(2, 3).mean(0).numpy() if aabb is not None else np.zeros(3)
+    """The session of a trainer's model and data (cameras, box and background when the data
+    is seen through cameras, :class:`~tensorfield.fields.base.CameraData`)."""
+    data = trainer.data
+    cameras, center, background = {}, np.zeros(3), (1.0, 1.0, 1.0)
+    if isinstance(data, CameraData):
+        cameras = data.split_cameras()
+        center = data.scene_box().double().mean(0).numpy()
+        background = data.background_color()
     session = session_from_model(
         trainer.model,
         cameras,
-        background=torch.as_tensor(scene.background, dtype=torch.float32),
+        background=background,
         name=name or str(trainer.run_dir),
         method=str(trainer.config.method),
-        is_dynamic=model_is_dynamic(trainer.model, bool(getattr(scene, "is_dynamic", False))),
         center=center,
     )
     session.trainer = trainer
@@ -148,8 +142,8 @@ def load_session(path: str | Path, device: str | None = None) -> ViewerSession:
         the CLI's user errors (``CheckpointError``, ``ConfigError``, ``DatasetError``,
         ``CommandError``...) with one-line messages.
     """
-    from tensorfield.app.commands import _load_run
+    from tensorfield.engine.trainer import load_run
 
-    trainer = _load_run(str(path), device)
+    trainer = load_run(path, device)
     trainer.model.eval()
     return session_from_trainer(trainer, name=str(path))

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tensorfield.app.viewer.camera import ViewCamera
 from tensorfield.engine.render import render_image
+from tensorfield.fields.base import RenderRequest
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,12 @@ class FrameRequest:
     def cameras(self):
         return self.camera.cameras(self.width, self.height, self.time)
 
+    def render_request(self) -> RenderRequest:
+        """The engine's request for this frame (what ``tensorfield render`` would be given)."""
+        time_value = self.time if self.time is not None and math.isfinite(self.time) else None
+        background = torch.tensor(self.background, dtype=torch.float32)
+        return RenderRequest(self.cameras(), 0, background, time_value, self.identity, None, self.mode)
+
 
 @dataclass
 class FrameResult:
@@ -67,9 +74,7 @@ class FrameResult:
 
 def render_request(model, request: FrameRequest) -> np.ndarray:
     """The image of ``request`` through the engine's render service (what the CLI uses)."""
-    background = torch.tensor(request.background, dtype=torch.float32)
-    time_value = request.time if request.time is not None and math.isfinite(request.time) else None
-    return render_image(model, request.cameras(), 0, background, time_value, request.identity, request.mode)
+    return render_image(model, request.render_request())
 
 
 class RenderWorker:

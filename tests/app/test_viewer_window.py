@@ -210,7 +210,7 @@ def test_time_slider_scrubs_a_dynamic_model(qtbot, window):
     assert window.time_value == 1.0
     assert not np.array_equal(before, after)
     request = window.last_result.request
-    expected = render_image(model, request.cameras(), 0, torch.tensor(request.background), 1.0, None, "rgb")
+    expected = render_image(model, request.render_request())
     assert np.array_equal(after, expected)
     # play advances time
     window.set_time(0.0)

@@ -172,10 +172,10 @@ class ToyRays(Field):
         mse = F.mse_loss(rgb, batch.rgb)
         return StepOutput(mse + 1e-4 * self.density.abs().mean(), {"mse": float(mse.detach()), "grid_res": float(self.resolution)})
 
-    def render_view(self, cameras, index, time, background):
-        origins, directions = cameras.generate_rays(index)
+    def render_view(self, request):
+        origins, directions = request.cameras.generate_rays(request.index)
         h, w = origins.shape[:2]
-        rgb, depth, acc = self._render(origins.reshape(-1, 3), directions.reshape(-1, 3), background)
+        rgb, depth, acc = self._render(origins.reshape(-1, 3), directions.reshape(-1, 3), request.background)
         return RenderOutput(rgb.reshape(h, w, 3), depth.reshape(h, w), acc.reshape(h, w))
 
     def after_step(self, step):
@@ -246,8 +246,8 @@ class ToyImages(Field):
         mse = F.mse_loss(pred, batch.images)
         return StepOutput(mse, {"mse": float(mse.detach())})
 
-    def render_view(self, cameras, index, time, background):
-        rgb, alpha = self._composite(background)
+    def render_view(self, request):
+        rgb, alpha = self._composite(request.background)
         return RenderOutput(rgb, alpha * 2.0, alpha)
 
 
@@ -290,8 +290,13 @@ class ToyCoordinates(Field):
         mse = F.mse_loss(self.net(batch.coordinates), batch.values)
         return StepOutput(mse, {"mse": float(mse.detach())})
 
-    def render_view(self, cameras, index, time, background):
-        raise NotImplementedError
+
+def sampler_data(config, path=None, scene=None):
+    """Coordinate data for the toy: the sampler handed in as ``scene`` (or a fresh one)."""
+    from tensorfield.engine.data import SamplerData
+
+    sampler = scene if scene is not None else ToySampler()
+    return SamplerData(sampler, sampler.scene_info(), evaluator=sampler.evaluate)
 
 
 # ------------------------------------------------------------------------------------ registry
@@ -301,6 +306,7 @@ class DirectSpec(registry.MethodSpec):
 
     config_cls: type = field(default=None)
     model_cls: type = field(default=None)
+    data_fn: object = field(default=None)
 
     def config_class(self):
         return self.config_cls
@@ -308,16 +314,21 @@ class DirectSpec(registry.MethodSpec):
     def model_class(self):
         return self.model_cls
 
+    def data_factory(self):
+        return self.data_fn if self.data_fn is not None else super().data_factory()
+
 
 @pytest.fixture
 def toys(monkeypatch):
     """Register the toy methods and hand out the toy classes."""
-    for name, config_cls, model_cls in (
-        ("toy_rays", ToyRaysConfig, ToyRays),
-        ("toy_images", ToyImagesConfig, ToyImages),
-        ("toy_coords", ToyCoordinatesConfig, ToyCoordinates),
+    for name, config_cls, model_cls, data in (
+        ("toy_rays", ToyRaysConfig, ToyRays, "tensorfield.engine.data:ray_data"),
+        ("toy_images", ToyImagesConfig, ToyImages, "tensorfield.engine.data:image_data"),
+        ("toy_coords", ToyCoordinatesConfig, ToyCoordinates, "tensorfield.engine.data:ray_data"),
     ):
-        monkeypatch.setitem(registry.METHODS, name, DirectSpec(name, "", "", "toy", config_cls, model_cls))
+        data_fn = sampler_data if name == "toy_coords" else None
+        spec = DirectSpec(name, "", "", "toy", data, config_cls=config_cls, model_cls=model_cls, data_fn=data_fn)
+        monkeypatch.setitem(registry.METHODS, name, spec)
     return SimpleNamespace(
         ToyRaysConfig=ToyRaysConfig,
         ToyRays=ToyRays,

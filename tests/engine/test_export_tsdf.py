@@ -20,8 +20,9 @@ class AnalyticSphere(torch.nn.Module):
         super().__init__()
         self.unused = torch.nn.Parameter(torch.zeros(1))  # the render service reads the device from it
 
-    def render_view(self, cameras, index, time, background):
-        origins, directions = cameras.generate_rays(index)
+    def render_view(self, request):
+        background = request.background
+        origins, directions = request.cameras.generate_rays(request.index)
         b = (origins * directions).sum(-1)
         disc = b * b - ((origins * origins).sum(-1) - RADIUS**2)
         hit = disc > 0
@@ -47,8 +48,8 @@ def test_extract_mesh_falls_back_to_tsdf_and_empty_renders_give_an_empty_mesh():
     assert len(mesh.faces) > 100
 
     class Empty(AnalyticSphere):
-        def render_view(self, cameras, index, time, background):
-            out = super().render_view(cameras, index, time, background)
+        def render_view(self, request):
+            out = super().render_view(request)
             return RenderOutput(out.rgb, out.depth * 0, out.alpha * 0)
 
     assert len(tsdf_mesh(Empty(), cameras, torch.ones(3), voxel_length=0.05).faces) == 0

@@ -117,8 +117,8 @@ class Growing(Field):
         mse = F.mse_loss(image[None].expand_as(batch.images), batch.images)
         return StepOutput(mse, {"mse": float(mse.detach())})
 
-    def render_view(self, cameras, index, time, background):
-        image = self._image(background)
+    def render_view(self, request):
+        image = self._image(request.background)
         return RenderOutput(image, image[..., 0] * 0, image[..., 0] * 0 + 1)
 
     def after_step(self, step):
@@ -143,7 +143,7 @@ def test_trainer_applies_surgery_and_resumes_exactly(tmp_path, toys, monkeypatch
 
     from .conftest import DirectSpec
 
-    monkeypatch.setitem(registry.METHODS, "grow", DirectSpec("grow", "", "", "toy", GrowConfig, Growing))
+    monkeypatch.setitem(registry.METHODS, "grow", DirectSpec("grow", "", "", "toy", "tensorfield.engine.data:image_data", config_cls=GrowConfig, model_cls=Growing))
     scene = toys.make_scene()
     config = GrowConfig(method="grow", steps=10, log_every=1, checkpoint_every=4, keep_checkpoints=5, eval_every=0, seed=1)
     straight = Trainer.from_config(config, tmp_path / "a", scene=scene)

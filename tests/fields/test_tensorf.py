@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tensorfield.datasets.cameras import Cameras, look_at
-from tensorfield.fields.base import RayBatch, SceneInfo
+from tensorfield.fields.base import RayBatch, RenderRequest, SceneInfo
 from tensorfield.fields.factor_grids import CandecompGrids, VectorMatrixGrids
 from tensorfield.fields.tensorf import (
     TensoRF,
@@ -402,7 +402,7 @@ def test_render_view_shapes_and_background():
     zero_factors(model)  # empty scene: the background shows through
     c2w = look_at(torch.tensor([0.0, -4.0, 0.0]), torch.zeros(3), torch.tensor([0.0, 0.0, 1.0]))
     cameras = Cameras.from_fov(c2w[None], 6, 5, math.radians(40))
-    out = model.render_view(cameras, 0, None, torch.tensor([0.2, 0.4, 0.6]))
+    out = model.render_view(RenderRequest(cameras, 0, torch.tensor([0.2, 0.4, 0.6])))
     assert out.rgb.shape == (5, 6, 3) and out.depth.shape == (5, 6) and out.alpha.shape == (5, 6)
     # zero factors leave sigma = softplus(-10): ~30 samples of length 2.5 give alpha ~ 0.0035
     assert float(out.alpha.max()) < 0.01

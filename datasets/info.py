@@ -1,0 +1,41 @@
+"""What a model learns about its training data at construction time (:class:`SceneInfo`).
+
+It lives with the data, not the models: loaders and data sources build it, every model family
+reads it (:mod:`tensorfield.fields.base` re-exports it), and nothing here imports a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+
+@dataclass
+class SceneInfo:
+    """What a model needs to know about the scene at construction time.
+
+    Attributes:
+        aabb: ``[2, 3]`` scene bounding box (min, max corners).
+        near, far: default ray distance range.
+        is_dynamic: whether images carry different times.
+        num_train_images: number of training images (per-image embeddings, etc.).
+        points: optional ``[P, 3]`` initial point cloud (SfM points); ``points_rgb`` its colours.
+        camera_centers: optional ``[C, 3]`` training camera positions (Gaussian models derive
+            the scene extent from them, as 3DGS's ``getNerfppNorm``).
+        source_format: the data layout it was loaded from (``"blender"``, ``"dnerf"``,
+            ``"nerfstudio"``, ``"n3v"``; empty when not from a loader).
+        white_background: the training targets are composited on white (3DGS resets opacities
+            once more at the start of densification then, as the original's ``white_background``).
+    """
+
+    aabb: Tensor
+    near: float
+    far: float
+    is_dynamic: bool = False
+    num_train_images: int = 0
+    points: Tensor | None = None
+    points_rgb: Tensor | None = None
+    camera_centers: Tensor | None = None
+    source_format: str = ""
+    white_background: bool = False
