@@ -114,24 +114,10 @@ from tensorfield.fields.base import (
     StepOutput,
 )
 from tensorfield.fields.config import MethodConfig, option
-from tensorfield.cuda.gaussian_kernels import slice_native
+from tensorfield.fields.densification import DefaultStrategy, ScreenRecord
 from tensorfield.fields.gaussian_loss import photometric_loss
-from tensorfield.fields.gaussian_math import (
-    collapse_spherindrical,
-    covariance_4d,
-    covariance_to_scales_quats,
-    mean_neighbour_distance,
-    mean_velocity,
-    nearest_neighbours,
-    num_sh_bases,
-    quat_to_rotmat,
-    rgb_to_sh,
-    rotation_4d,
-    slice_4d,
-    spherindrical_weights,
-    temporal_variance,
-    time_basis,
-)
+from tensorfield.fields.gaussian_math import mean_neighbour_distance, nearest_neighbours, rgb_to_sh
+from tensorfield.fields.gaussian_producers import GaussianProducer, GaussianSlice, logit, make_producer
 from torch import Tensor, nn
 
 
@@ -213,6 +199,33 @@ def scene_extent(config: GaussianConfig, scene: SceneInfo) -> float:
     return 1.1 * 0.5 * float((aabb[1] - aabb[0]).norm())
 
 
+def _white_background(config: GaussianConfig, scene: SceneInfo) -> bool:
+    """Whether the training images sit on white (the one place the model asks; decides the
+    strategy's opacity reset at ``densify_from``). To be rewired to ``SceneInfo.white_background``."""
+    return config.background == "white"
+
+
+def warn_if_no_points(scene: SceneInfo, count: int | None = None, stacklevel: int = 2) -> None:
+    """Warn when a real capture (nerfstudio / N3V) has no SfM points, so Gaussians start at random.
+
+    Args:
+        scene: the scene (``points``, ``source_format``).
+        count: how many random Gaussians start instead (for the message).
+        stacklevel: 1 = the line calling this function, 2 = its caller, ...
+    """
+    if scene.points is not None and len(scene.points) > 0:
+        return
+    source_format = scene.source_format
+    if source_format in ("nerfstudio", "n3v"):  # real captures: 3DGS starts from SfM points
+        start = f"{count} Gaussians start" if count is not None else "Gaussians start"
+        warnings.warn(
+            f"no SfM points in this {source_format} scene: {start} uniformly in the "
+            "scene box, a slow and poor start for a real capture; put COLMAP's points3D.bin/.txt (or a "
+            "points3d.ply) beside the data (README: SfM points)",
+            stacklevel=stacklevel + 1,
+        )
+
+
 def _without_neighbours_is_empty(module, state_dict, prefix, *args) -> None:
     """Checkpoints written before the rigidity loss existed hold no ``rigid_neighbours``: load
     them with an empty ``[N, 0]`` table (found when first needed)."""
@@ -221,9 +234,7 @@ def _without_neighbours_is_empty(module, state_dict, prefix, *args) -> None:
         state_dict[key] = torch.zeros(state_dict[means].shape[0], 0, dtype=torch.long)
 
 
-def _logit(p: Tensor | float) -> Tensor:
-    p = torch.as_tensor(p)
-    return torch.log(p / (1 - p))
+_logit = logit  # the old private name
 
 
 @dataclass
@@ -242,29 +253,19 @@ class SplatAttributes:
     values: Tensor
 
 
-@dataclass
-class _Slice:
-    """The 3D Gaussians seen at one time, ready for colour evaluation and rasterisation."""
-
-    means: Tensor  # [M, 3]
-    opacities: Tensor  # [M]
-    sh_dc: Tensor  # [M, 1, 3]
-    sh_rest: Tensor  # [M, K - 1, 3]
-    scales: Tensor | None  # [M, 3] (3D)
-    quats: Tensor | None  # [M, 4] (3D)
-    covariances: Tensor | None  # [M, 3, 3] (4D)
-    dt: Tensor | None  # [M] mu_t - t (4D)
-    index: Tensor | None  # [M] rows in the full set, None = all
-
-    @property
-    def coefficients(self) -> Tensor:
-        """``[M, K, 3]`` the full colour table (DC first)."""
-        return torch.cat([self.sh_dc, self.sh_rest], dim=1)
+_Slice = GaussianSlice  # the old private name
 
 
 # ================================================================================== model
 class GaussianSplatting(Field):
-    """3DGS / 4DGS trained on whole images and rendered by the shared rasteriser.
+    """Gaussian splatting trained on whole images and rendered by the shared rasteriser.
+
+    What differs between 3DGS and 4DGS lives in :attr:`producer` (a
+    :class:`~tensorfield.fields.gaussian_producers.GaussianProducer`, chosen once from
+    :func:`resolve_dim`); densification in :attr:`strategy` (a
+    :class:`~tensorfield.fields.densification.DefaultStrategy`). The model holds the parameters
+    (one ``nn.Parameter`` attribute per name of ``producer.names``), the statistics buffers, the
+    rasteriser call, the loss and the checkpoint shape.
 
     Args:
         config: the method config.
@@ -284,12 +285,14 @@ class GaussianSplatting(Field):
         self.dim = resolve_dim(config)
         if not 0 <= config.sh_degree <= 3:
             raise ValueError(f"sh_degree must be in [0, 3], got {config.sh_degree}")
-        self.time_degree = int(config.time_degree) if self.dim == 4 else 0
+        self.producer: GaussianProducer = make_producer(config, self.dim)
+        self.time_degree = self.producer.time_degree
         self.extent = scene_extent(config, scene)
+        self.strategy = DefaultStrategy.from_config(config, reset_at_densify_from=_white_background(config, scene))
         self.active_sh_degree = 0
         self.active_time_degree = 0
         self.generator = torch.Generator().manual_seed(int(config.seed) + 1)
-        self._records: list[tuple[Tensor, Tensor, Tensor | None, int, int, int]] = []
+        self._records: list[ScreenRecord] = []
 
         init = torch.Generator().manual_seed(int(config.seed))
         aabb = scene.aabb.detach().float().cpu().reshape(2, 3)
@@ -303,32 +306,13 @@ class GaussianSplatting(Field):
             )
         else:
             count = int(config.init_points)
-            if scene.source_format in ("nerfstudio", "n3v"):  # real captures: 3DGS starts from SfM points
-                warnings.warn(
-                    f"no SfM points in this {scene.source_format} scene: {count} Gaussians start uniformly in the "
-                    "scene box, a slow and poor start for a real capture; put COLMAP's points3D.bin/.txt (or a "
-                    "points3d.ply) beside the data (README: SfM points)",
-                    stacklevel=2,
-                )
+            warn_if_no_points(scene, count, stacklevel=2)
             points = aabb[0] + torch.rand(count, 3, generator=init) * (aabb[1] - aabb[0])
             dc = torch.rand(count, 3, generator=init) / 255.0  # grey: colour = 0.5 + C0 * dc
         count = points.shape[0]
         distances = mean_neighbour_distance(points).clamp_min(math.sqrt(1e-7))
-        coefficients = num_sh_bases(config.sh_degree) * (self.time_degree + 1)
-        self.means = nn.Parameter(points.clone())
-        self.sh_dc = nn.Parameter(dc[:, None, :].clone())
-        self.sh_rest = nn.Parameter(torch.zeros(count, coefficients - 1, 3))
-        self.opacity_logits = nn.Parameter(torch.full((count,), float(_logit(config.init_opacity))))
-        self.log_scales = nn.Parameter(distances.log()[:, None].repeat(1, 3))
-        identity = torch.tensor([1.0, 0.0, 0.0, 0.0])
-        self.quats = nn.Parameter(identity.repeat(count, 1))
-        if self.dim == 4:
-            duration = float(config.time_duration)
-            margin = float(config.init_time_margin)
-            times = (torch.rand(count, generator=init) * (1 + 2 * margin) - margin) * duration
-            self.times = nn.Parameter(times)
-            self.log_scale_t = nn.Parameter(torch.full((count,), 0.5 * math.log(config.init_time_variance * duration)))
-            self.quats_right = nn.Parameter(identity.repeat(count, 1))
+        for name, value in self.producer.initial_values(points, dc, distances, init).items():
+            setattr(self, name, nn.Parameter(value))
         self.register_buffer("grad_accum", torch.zeros(count))
         self.register_buffer("grad_count", torch.zeros(count))
         self.register_buffer("max_radii", torch.zeros(count))
@@ -341,10 +325,11 @@ class GaussianSplatting(Field):
     @property
     def per_gaussian_names(self) -> list[str]:
         """Names of the per-Gaussian parameters, in optimiser-group order."""
-        names = ["means", "sh_dc", "sh_rest", "opacity_logits", "log_scales", "quats"]
-        if self.dim == 4:
-            names += ["times", "log_scale_t", "quats_right"]
-        return names
+        return list(self.producer.names)
+
+    def params(self) -> dict[str, Tensor]:
+        """The per-Gaussian parameters by name (the producer's view of the model)."""
+        return {name: getattr(self, name) for name in self.producer.names}
 
     @property
     def num_gaussians(self) -> int:
@@ -377,93 +362,17 @@ class GaussianSplatting(Field):
         return float(time) * float(self.config.time_duration)
 
     # ------------------------------------------------------------------ slicing and colour
-    def gaussians_at(self, time: float) -> _Slice:
-        """The 3D Gaussians seen at model time ``time`` (4D: conditioned and culled).
+    def gaussians_at(self, time: float) -> GaussianSlice:
+        """The 3D Gaussians seen at model time ``time`` (:meth:`GaussianProducer.gaussians_at`)."""
+        return self.producer.gaussians_at(self.params(), time)
 
-        Each parameter is indexed once (and not at all when every Gaussian is alive), so the
-        backward pass scatters into each parameter's gradient once.
-        """
-        if self.dim == 3:
-            return _Slice(self.means, self.opacities, self.sh_dc, self.sh_rest, self.scales, self.quats, None, None, None)
-        if not torch.is_grad_enabled():
-            sliced = slice_native(
-                self.means, self.times, self.log_scales, self.log_scale_t, self.quats, self.quats_right,
-                self.opacity_logits, float(time), float(self.config.temporal_threshold),
-            )
-            if sliced is not None:  # the same slice, in one native pass (rendering only)
-                index, means3, covariances3, opacities, dt = sliced
-                whole = index.numel() == self.num_gaussians
-                return _Slice(
-                    means=means3, opacities=opacities, sh_dc=self.sh_dc if whole else self.sh_dc[index],
-                    sh_rest=self.sh_rest if whole else self.sh_rest[index], scales=None, quats=None,
-                    covariances=covariances3, dt=dt, index=None if whole else index,
-                )
-        with torch.no_grad():
-            var_t = temporal_variance(self._scales_4d(), self.quats, self.quats_right)
-            alive = torch.exp(-0.5 * (time - self.times) ** 2 / var_t) > self.config.temporal_threshold
-        index = None if bool(alive.all()) else alive.nonzero().squeeze(1)
+    def colors(self, gaussians: GaussianSlice, camera_center: Tensor) -> Tensor:
+        """``[M, 3]`` colours seen from ``camera_center`` at the active degrees."""
+        return self.producer.colors(gaussians, camera_center, self.active_sh_degree, self.active_time_degree)
 
-        def take(param: Tensor) -> Tensor:
-            return param if index is None else param[index]
-
-        times = take(self.times)
-        scales = torch.exp(torch.cat([take(self.log_scales), take(self.log_scale_t)[:, None]], dim=1))
-        covariances = covariance_4d(scales, take(self.quats), take(self.quats_right))
-        means4 = torch.cat([take(self.means), times[:, None]], dim=1)
-        means3, covariances3, marginal = slice_4d(means4, covariances, time)
-        return _Slice(
-            means=means3,
-            opacities=torch.sigmoid(take(self.opacity_logits)) * marginal,
-            sh_dc=take(self.sh_dc),
-            sh_rest=take(self.sh_rest),
-            scales=None,
-            quats=None,
-            covariances=covariances3,
-            dt=times - time,
-            index=index,
-        )
-
-    def colors(self, gaussians: _Slice, camera_center: Tensor) -> Tensor:
-        """``[M, 3]`` colours seen from ``camera_center``: SH (4D: spherindrical) + 0.5, clamped at 0."""
-        directions = gaussians.means - camera_center
-        if self.dim == 4:
-            directions = directions.detach()
-        directions = F.normalize(directions, dim=-1)
-        weights = spherindrical_weights(
-            directions,
-            gaussians.sh_rest.shape[1] + 1,
-            self.active_sh_degree,
-            dt=gaussians.dt,
-            time_degree=self.active_time_degree,
-            period=float(self.config.time_duration),
-            max_degree=self.config.sh_degree,
-        )
-        values = weights[:, :1] * gaussians.sh_dc[:, 0] + torch.einsum("nk,nkc->nc", weights[:, 1:], gaussians.sh_rest)
-        return (values + 0.5).clamp_min(0.0)
-
-    def _raster_colors(self, gaussians: _Slice, camera_center: Tensor) -> tuple[Tensor, int | None]:
-        """What the rasteriser gets as colours: ``(SH table, active degree)`` or ``(colours, None)``.
-
-        3D models hand their SH table to the rasteriser, whose projection evaluates it (natively
-        on the CPU, in gsplat on CUDA): the same basis, directions and ``+0.5, clamp`` as
-        :meth:`colors`. 4D models do the same without gradients (rendering): the table collapsed
-        to the frame's time. While training, 4D colours come from :meth:`colors`, whose view
-        directions are detached as in the official code.
-        """
-        if self.dim == 3:
-            return torch.cat([gaussians.sh_dc, gaussians.sh_rest], dim=1), self.active_sh_degree
-        if not torch.is_grad_enabled():
-            # collapse_spherindrical on the active part of the table only (no full concatenation)
-            block, bases = num_sh_bases(self.config.sh_degree), num_sh_bases(self.active_sh_degree)
-            rest = gaussians.sh_rest
-            table = torch.cat([gaussians.sh_dc, rest[:, : bases - 1]], dim=1)
-            if self.active_time_degree > 0:
-                cosines = time_basis(self.active_time_degree, gaussians.dt, float(self.config.time_duration))
-                for order in range(1, self.active_time_degree + 1):
-                    start = order * block - 1
-                    table += cosines[:, order, None, None] * rest[:, start : start + bases]
-            return table, self.active_sh_degree
-        return self.colors(gaussians, camera_center), None
+    def _raster_colors(self, gaussians: GaussianSlice, camera_center: Tensor) -> tuple[Tensor, int | None]:
+        """What the rasteriser gets as colours: ``(SH table, active degree)`` or ``(colours, None)``."""
+        return self.producer.raster_colors(gaussians, camera_center, self.active_sh_degree, self.active_time_degree)
 
     # ------------------------------------------------------------------ rendering
     def _rasterize_camera(self, cameras, index: int, time: float, background: Tensor):
@@ -546,22 +455,16 @@ class GaussianSplatting(Field):
             renders.append(output.rgb)
             if raster is not None and raster.means2d.requires_grad:
                 raster.means2d.retain_grad()
-                self._records.append((raster.means2d, raster.radii, gaussians.index, cameras.width, cameras.height, len(cameras)))
+                self._records.append(
+                    ScreenRecord(raster.means2d, raster.radii, gaussians.index, cameras.width, cameras.height, len(cameras))
+                )
         prediction = torch.stack(renders)
         loss, l1, structural = photometric_loss(prediction, batch.images, self.config.ssim_weight)
         mse = F.mse_loss(prediction.detach(), batch.images)
         metrics = {"mse": float(mse), "l1": float(l1.detach()), "ssim": float(structural.detach()), "num_gaussians": float(self.num_gaussians)}
-        config = self.config
-        if self.dim == 4 and (config.rigid_weight > 0 or config.motion_weight > 0):
-            velocity = mean_velocity(self._scales_4d(), self.quats, self.quats_right, 0.1)
-            if config.rigid_weight > 0:
-                rigid = self.rigidity_loss(velocity, step)
-                loss = loss + config.rigid_weight * rigid
-                metrics["rigid"] = float(rigid.detach())
-            if config.motion_weight > 0:
-                motion = velocity.norm(dim=1).mean()
-                loss = loss + config.motion_weight * motion
-                metrics["motion"] = float(motion.detach())
+        for name, weight, value in self.producer.extra_losses(self.params(), step, self.rigidity_loss):
+            loss = loss + weight * value
+            metrics[name] = float(value.detach())
         return StepOutput(loss, metrics)
 
     def rigidity_loss(self, velocity: Tensor, step: int) -> Tensor:
@@ -591,25 +494,7 @@ class GaussianSplatting(Field):
 
     def param_groups(self) -> list[ParamGroup]:
         """One group per attribute with the original rates (see module docstring)."""
-        config = self.config
-        decay_steps = config.lr_means_steps if config.lr_means_steps > 0 else max(config.steps, 1)
-        extent = self.extent
-        groups = [
-            ParamGroup("means", [self.means], config.lr_means * extent, config.lr_means_final / config.lr_means, decay_steps),
-            ParamGroup("sh_dc", [self.sh_dc], config.lr_sh),
-            ParamGroup("sh_rest", [self.sh_rest], config.lr_sh / 20.0),
-            ParamGroup("opacity", [self.opacity_logits], config.lr_opacity),
-            ParamGroup("scales", [self.log_scales], config.lr_scales),
-            ParamGroup("quats", [self.quats], config.lr_quats),
-        ]
-        if self.dim == 4:
-            lr_times = config.lr_times if config.lr_times >= 0 else config.lr_means
-            groups += [
-                ParamGroup("times", [self.times], lr_times * extent),
-                ParamGroup("scale_t", [self.log_scale_t], config.lr_scales),
-                ParamGroup("quats_right", [self.quats_right], config.lr_quats),
-            ]
-        return groups
+        return self.producer.param_groups(self.params(), self.extent)
 
     def before_step(self, step: int) -> HookResult:
         """Set the active SH (then temporal) degree: one more every ``sh_increase_interval`` steps."""
@@ -623,18 +508,15 @@ class GaussianSplatting(Field):
         self.active_time_degree = min(max(raised - self.config.sh_degree, 0), self.time_degree)
 
     def after_step(self, step: int) -> HookResult:
-        """Densification statistics, densify / prune, opacity reset (iteration ``step + 1``)."""
-        config = self.config
-        iteration = step + 1
+        """Densification statistics, densify / prune, opacity reset, as :attr:`strategy` plans them."""
+        plan = self.strategy.plan(step, self.num_gaussians)
         result = HookResult()
-        growing = config.max_gaussians < 0 or self.num_gaussians < config.max_gaussians
-        if iteration < config.densify_until and growing:
+        if plan.accumulate:
             self.accumulate_statistics()
-            if iteration > config.densify_from and iteration % config.densify_interval == 0:
-                result = result | self.densify_and_prune(prune_large=iteration > config.opacity_reset_interval)
-            white = config.background == "white"
-            if iteration % config.opacity_reset_interval == 0 or (white and iteration == config.densify_from):
-                result = result | self.reset_opacity()
+        if plan.densify:
+            result = result | self.densify_and_prune(prune_large=plan.prune_large)
+        if plan.reset_opacity:
+            result = result | self.reset_opacity()
         self._records = []
         return result
 
@@ -642,79 +524,25 @@ class GaussianSplatting(Field):
     @torch.no_grad()
     def accumulate_statistics(self) -> None:
         """Add this step's screen-space gradient norms (NDC units) and radii of visible Gaussians."""
-        for means2d, radii, index, width, height, views in self._records:
-            if means2d.grad is None:
-                continue
-            grad = means2d.grad[0] * torch.tensor([width / 2.0 * views, height / 2.0 * views], device=means2d.device)
-            radius = radii[0].to(self.max_radii.dtype)
-            if radius.ndim > 1:  # per-axis radii
-                radius = radius.amax(-1)
-            visible = radius > 0
-            rows = visible.nonzero().squeeze(1) if index is None else index[visible]
-            self.grad_accum.index_add_(0, rows, grad[visible].norm(dim=-1))
-            self.grad_count.index_add_(0, rows, torch.ones_like(rows, dtype=self.grad_count.dtype))
-            self.max_radii[rows] = torch.maximum(self.max_radii[rows], radius[visible])
+        self.strategy.accumulate(self._records, self.grad_accum, self.grad_count, self.max_radii)
 
     @torch.no_grad()
     def densify_and_prune(self, prune_large: bool) -> HookResult:
-        """Clone small and split large high-gradient Gaussians, then prune (see module docstring)."""
-        config = self.config
-        count = self.num_gaussians
-        grads = torch.where(self.grad_count > 0, self.grad_accum / self.grad_count.clamp_min(1), torch.zeros_like(self.grad_accum))
-        largest = self.scales.amax(1)
-        selected = grads >= config.densify_grad_threshold
-        small = largest <= config.percent_dense * self.extent
-        clone = (selected & small).nonzero().squeeze(1)
-        split = (selected & ~small).nonzero().squeeze(1)
-        samples = int(config.split_samples)
-
-        values = {name: getattr(self, name).detach() for name in self.per_gaussian_names}
-        survivors = torch.ones(count, dtype=torch.bool, device=self.means.device)
-        survivors[split] = False
-        keep_rows = survivors.nonzero().squeeze(1)
-        split_values = self._split_values(values, split, samples)
-        new_values = {
-            name: torch.cat([value[keep_rows], value[clone], split_values[name]]) for name, value in values.items()
-        }
-        rows = torch.cat(
-            [keep_rows, torch.full((clone.numel() + split.numel() * samples,), -1, dtype=torch.long, device=keep_rows.device)]
+        """Clone small and split large high-gradient Gaussians, then prune (:meth:`DefaultStrategy.densify`)."""
+        values = {name: value.detach() for name, value in self.params().items()}
+        new_values, rows = self.strategy.densify(
+            values, self.grad_accum, self.grad_count, self.max_radii, self.extent, prune_large, self._split_values
         )
-        prune = torch.sigmoid(new_values["opacity_logits"]) < config.prune_opacity
-        if prune_large:
-            prune |= torch.exp(new_values["log_scales"]).amax(1) > config.prune_world_scale * self.extent
-            if config.prune_screen_size > 0:
-                radii = torch.cat([self.max_radii[keep_rows], self.max_radii[clone], self.max_radii[split].repeat(samples)])
-                prune |= radii > config.prune_screen_size
-        keep = ~prune
-        surgery = self._replace_rows({name: value[keep] for name, value in new_values.items()}, rows[keep])
-        return HookResult(surgery=surgery)
+        return HookResult(surgery=self._replace_rows(new_values, rows))
 
     def _split_values(self, values: dict[str, Tensor], split: Tensor, samples: int) -> dict[str, Tensor]:
-        """Attributes of the ``samples`` Gaussians drawn from each Gaussian of ``split`` (4D: in space-time)."""
-        shrink = math.log(0.8 * samples)
-        out = {name: value[split].repeat(samples, *([1] * (value.ndim - 1))) for name, value in values.items()}
-        if self.dim == 3:
-            stds = torch.exp(values["log_scales"][split]).repeat(samples, 1)
-            rotations = quat_to_rotmat(values["quats"][split]).repeat(samples, 1, 1)
-            noise = torch.randn(stds.shape, generator=self.generator).to(stds) * stds
-            out["means"] = out["means"] + (rotations @ noise[..., None])[..., 0]
-        else:
-            scales = torch.exp(torch.cat([values["log_scales"][split], values["log_scale_t"][split, None]], 1))
-            stds = scales.repeat(samples, 1)
-            rotations = rotation_4d(values["quats"][split], values["quats_right"][split]).repeat(samples, 1, 1)
-            noise = torch.randn(stds.shape, generator=self.generator).to(stds) * stds
-            offsets = (rotations @ noise[..., None])[..., 0]
-            out["means"] = out["means"] + offsets[:, :3]
-            out["times"] = out["times"] + offsets[:, 3]
-            out["log_scale_t"] = out["log_scale_t"] - shrink
-        out["log_scales"] = out["log_scales"] - shrink
-        return out
+        """Attributes of the ``samples`` Gaussians drawn from each Gaussian of ``split`` (the producer's sampler)."""
+        return self.producer.split_values(values, split, samples, self.generator)
 
     @torch.no_grad()
     def reset_opacity(self) -> HookResult:
         """Clamp opacities to ``opacity_reset_value``; their Adam moments restart from zero."""
-        ceiling = float(_logit(self.config.opacity_reset_value))
-        logits = self.opacity_logits.detach().clamp(max=ceiling)
+        logits = self.strategy.reset_opacity(self.opacity_logits)
         old = self.opacity_logits
         self.opacity_logits = nn.Parameter(logits)
         rows = torch.full((logits.shape[0],), -1, dtype=torch.long, device=logits.device)
@@ -748,19 +576,8 @@ class GaussianSplatting(Field):
         shows what :meth:`render_view` renders (up to the view direction, which viewers take from
         the exported mean, as here).
         """
-        if self.dim == 3:
-            means, opacity_logits = self.means, self.opacity_logits
-            log_scales, quats = self.log_scales, F.normalize(self.quats, dim=-1)
-            table = self.coefficients
-        else:
-            gaussians = self.gaussians_at(self.scene_time(time))
-            means = gaussians.means
-            opacity_logits = _logit(gaussians.opacities.clamp(1e-7, 1 - 1e-7))
-            scales, quats = covariance_to_scales_quats(gaussians.covariances)
-            log_scales = scales.log()
-            table = collapse_spherindrical(
-                gaussians.coefficients, gaussians.dt, self.time_degree, float(self.config.time_duration), self.config.sh_degree
-            )
+        splat = self.producer.export(self.params(), self.scene_time(time))
+        means, opacity_logits, log_scales, quats, table = splat.means, splat.opacity_logits, splat.log_scales, splat.quats, splat.table
         count = means.shape[0]
         rest = table[:, 1:].transpose(1, 2).reshape(count, -1)  # channel-major, as 3DGS's save_ply
         columns = [means, torch.zeros_like(means), table[:, 0], rest, opacity_logits[:, None], log_scales, quats]
