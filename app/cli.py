@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=120, help="frames of an orbit (default: 120)")
     p.add_argument("--fps", type=float, default=30.0, help="video frame rate (default: 30)")
     p.add_argument("--no-depth", action="store_true", help="do not write depth renders")
+    p.add_argument("--frame", type=int, default=None, help="models with per-frame inputs (avatars): the frame / pose to render")
+    p.add_argument("--identity", type=int, default=None, help="models with several subjects: the identity to render")
     _add_device(p)
 
     p = sub.add_parser("export", help="export a mesh, point cloud, Gaussian splats or a field slice", description="Export RUN as a mesh (grid fields: marching cubes on the density grid; Gaussians: TSDF fusion of rendered depth and colour; vertex colours from the radiance field, small floating parts removed), a point cloud, or Gaussian splats (the standard 3DGS .ply that splat viewers open; 4D models: the slice at --time). The format follows --out's extension: .ply .obj .glb for meshes; .ply .pcd .xyz for points; .ply for splats. Coordinate models (no images): `slice` writes the field on a plane as .png (colour-mapped) or .npy.")

@@ -200,7 +200,9 @@ def cmd_render(args) -> int:
     path = apply_time(path, args.time, tuple(args.time_range) if args.time_range else None)
     background = _background(trainer)
     start = time.perf_counter()
-    written = render_path(model, path, background, args.out, fps=args.fps, depth=not args.no_depth)
+    written = render_path(
+        model, path, background, args.out, fps=args.fps, depth=not args.no_depth, frame=args.frame, identity=args.identity
+    )
     seconds = time.perf_counter() - start
     print(f"rendered {len(path)} frames in {seconds:.1f} s -> {args.out} ({len(written)} files)")
     return 0

@@ -6,7 +6,7 @@ reads it (:mod:`tensorfield.fields.base` re-exports it), and nothing here import
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor
 
@@ -27,6 +27,8 @@ class SceneInfo:
             ``"nerfstudio"``, ``"n3v"``; empty when not from a loader).
         white_background: the training targets are composited on white (3DGS resets opacities
             once more at the start of densification then, as the original's ``white_background``).
+        frame_inputs: per-frame inputs of every frame (name -> ``[F, ...]``), for models driven
+            by them (an avatar's skeleton poses); what :attr:`RenderRequest.frame` indexes.
     """
 
     aabb: Tensor
@@ -39,3 +41,4 @@ class SceneInfo:
     camera_centers: Tensor | None = None
     source_format: str = ""
     white_background: bool = False
+    frame_inputs: dict[str, Tensor] = field(default_factory=dict)

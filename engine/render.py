@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tensorfield.datasets.cameras import Cameras, look_at, opengl_to_opencv
-from tensorfield.fields.base import RENDER_MODES, ExportsSlices, RenderOutput, RenderRequest, RendersViews, SliceRequest
+from tensorfield.fields.base import RENDER_MODES, ExportsSlices, HasIdentities, RenderOutput, RenderRequest, RendersViews, SliceRequest
 from torch import Tensor
 
 
@@ -192,6 +192,11 @@ def render_frame(model, request: RenderRequest) -> RenderOutput:
     """
     if not isinstance(model, RendersViews):
         raise RenderError(f"a {type(model).__name__} does not render camera views")
+    if isinstance(model, HasIdentities):
+        if request.frame is not None and not 0 <= request.frame < model.num_frames():
+            raise RenderError(f"frame {request.frame} out of range (the model has {model.num_frames()} frames)")
+        if request.identity is not None and not 0 <= request.identity < model.num_identities():
+            raise RenderError(f"identity {request.identity} out of range (the model has {model.num_identities()})")
     time = request.time
     if time is not None and not math.isfinite(time):
         request = dataclasses.replace(request, time=None)
@@ -309,10 +314,13 @@ def render_path(
     fps: float = 30.0,
     depth: bool = True,
     progress: bool = True,
+    frame: int | None = None,
+    identity: int | None = None,
 ) -> list[Path]:
     """Render every camera of ``camera_path``; write an MP4 (``out`` ends in .mp4/.mov/.gif)
     or a folder of PNGs (``NNNNN.png`` and ``NNNNN_depth.png``).
 
+    ``frame`` / ``identity`` go into every request (models with per-frame inputs / subjects).
     Returns the written files.
     """
     import imageio.v2 as imageio
@@ -322,7 +330,7 @@ def render_path(
     cams = camera_path.cameras
     colour_frames, depth_frames = [], []
     for i in tqdm(range(len(cams)), desc="render", unit="frame", disable=not progress, leave=False):
-        result = render_frame(model, RenderRequest(cams, i, background))
+        result = render_frame(model, RenderRequest(cams, i, background, identity=identity, frame=frame))
         colour_frames.append(output_image(result, "rgb"))
         if depth:
             depth_frames.append(output_image(result, "depth"))

@@ -122,6 +122,7 @@ def build_data(config, path: str | os.PathLike | None = None, scene=None) -> Tra
         path: the data path, if not ``config.data`` (``None`` for data named by the config alone).
         scene: an already loaded scene the factory may wrap instead of loading (tests, scripts).
     """
+    path = path if path is not None else (config.data or None)
     return _spec(config).data_factory()(config, None if path is None else str(path), scene=scene)
 
 

@@ -80,6 +80,7 @@ from tensorfield.fields.base import (
     ParamGroup,
     RayBatch,
     RenderOutput,
+    RenderRequest,
     SceneInfo,
     StepOutput,
 )
@@ -497,9 +498,10 @@ class TensoRF(Field):
         return DenseDensity(cache.density, self.aabb, float(self.config.density_shift))
 
     @torch.no_grad()
-    def render_view(self, cameras, index: int, time: float | None, background: Tensor) -> RenderOutput:
-        """Render camera ``index`` to ``[H, W, 3]`` colour and ``[H, W]`` depth / alpha (static: ``time`` is ignored)."""
-        origins, directions = cameras.generate_rays(index)
+    def render_view(self, request: RenderRequest) -> RenderOutput:
+        """Render the request's camera to ``[H, W, 3]`` colour and ``[H, W]`` depth / alpha (static: time is ignored)."""
+        background = request.background
+        origins, directions = request.cameras.generate_rays(request.index)
         height, width = origins.shape[:2]
         device = self.aabb.device
         out = self.render_rays(
