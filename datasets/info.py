@@ -40,5 +40,5 @@ class SceneInfo:
     points_rgb: Tensor | None = None
     camera_centers: Tensor | None = None
     source_format: str = ""
-    white_background: bool = False
+    white_background: bool = True
     frame_inputs: dict[str, Tensor] = field(default_factory=dict)

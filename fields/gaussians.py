@@ -110,7 +110,9 @@ from tensorfield.fields.base import (
     ParamGroup,
     ParamSurgery,
     RenderOutput,
+    RenderRequest,
     SceneInfo,
+    SplatAttributes,
     StepOutput,
 )
 from tensorfield.fields.config import MethodConfig, option
@@ -199,12 +201,6 @@ def scene_extent(config: GaussianConfig, scene: SceneInfo) -> float:
     return 1.1 * 0.5 * float((aabb[1] - aabb[0]).norm())
 
 
-def _white_background(config: GaussianConfig, scene: SceneInfo) -> bool:
-    """Whether the training images sit on white (the one place the model asks; decides the
-    strategy's opacity reset at ``densify_from``). To be rewired to ``SceneInfo.white_background``."""
-    return config.background == "white"
-
-
 def warn_if_no_points(scene: SceneInfo, count: int | None = None, stacklevel: int = 2) -> None:
     """Warn when a real capture (nerfstudio / N3V) has no SfM points, so Gaussians start at random.
 
@@ -235,22 +231,6 @@ def _without_neighbours_is_empty(module, state_dict, prefix, *args) -> None:
 
 
 _logit = logit  # the old private name
-
-
-@dataclass
-class SplatAttributes:
-    """Gaussians in the standard 3DGS PLY layout (what splat viewers read).
-
-    Attributes:
-        names: the ``F`` vertex property names in file order: ``x y z nx ny nz f_dc_0..2
-            f_rest_0..(3(K-1)-1) opacity scale_0..2 rot_0..3`` (``f_rest`` channel-major: all
-            red coefficients, then green, then blue; opacity a logit, scales logs, rotation
-            ``(w, x, y, z)``).
-        values: ``[N, F]`` float32.
-    """
-
-    names: list[str]
-    values: Tensor
 
 
 _Slice = GaussianSlice  # the old private name
@@ -288,7 +268,7 @@ class GaussianSplatting(Field):
         self.producer: GaussianProducer = make_producer(config, self.dim)
         self.time_degree = self.producer.time_degree
         self.extent = scene_extent(config, scene)
-        self.strategy = DefaultStrategy.from_config(config, reset_at_densify_from=_white_background(config, scene))
+        self.strategy = DefaultStrategy.from_config(config, reset_at_densify_from=scene.white_background)
         self.active_sh_degree = 0
         self.active_time_degree = 0
         self.generator = torch.Generator().manual_seed(int(config.seed) + 1)
@@ -431,11 +411,10 @@ class GaussianSplatting(Field):
         return torch.rsqrt(x * x + y * y + 1.0)
 
     @torch.no_grad()
-    def render_view(self, cameras, index: int, time: float | None, background: Tensor) -> RenderOutput:
-        """Render camera ``index`` at normalised ``time`` (``None``: the camera's own; static: ignored)."""
-        if time is None:
-            time = float(cameras.times[index])
-        output, _, _ = self._rasterize_camera(cameras, index, self.scene_time(time), background)
+    def render_view(self, request: RenderRequest) -> RenderOutput:
+        """Render the request's camera at its normalised time (``None``: the camera's own; static: ignored)."""
+        time = self.scene_time(request.camera_time)
+        output, _, _ = self._rasterize_camera(request.cameras, request.index, time, request.background)
         return RenderOutput(rgb=output.rgb.clamp(0.0, 1.0), depth=output.depth, alpha=output.alpha)
 
     # ------------------------------------------------------------------ training
@@ -618,3 +597,17 @@ class GaussianSplatting(Field):
         self.active_sh_degree = int(shape_state.get("active_sh_degree", 0))
         self.active_time_degree = int(shape_state.get("active_time_degree", 0))
         self.extent = float(shape_state.get("extent", self.extent))
+
+
+class SpacetimeGaussians(GaussianSplatting):
+    """4D Gaussian splatting: :class:`GaussianSplatting` with time (the
+    :class:`~tensorfield.fields.base.HasTime` capability; the producer is the space-time one)."""
+
+    def time_span(self) -> tuple[float, float]:
+        """Normalised camera times ``[0, 1]`` (scene time is this times ``time_duration``)."""
+        return (0.0, 1.0)
+
+
+def build_gaussians(config: GaussianConfig, scene: SceneInfo) -> GaussianSplatting:
+    """The registry's model factory: :class:`SpacetimeGaussians` for 4D configs, else 3DGS."""
+    return SpacetimeGaussians(config, scene) if resolve_dim(config) == 4 else GaussianSplatting(config, scene)

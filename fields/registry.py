@@ -96,14 +96,14 @@ _BUILTIN_SPECS = (
     MethodSpec(
         "gaussians3d",
         "tensorfield.fields.gaussians:GaussianConfig",
-        "tensorfield.fields.gaussians:GaussianSplatting",
+        "tensorfield.fields.gaussians:build_gaussians",
         "3D Gaussian splatting (static scenes): SH colour, densification, opacity reset.",
         "tensorfield.engine.data:image_data",
     ),
     MethodSpec(
         "gaussians4d",
         "tensorfield.fields.gaussians:GaussianConfig",
-        "tensorfield.fields.gaussians:GaussianSplatting",
+        "tensorfield.fields.gaussians:build_gaussians",
         "4D Gaussian splatting (Yang et al. 2024): space-time Gaussians sliced per frame, spherindrical harmonics.",
         "tensorfield.engine.data:image_data",
     ),

@@ -21,7 +21,6 @@ class ToyDynamicField(Field):
     seconds of sleep per render imitate a slow model."""
 
     batch_kind = BatchKind.IMAGES
-    is_dynamic = True
 
     def __init__(self, delay: float = 0.0):
         super().__init__()
@@ -35,7 +34,11 @@ class ToyDynamicField(Field):
     def training_step(self, batch, step):
         return StepOutput(self.phase.sum() * 0)
 
-    def render_view(self, cameras, index, time, background):
+    def time_span(self):
+        return (0.0, 1.0)
+
+    def render_view(self, request):
+        cameras, index, time = request.cameras, request.index, request.time
         if self.delay:
             clock.sleep(self.delay)
         self.rendered_times.append(time)

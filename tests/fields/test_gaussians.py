@@ -34,11 +34,11 @@ def config(dim: int = 3, **overrides) -> GaussianConfig:
     return GaussianConfig(**values)
 
 
-def model_with(dim: int = 3, count: int = 40, **overrides) -> GaussianSplatting:
+def model_with(dim: int = 3, count: int = 40, white_background: bool = True, **overrides) -> GaussianSplatting:
     g = torch.Generator().manual_seed(11)
     points = torch.rand(count, 3, generator=g) * 2 - 1
     rgb = torch.rand(count, 3, generator=g)
-    scene = SceneInfo(BOX.clone(), 1.0, 5.0, points=points, points_rgb=rgb)
+    scene = SceneInfo(BOX.clone(), 1.0, 5.0, points=points, points_rgb=rgb, white_background=white_background)
     return GaussianSplatting(config(dim, **overrides), scene)
 
 
@@ -200,7 +200,7 @@ def test_opacity_reset_zeroes_opacity_moments_only():
 
 
 def test_after_step_schedule():
-    model = model_with(3, count=10, densify_from=2, densify_interval=2, densify_until=9, opacity_reset_interval=6, background="black")
+    model = model_with(3, count=10, densify_from=2, densify_interval=2, densify_until=9, opacity_reset_interval=6, white_background=False)
     events = {}
     for step in range(12):
         result = model.after_step(step)

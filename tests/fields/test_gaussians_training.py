@@ -15,7 +15,7 @@ from tensorfield.datasets.cameras import Cameras, look_at
 from tensorfield.datasets.scene import load_scene
 from tensorfield.datasets.synthetic import make_scene
 from tensorfield.engine.trainer import Trainer
-from tensorfield.fields.base import SceneInfo
+from tensorfield.fields.base import RenderRequest, SceneInfo
 from tensorfield.fields.gaussians import GaussianConfig, GaussianSplatting
 
 BACKEND = "torch"
@@ -58,7 +58,7 @@ def test_depth_is_distance_along_the_ray():
         model.opacity_logits.fill_(8.0)
     pose = look_at(torch.tensor([0.0, 0.0, -3.0]), torch.zeros(3), torch.tensor([0.0, -1.0, 0.0]))
     cameras = Cameras.from_fov(pose[None], 16, 12, fov_x=0.8)
-    out = model.render_view(cameras, 0, None, torch.ones(3))
+    out = model.render_view(RenderRequest(cameras, 0, torch.ones(3)))
     assert out.rgb.shape == (12, 16, 3) and out.depth.shape == (12, 16) and out.alpha.shape == (12, 16)
     centre = out.alpha > 0.9
     assert int(centre.sum()) > 20
@@ -87,9 +87,9 @@ def test_rasteriser_sh_equals_the_model_colours(dim, monkeypatch):
         model.active_time_degree = 2
     pose = look_at(torch.tensor([0.3, -0.5, -3.0]), torch.zeros(3), torch.tensor([0.0, -1.0, 0.0]))
     cameras = Cameras.from_fov(pose[None], 24, 20, fov_x=0.9)
-    table = model.render_view(cameras, 0, 0.4, torch.ones(3)).rgb
+    table = model.render_view(RenderRequest(cameras, 0, torch.ones(3), 0.4)).rgb
     monkeypatch.setattr(GaussianSplatting, "_raster_colors", lambda self, gaussians, center: (self.colors(gaussians, center), None))
-    own = model.render_view(cameras, 0, 0.4, torch.ones(3)).rgb
+    own = model.render_view(RenderRequest(cameras, 0, torch.ones(3), 0.4)).rgb
     assert float((own - 1.0).abs().mean()) > 0.05  # something is drawn
     assert torch.allclose(table, own, atol=2e-5)
 
