@@ -78,7 +78,7 @@ def save_checkpoint(path: str | os.PathLike, *, model, optimizer, trainer_state:
     payload = {
         "format": FORMAT,
         "version": VERSION,
-        "method": str(getattr(config, "method", "")),
+        "method": str(config.method),
         "model": model.state_dict(),
         "shape_state": json.dumps(model.shape_state()),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
@@ -104,7 +104,7 @@ def save_checkpoint(path: str | os.PathLike, *, model, optimizer, trainer_state:
             raise CheckpointError(f"{path}: cannot write checkpoint ({_one_line(err)})") from None
         raise
     _fsync_directory(path.parent)
-    keep = int(getattr(config, "keep_checkpoints", 0) or 0)
+    keep = int(config.keep_checkpoints or 0)
     if _STEP_NAME.match(path.name) and keep > 0:
         prune_checkpoints(path.parent, keep, protect=path)
     return path

@@ -16,11 +16,9 @@ replaced parameter takes over its predecessor's group and per-row state.
 from __future__ import annotations
 
 import torch
-from tensorfield.fields.base import ParamGroup, ParamSurgery
+from tensorfield.fields.base import Field, ParamGroup, ParamSurgery
 from torch import nn, optim
 
-DEFAULT_BETAS = (0.9, 0.99)
-DEFAULT_EPS = 1e-8
 
 
 def scheduled_lr(group: ParamGroup, step: int, base_step: int) -> float:
@@ -31,8 +29,8 @@ def scheduled_lr(group: ParamGroup, step: int, base_step: int) -> float:
 def build_optimizer(model: nn.Module, config) -> tuple[optim.Adam, list[ParamGroup]]:
     """A fresh Adam over ``model.param_groups()`` (empty groups are skipped).
 
-    Betas come from ``config.adam_betas`` and epsilon from ``config.adam_eps`` when the method's
-    config defines them, else ``(0.9, 0.99)`` (TensoRF's choice) and ``1e-8``.
+    Betas and epsilon come from the model (:meth:`~tensorfield.fields.base.Field.adam_settings`,
+    by default ``(0.9, 0.99)``, TensoRF's choice, and ``1e-8``).
 
     The fused Adam kernel is used where torch has one for the parameters' device and dtype
     (CPU and CUDA floating point): the same update rule, about 5x faster than the ``foreach``
@@ -44,8 +42,8 @@ def build_optimizer(model: nn.Module, config) -> tuple[optim.Adam, list[ParamGro
     groups = [group for group in model.param_groups() if len(group.params) > 0]
     if not groups:
         raise ValueError(f"{type(model).__name__}.param_groups() returned no parameters to optimise")
-    betas = tuple(float(b) for b in getattr(config, "adam_betas", DEFAULT_BETAS))
-    eps = float(getattr(config, "adam_eps", DEFAULT_EPS))
+    betas, eps = model.adam_settings() if isinstance(model, Field) else Field.adam_settings(model)
+    betas, eps = tuple(float(b) for b in betas), float(eps)
     param_groups = [{"params": list(group.params), "lr": group.lr, "name": group.name} for group in groups]
     params = [p for group in groups for p in group.params]
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)

@@ -311,6 +311,11 @@ class Field(nn.Module, abc.ABC):
     def training_step(self, batch, step: int) -> StepOutput:
         """Loss (and logged metrics) for one batch."""
 
+    def adam_settings(self) -> tuple[tuple[float, float], float]:
+        """``(betas, eps)`` of the Adam optimiser the trainer builds over :meth:`param_groups`
+        (default: TensoRF's ``(0.9, 0.99)`` and torch's ``1e-8``)."""
+        return (0.9, 0.99), 1e-8
+
     # Hooks: defaults do nothing.
     def before_step(self, step: int) -> HookResult:
         """Called before the batch of ``step`` is drawn."""
