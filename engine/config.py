@@ -11,7 +11,9 @@ one-line :class:`ConfigError` that names the file (or the override) and the key:
     override steps=abc: expected int, got 'abc'
 
 Override values are parsed as YAML, so ``upsample_steps=[10,20]``, ``tensorboard=true`` and
-``maybe=null`` work as expected.
+``maybe=null`` work as expected. Keys are flat; ``group.key=value`` (``rendering.render_chunk=4096``,
+``data.background=black``, ``video_data.frame_stride=2``) is an alias of ``key=value`` when ``key``
+is listed under that group by ``--help-config`` (spaces in a group name become ``_``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 from tensorfield.fields import registry
-from tensorfield.fields.config import MethodConfig
+from tensorfield.fields.config import LEGACY_DEFAULTS, MethodConfig, option_groups
 
 
 class ConfigError(ValueError):
@@ -84,6 +86,7 @@ def load_config(
     file_values = {**file_values, "method": chosen}
     merged = _merge(merged, file_values, source, chosen, config_class)
     for text, values in override_values:
+        values = _ungroup(text, values, config_class, chosen)
         merged = _merge(merged, values, f"override {text}", chosen, config_class)
     merged.method = chosen
     return _to_object(merged, source)
@@ -112,9 +115,14 @@ def config_from_dict(
     if not chosen:
         raise ConfigError(f"{source}: no 'method' in the stored config")
     config_class = _config_class(str(chosen), source)
-    merged = _merge(OmegaConf.structured(config_class), dict(values), source, chosen, config_class)
+    names = {item.name for item in dataclasses.fields(config_class)}
+    # configs stored before the option groups were flat and carried every image option; a
+    # coordinate method never read them, so their (default) values are dropped
+    values = {key: value for key, value in values.items() if key in names or key not in LEGACY_DEFAULTS}
+    merged = _merge(OmegaConf.structured(config_class), values, source, chosen, config_class)
     for text in overrides:
-        merged = _merge(merged, _parse_override(text)[1], f"override {text}", chosen, config_class)
+        parsed = _ungroup(text, _parse_override(text)[1], config_class, chosen)
+        merged = _merge(merged, parsed, f"override {text}", chosen, config_class)
     return _to_object(merged, source)
 
 
@@ -143,26 +151,51 @@ def save_config(config: MethodConfig, path: str | os.PathLike) -> Path:
 
 
 # ------------------------------------------------------------------------------------ help
+GROUP_ORDER = (
+    "training",
+    "data",
+    "video data",
+    "model",
+    "initialisation",
+    "ray marching",
+    "alpha mask",
+    "optimisation",
+    "densification",
+    "rasteriser",
+    "rendering",
+    "logging",
+)
+"""Order of the ``--help-config`` headings; other groups follow in declaration order."""
+
+
 def config_help(config_class: type) -> str:
     """Human-readable list of a config dataclass's options (``tensorfield train --help-config``).
 
-    Each option shows ``name: type = default`` and its one-line help, in declaration order.
+    Options are listed under one ``[group]`` heading per group (:data:`GROUP_ORDER`, then any
+    other group in declaration order), each as ``name: type = default`` and its one-line help,
+    in declaration order within the group.
     """
     hints = _type_hints(config_class)
-    lines = [f"Options of {config_class.__name__} (set them in YAML or override with key=value):"]
-    for item in dataclasses.fields(config_class):
-        if not item.init:
-            continue
-        if item.default is not dataclasses.MISSING:
-            default = item.default
-        elif item.default_factory is not dataclasses.MISSING:
-            default = item.default_factory()
-        else:
-            default = "(required)"
-        lines.append(f"  {item.name}: {_type_name(hints.get(item.name, Any))} = {_show(default)}")
-        help_text = item.metadata.get("help", "")
-        if help_text:
-            lines.append(f"      {help_text}")
+    fields = {item.name: item for item in dataclasses.fields(config_class)}
+    groups = option_groups(config_class)
+    order = [g for g in GROUP_ORDER if g in groups] + [g for g in groups if g not in GROUP_ORDER]
+    lines = [
+        f"Options of {config_class.__name__} (set them in YAML or override with key=value or group.key=value):"
+    ]
+    for group in order:
+        lines.append(f"[{group}]")
+        for name in groups[group]:
+            item = fields[name]
+            if item.default is not dataclasses.MISSING:
+                default = item.default
+            elif item.default_factory is not dataclasses.MISSING:
+                default = item.default_factory()
+            else:
+                default = "(required)"
+            lines.append(f"  {item.name}: {_type_name(hints.get(item.name, Any))} = {_show(default)}")
+            help_text = item.metadata.get("help", "")
+            if help_text:
+                lines.append(f"      {help_text}")
     return "\n".join(lines)
 
 
@@ -216,6 +249,26 @@ def _parse_override(text: str) -> tuple[str, dict[str, Any]]:
     except (yaml.YAMLError, OmegaConfBaseException) as err:
         raise ConfigError(f"override {text}: cannot parse value ({_one_line(err)})") from None
     return text, values
+
+
+def _ungroup(text: str, values: dict[str, Any], config_class: type, method: str) -> dict[str, Any]:
+    """Resolve a ``group.key=value`` override to ``key=value`` (one-line error if not in the group)."""
+    key = text.partition("=")[0].strip()
+    head, dot, rest = key.partition(".")
+    if not dot:
+        return values
+    groups = {name.replace(" ", "_"): members for name, members in option_groups(config_class).items()}
+    names = {item.name for item in dataclasses.fields(config_class)}
+    if head not in groups:
+        if head in names:  # a dotted path into an option's own value, as omegaconf reads it
+            return values
+        raise ConfigError(f"override {text}: unknown group '{head}' for method {method} (groups: {', '.join(groups)})")
+    member = rest.partition(".")[0].partition("[")[0]
+    if member not in groups[head]:
+        owner = next((g for g, members in groups.items() if member in members), None)
+        hint = f"; '{member}' is in group '{owner}'" if owner else ""
+        raise ConfigError(f"override {text}: '{member}' is not an option of group '{head}' for method {method}{hint}")
+    return values[head]
 
 
 def _merge(base: DictConfig, values: dict, source: str, method: str, config_class: type) -> DictConfig:

@@ -45,6 +45,7 @@ def load_scene_for(config):
     """
     from tensorfield.datasets.scene import load_scene
 
+    _require_image_options(config)
     if not config.data:
         raise ConfigError("no training data: pass --data PATH (or set data=PATH)")
     background = "white" if config.background == "random" else config.background
@@ -168,7 +169,19 @@ class ImageSceneData:
         return splits[name]
 
 
+def _require_image_options(config) -> None:
+    """Image data needs the image and video options (an :class:`ImageMethodConfig`)."""
+    from tensorfield.fields.config import ImageDataConfig, VideoDataConfig
+
+    if not isinstance(config, ImageDataConfig) or not isinstance(config, VideoDataConfig):
+        raise ConfigError(
+            f"method {config.method or type(config).__name__}: posed-image data needs a config with the image "
+            "and video options (extend tensorfield.fields.config.ImageMethodConfig)"
+        )
+
+
 def _image_scene(config, path: str | None, scene, batches: str) -> ImageSceneData:
+    _require_image_options(config)
     if config.background not in ("white", "black", "random"):
         raise ConfigError(f"background must be white, black or random, got '{config.background}'")
     if scene is None:

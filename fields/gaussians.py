@@ -115,7 +115,7 @@ from tensorfield.fields.base import (
     SplatAttributes,
     StepOutput,
 )
-from tensorfield.fields.config import MethodConfig, option
+from tensorfield.fields.config import ImageMethodConfig, option
 from tensorfield.fields.densification import DefaultStrategy, ScreenRecord
 from tensorfield.fields.gaussian_loss import photometric_loss
 from tensorfield.fields.gaussian_math import mean_neighbour_distance, nearest_neighbours, rgb_to_sh
@@ -125,60 +125,60 @@ from torch import Tensor, nn
 
 # ================================================================================== config
 @dataclass
-class GaussianConfig(MethodConfig):
+class GaussianConfig(ImageMethodConfig):
     """Gaussian splatting options; defaults are the original 3DGS / official 4DGS settings."""
 
     steps: int = option(30000, "Number of optimisation steps (paper: 30k).")
     batch_size: int = option(1, "Images per step (3DGS: 1; 4DGS: 2 on D-NeRF, 4 on N3V).")
-    gaussian_dim: int = option(0, "3 (static 3DGS) or 4 (4DGS); 0 = from `method` (gaussians4d -> 4).")
+    gaussian_dim: int = option(0, "3 (static 3DGS) or 4 (4DGS); 0 = from `method` (gaussians4d -> 4).", group="model")
     # representation
-    sh_degree: int = option(3, "Largest SH degree of the view-dependent colour (0..3).")
-    time_degree: int = option(2, "4D: Fourier orders of the spherindrical harmonics in time (0..2; official sh_degree_t 2).")
-    sh_increase_interval: int = option(1000, "Activate one more SH degree (then temporal degree) every N steps.")
-    time_duration: float = option(1.0, "4D: scene time = normalised camera time x this; also the Fourier period T.")
-    temporal_threshold: float = option(0.05, "4D: Gaussians whose temporal marginal is <= this are culled before rasterising.")
+    sh_degree: int = option(3, "Largest SH degree of the view-dependent colour (0..3).", group="model")
+    time_degree: int = option(2, "4D: Fourier orders of the spherindrical harmonics in time (0..2; official sh_degree_t 2).", group="model")
+    sh_increase_interval: int = option(1000, "Activate one more SH degree (then temporal degree) every N steps.", group="model")
+    time_duration: float = option(1.0, "4D: scene time = normalised camera time x this; also the Fourier period T.", group="model")
+    temporal_threshold: float = option(0.05, "4D: Gaussians whose temporal marginal is <= this are culled before rasterising.", group="model")
     # initialisation
-    init_points: int = option(100000, "Random initial Gaussians in the scene box when the scene has no point cloud.")
-    init_opacity: float = option(0.1, "Initial opacity.")
-    init_time_margin: float = option(0.1, "4D: initial times uniform in [-m T, (1 + m) T].")
-    init_time_variance: float = option(0.2, "4D: initial temporal variance as a fraction of T (official T/5).")
-    scene_extent: float = option(0.0, "Scene extent E for learning rates and densification (0 = from cameras, else the box).")
+    init_points: int = option(100000, "Random initial Gaussians in the scene box when the scene has no point cloud.", group="initialisation")
+    init_opacity: float = option(0.1, "Initial opacity.", group="initialisation")
+    init_time_margin: float = option(0.1, "4D: initial times uniform in [-m T, (1 + m) T].", group="initialisation")
+    init_time_variance: float = option(0.2, "4D: initial temporal variance as a fraction of T (official T/5).", group="initialisation")
+    scene_extent: float = option(0.0, "Scene extent E for learning rates and densification (0 = from cameras, else the box).", group="initialisation")
     # optimisation
-    lr_means: float = option(1.6e-4, "Initial learning rate of the means, times E.")
-    lr_means_final: float = option(1.6e-6, "Final learning rate of the means, times E (exponential decay).")
-    lr_means_steps: int = option(-1, "Steps over which the mean rate decays to lr_means_final (-1 = steps).")
-    lr_times: float = option(-1.0, "4D: learning rate of the temporal means, times E, constant (-1 = lr_means).")
-    lr_sh: float = option(2.5e-3, "Learning rate of the DC colour coefficients (the rest: 1/20 of it).")
-    lr_opacity: float = option(0.05, "Learning rate of the opacity logits.")
-    lr_scales: float = option(5e-3, "Learning rate of the log scales (and 4D temporal log scale).")
-    lr_quats: float = option(1e-3, "Learning rate of the quaternions.")
-    adam_betas: list[float] = option([0.9, 0.999], "Adam betas (read by the trainer).")
-    adam_eps: float = option(1e-15, "Adam epsilon (read by the trainer; 3DGS: 1e-15).")
-    ssim_weight: float = option(0.2, "Weight lambda of (1 - SSIM) in the loss (1 - lambda on L1).")
-    rigid_weight: float = option(0.0, "4D: weight of the official rigidity loss (lambda_rigid; 1.0 in the official D-NeRF configs): neighbouring Gaussians move alike.")
-    rigid_neighbours: int = option(20, "4D rigidity loss: nearest Gaussians by mean (itself included) each one is compared with (official k = 20).")
-    rigid_knn_interval: int = option(1, "4D rigidity loss: recompute the neighbours every N steps and after densification (official: every step); weights always use the current distances.")
-    motion_weight: float = option(0.0, "4D: weight of the official motion loss (lambda_motion): the mean speed of the Gaussians.")
+    lr_means: float = option(1.6e-4, "Initial learning rate of the means, times E.", group="optimisation")
+    lr_means_final: float = option(1.6e-6, "Final learning rate of the means, times E (exponential decay).", group="optimisation")
+    lr_means_steps: int = option(-1, "Steps over which the mean rate decays to lr_means_final (-1 = steps).", group="optimisation")
+    lr_times: float = option(-1.0, "4D: learning rate of the temporal means, times E, constant (-1 = lr_means).", group="optimisation")
+    lr_sh: float = option(2.5e-3, "Learning rate of the DC colour coefficients (the rest: 1/20 of it).", group="optimisation")
+    lr_opacity: float = option(0.05, "Learning rate of the opacity logits.", group="optimisation")
+    lr_scales: float = option(5e-3, "Learning rate of the log scales (and 4D temporal log scale).", group="optimisation")
+    lr_quats: float = option(1e-3, "Learning rate of the quaternions.", group="optimisation")
+    adam_betas: list[float] = option([0.9, 0.999], "Adam betas (read by the trainer).", group="optimisation")
+    adam_eps: float = option(1e-15, "Adam epsilon (read by the trainer; 3DGS: 1e-15).", group="optimisation")
+    ssim_weight: float = option(0.2, "Weight lambda of (1 - SSIM) in the loss (1 - lambda on L1).", group="optimisation")
+    rigid_weight: float = option(0.0, "4D: weight of the official rigidity loss (lambda_rigid; 1.0 in the official D-NeRF configs): neighbouring Gaussians move alike.", group="optimisation")
+    rigid_neighbours: int = option(20, "4D rigidity loss: nearest Gaussians by mean (itself included) each one is compared with (official k = 20).", group="optimisation")
+    rigid_knn_interval: int = option(1, "4D rigidity loss: recompute the neighbours every N steps and after densification (official: every step); weights always use the current distances.", group="optimisation")
+    motion_weight: float = option(0.0, "4D: weight of the official motion loss (lambda_motion): the mean speed of the Gaussians.", group="optimisation")
     # densification
-    densify_from: int = option(500, "First step whose statistics can trigger densification.")
-    densify_until: int = option(15000, "Densify / reset opacity only before this step.")
-    densify_interval: int = option(100, "Densify and prune every N steps.")
-    densify_grad_threshold: float = option(2e-4, "Mean NDC screen-space gradient norm that triggers clone / split.")
-    percent_dense: float = option(0.01, "Clone when the largest scale is <= this x E, else split.")
-    split_samples: int = option(2, "Gaussians a split one becomes (scales / (0.8 x this)).")
-    prune_opacity: float = option(0.005, "Prune Gaussians whose opacity is below this.")
-    prune_world_scale: float = option(0.1, "After the first opacity reset, prune Gaussians larger than this x E.")
-    prune_screen_size: float = option(0.0, "After the first opacity reset, prune Gaussians with a screen radius above this many pixels (0 = off; see module docstring).")
-    opacity_reset_interval: int = option(3000, "Clamp opacities to <= opacity_reset_value every N steps.")
-    opacity_reset_value: float = option(0.01, "Opacity ceiling after a reset.")
-    max_gaussians: int = option(-1, "Stop densifying once there are this many Gaussians (-1 = no limit; official densify_until_num_points).")
+    densify_from: int = option(500, "First step whose statistics can trigger densification.", group="densification")
+    densify_until: int = option(15000, "Densify / reset opacity only before this step.", group="densification")
+    densify_interval: int = option(100, "Densify and prune every N steps.", group="densification")
+    densify_grad_threshold: float = option(2e-4, "Mean NDC screen-space gradient norm that triggers clone / split.", group="densification")
+    percent_dense: float = option(0.01, "Clone when the largest scale is <= this x E, else split.", group="densification")
+    split_samples: int = option(2, "Gaussians a split one becomes (scales / (0.8 x this)).", group="densification")
+    prune_opacity: float = option(0.005, "Prune Gaussians whose opacity is below this.", group="densification")
+    prune_world_scale: float = option(0.1, "After the first opacity reset, prune Gaussians larger than this x E.", group="densification")
+    prune_screen_size: float = option(0.0, "After the first opacity reset, prune Gaussians with a screen radius above this many pixels (0 = off; see module docstring).", group="densification")
+    opacity_reset_interval: int = option(3000, "Clamp opacities to <= opacity_reset_value every N steps.", group="densification")
+    opacity_reset_value: float = option(0.01, "Opacity ceiling after a reset.", group="densification")
+    max_gaussians: int = option(-1, "Stop densifying once there are this many Gaussians (-1 = no limit; official densify_until_num_points).", group="densification")
     # rasteriser
-    backend: str = option("auto", "Rasteriser backend: auto (gsplat on CUDA, else cpu), gsplat, cpu (native kernel when no gradient is needed), torch or reference.")
-    near_plane: float = option(0.01, "Gaussians nearer than this (camera z) are culled.")
-    far_plane: float = option(1e10, "Gaussians farther than this are culled.")
-    eps2d: float = option(0.3, "Screen-space blur added to every projected covariance (pixels^2).")
-    antialiased: bool = option(False, "gsplat's antialiased mode (opacity compensation for the blur).")
-    tile_size: int = option(16, "Rasteriser tile size in pixels.")
+    backend: str = option("auto", "Rasteriser backend: auto (gsplat on CUDA, else cpu), gsplat, cpu (native kernel when no gradient is needed), torch or reference.", group="rasteriser")
+    near_plane: float = option(0.01, "Gaussians nearer than this (camera z) are culled.", group="rasteriser")
+    far_plane: float = option(1e10, "Gaussians farther than this are culled.", group="rasteriser")
+    eps2d: float = option(0.3, "Screen-space blur added to every projected covariance (pixels^2).", group="rasteriser")
+    antialiased: bool = option(False, "gsplat's antialiased mode (opacity compensation for the blur).", group="rasteriser")
+    tile_size: int = option(16, "Rasteriser tile size in pixels.", group="rasteriser")
 
 
 def resolve_dim(config: GaussianConfig) -> int:
@@ -193,7 +193,7 @@ def scene_extent(config: GaussianConfig, scene: SceneInfo) -> float:
     """The extent ``E`` (see module docstring)."""
     if config.scene_extent > 0:
         return float(config.scene_extent)
-    centers = getattr(scene, "camera_centers", None)
+    centers = scene.camera_centers
     if centers is not None and len(centers) > 1:
         centers = torch.as_tensor(centers, dtype=torch.float64).reshape(-1, 3)
         return 1.1 * float((centers - centers.mean(0)).norm(dim=1).max())
@@ -470,6 +470,10 @@ class GaussianSplatting(Field):
             weight = torch.exp(-100.0 * (self.means[index] - self.means[:, None]).norm(dim=-1))
         spread = (velocity[index] - velocity[:, None]).norm(dim=-1)
         return (weight * spread).sum() / max(k, 1) / max(count, 1)
+
+    def adam_settings(self) -> tuple[tuple[float, float], float]:
+        """Adam with the config's betas and eps (3DGS: 0.9 / 0.999, 1e-15)."""
+        return tuple(self.config.adam_betas), float(self.config.adam_eps)
 
     def param_groups(self) -> list[ParamGroup]:
         """One group per attribute with the original rates (see module docstring)."""

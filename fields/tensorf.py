@@ -84,7 +84,7 @@ from tensorfield.fields.base import (
     SceneInfo,
     StepOutput,
 )
-from tensorfield.fields.config import MethodConfig, option
+from tensorfield.fields.config import ImageMethodConfig, option
 from tensorfield.fields.encoding import FeatureShader, positional_encoding  # noqa: F401 (re-export)
 from tensorfield.fields.grid_schedule import GridSchedule, voxel_schedule, voxels_to_resolution  # noqa: F401 (re-export)
 from tensorfield.fields.factor_grids import (
@@ -99,55 +99,55 @@ from torch import Tensor, nn
 
 # ================================================================================== config
 @dataclass
-class TensoRFConfig(MethodConfig):
+class TensoRFConfig(ImageMethodConfig):
     """TensoRF options; defaults are the paper's NeRF-Synthetic (lego) VM-192 setting."""
 
     steps: int = option(30000, "Number of optimisation steps (paper: 30k).")
     batch_size: int = option(4096, "Rays per step (paper: 4096).")
-    mode: str = option("", "Decomposition 'vm' or 'cp'; empty = from `method` (tensorf_cp -> cp, else vm).")
+    mode: str = option("", "Decomposition 'vm' or 'cp'; empty = from `method` (tensorf_cp -> cp, else vm).", group="model")
     # factor grids
-    density_components: list[int] = option([16, 16, 16], "VM density components per mode (xy-plane x z-line, xz x y, yz x x).")
-    app_components: list[int] = option([48, 48, 48], "VM appearance components per mode.")
-    cp_density_components: int = option(96, "CP density rank (CP-384: 96).")
-    cp_app_components: int = option(288, "CP appearance rank (CP-384: 288).")
-    app_dim: int = option(27, "Appearance features after the linear basis B (input of the shader).")
-    init_scale_vm: float = option(0.1, "VM factors start as init_scale_vm * N(0, 1).")
-    init_scale_cp: float = option(0.2, "CP factors start as init_scale_cp * N(0, 1).")
-    voxels_init: int = option(2097156, "Initial voxel count (official N_voxel_init; 2097156 -> 128^3 on a cube).")
-    voxels_final: int = option(27000000, "Voxel count after the last upsampling (300^3).")
-    upsample_steps: list[int] = option([2000, 3000, 4000, 5500, 7000], "Steps after which the grid is upsampled (log-spaced voxel counts).")
+    density_components: list[int] = option([16, 16, 16], "VM density components per mode (xy-plane x z-line, xz x y, yz x x).", group="model")
+    app_components: list[int] = option([48, 48, 48], "VM appearance components per mode.", group="model")
+    cp_density_components: int = option(96, "CP density rank (CP-384: 96).", group="model")
+    cp_app_components: int = option(288, "CP appearance rank (CP-384: 288).", group="model")
+    app_dim: int = option(27, "Appearance features after the linear basis B (input of the shader).", group="model")
+    init_scale_vm: float = option(0.1, "VM factors start as init_scale_vm * N(0, 1).", group="model")
+    init_scale_cp: float = option(0.2, "CP factors start as init_scale_cp * N(0, 1).", group="model")
+    voxels_init: int = option(2097156, "Initial voxel count (official N_voxel_init; 2097156 -> 128^3 on a cube).", group="model")
+    voxels_final: int = option(27000000, "Voxel count after the last upsampling (300^3).", group="model")
+    upsample_steps: list[int] = option([2000, 3000, 4000, 5500, 7000], "Steps after which the grid is upsampled (log-spaced voxel counts).", group="model")
     # shader
-    view_pe: int = option(2, "Positional-encoding frequencies of the view direction (MLP_Fea).")
-    feature_pe: int = option(2, "Positional-encoding frequencies of the appearance features (MLP_Fea).")
-    mlp_hidden: int = option(128, "Width of the shader's two hidden layers.")
+    view_pe: int = option(2, "Positional-encoding frequencies of the view direction (MLP_Fea).", group="model")
+    feature_pe: int = option(2, "Positional-encoding frequencies of the appearance features (MLP_Fea).", group="model")
+    mlp_hidden: int = option(128, "Width of the shader's two hidden layers.", group="model")
     # density and marching
-    density_shift: float = option(-10.0, "Added to the density feature before softplus.")
-    distance_scale: float = option(25.0, "Segment length multiplier: alpha = 1 - exp(-sigma * step * distance_scale).")
-    step_ratio: float = option(0.5, "Marching step in voxels: step = mean(aabb size / (reso - 1)) * step_ratio.")
-    max_samples: int = option(1000000, "Cap on samples per ray (official nSamples); the cap used is min(this, |reso| / step_ratio).")
-    weight_threshold: float = option(1e-4, "Colour is evaluated only where the sample weight exceeds this.")
-    transmittance_threshold: float = option(1e-4, "Stop a ray once its transmittance drops below this (0 = never, as the official code).")
-    march_round_samples: int = option(64, "Ray-marching granularity of early termination: samples per ray in the first round (doubling after); speed only, not values.")
-    render_cache_mb: float = option(1024.0, "Inference only: bake the density (and, if it fits too, the basis-mixed appearance) into dense grids of at most this many MB, interpolated with 8 taps instead of every factor; 0 = off. Same values to float rounding.")
-    color_chunk: int = option(16384, "Run the shader MLP in chunks of this many samples (smaller temporaries; 0 = one chunk).")
-    color_chunk_render: int = option(4096, "Shader chunk without gradients (rendering): temporaries that stay in cache, ~1.3x faster than 16384 on a 2-core CPU.")
+    density_shift: float = option(-10.0, "Added to the density feature before softplus.", group="ray marching")
+    distance_scale: float = option(25.0, "Segment length multiplier: alpha = 1 - exp(-sigma * step * distance_scale).", group="ray marching")
+    step_ratio: float = option(0.5, "Marching step in voxels: step = mean(aabb size / (reso - 1)) * step_ratio.", group="ray marching")
+    max_samples: int = option(1000000, "Cap on samples per ray (official nSamples); the cap used is min(this, |reso| / step_ratio).", group="ray marching")
+    weight_threshold: float = option(1e-4, "Colour is evaluated only where the sample weight exceeds this.", group="ray marching")
+    transmittance_threshold: float = option(1e-4, "Stop a ray once its transmittance drops below this (0 = never, as the official code).", group="ray marching")
+    march_round_samples: int = option(64, "Ray-marching granularity of early termination: samples per ray in the first round (doubling after); speed only, not values.", group="ray marching")
+    render_cache_mb: float = option(1024.0, "Inference only: bake the density (and, if it fits too, the basis-mixed appearance) into dense grids of at most this many MB, interpolated with 8 taps instead of every factor; 0 = off. Same values to float rounding.", group="ray marching")
+    color_chunk: int = option(16384, "Run the shader MLP in chunks of this many samples (smaller temporaries; 0 = one chunk).", group="ray marching")
+    color_chunk_render: int = option(4096, "Shader chunk without gradients (rendering): temporaries that stay in cache, ~1.3x faster than 16384 on a 2-core CPU.", group="ray marching")
     # alpha mask
-    alpha_mask_steps: list[int] = option([2000, 4000], "Steps after which the alpha mask is rebuilt (first: shrink the box; second: filter rays).")
-    alpha_mask_threshold: float = option(1e-4, "Alpha above which a (max-pooled) grid vertex counts as occupied.")
-    alpha_mask_kernel: int = option(3, "Max-pool kernel applied to the dense alpha before thresholding.")
-    alpha_mask_max_voxels: int = option(16777216, "Use the current grid for the mask only below this many vertices (official 256^3); else keep the previous mask resolution.")
+    alpha_mask_steps: list[int] = option([2000, 4000], "Steps after which the alpha mask is rebuilt (first: shrink the box; second: filter rays).", group="alpha mask")
+    alpha_mask_threshold: float = option(1e-4, "Alpha above which a (max-pooled) grid vertex counts as occupied.", group="alpha mask")
+    alpha_mask_kernel: int = option(3, "Max-pool kernel applied to the dense alpha before thresholding.", group="alpha mask")
+    alpha_mask_max_voxels: int = option(16777216, "Use the current grid for the mask only below this many vertices (official 256^3); else keep the previous mask resolution.", group="alpha mask")
     # optimisation
-    lr_grid: float = option(0.02, "Adam learning rate of the factor grids.")
-    lr_network: float = option(1e-3, "Adam learning rate of the basis matrix and the shader MLP.")
-    lr_decay_ratio: float = option(0.1, "Learning rates decay exponentially to this fraction over lr_decay_steps.")
-    lr_decay_steps: int = option(-1, "Steps over which the learning rates decay by lr_decay_ratio (-1 = steps).")
-    lr_upsample_reset: bool = option(True, "Reset learning rates at each upsampling (else continue from lr * ratio^(step / steps)).")
-    adam_betas: list[float] = option([0.9, 0.99], "Adam betas (read by the trainer).")
-    l1_weight_initial: float = option(8e-5, "Weight of the L1 norm of the density factors before the first alpha mask.")
-    l1_weight_rest: float = option(4e-5, "Weight of the L1 norm of the density factors after the first alpha mask.")
-    tv_weight_density: float = option(0.0, "Weight of the total variation of the density planes (VM) / lines (CP); decays like the lr.")
-    tv_weight_app: float = option(0.0, "Weight of the total variation of the appearance planes / lines; decays like the lr.")
-    ortho_weight: float = option(0.0, "Weight of the orthogonality penalty between line components (official Ortho_weight).")
+    lr_grid: float = option(0.02, "Adam learning rate of the factor grids.", group="optimisation")
+    lr_network: float = option(1e-3, "Adam learning rate of the basis matrix and the shader MLP.", group="optimisation")
+    lr_decay_ratio: float = option(0.1, "Learning rates decay exponentially to this fraction over lr_decay_steps.", group="optimisation")
+    lr_decay_steps: int = option(-1, "Steps over which the learning rates decay by lr_decay_ratio (-1 = steps).", group="optimisation")
+    lr_upsample_reset: bool = option(True, "Reset learning rates at each upsampling (else continue from lr * ratio^(step / steps)).", group="optimisation")
+    adam_betas: list[float] = option([0.9, 0.99], "Adam betas (read by the trainer).", group="optimisation")
+    l1_weight_initial: float = option(8e-5, "Weight of the L1 norm of the density factors before the first alpha mask.", group="optimisation")
+    l1_weight_rest: float = option(4e-5, "Weight of the L1 norm of the density factors after the first alpha mask.", group="optimisation")
+    tv_weight_density: float = option(0.0, "Weight of the total variation of the density planes (VM) / lines (CP); decays like the lr.", group="optimisation")
+    tv_weight_app: float = option(0.0, "Weight of the total variation of the appearance planes / lines; decays like the lr.", group="optimisation")
+    ortho_weight: float = option(0.0, "Weight of the orthogonality penalty between line components (official Ortho_weight).", group="optimisation")
 
 
 def resolve_mode(config: TensoRFConfig) -> str:
@@ -517,6 +517,10 @@ class TensoRF(Field):
     @property
     def _decay_steps(self) -> int:
         return self.config.lr_decay_steps if self.config.lr_decay_steps > 0 else max(self.config.steps, 1)
+
+    def adam_settings(self) -> tuple[tuple[float, float], float]:
+        """Adam with the config's betas (official: 0.9, 0.99) and eps 1e-8."""
+        return tuple(self.config.adam_betas), 1e-8
 
     def param_groups(self) -> list[ParamGroup]:
         """Factor grids at ``lr_grid``, basis + shader at ``lr_network``, decaying to ``lr_decay_ratio``.

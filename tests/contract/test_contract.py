@@ -123,3 +123,35 @@ def test_image_method_with_per_frame_input_trains_resumes_evaluates_and_renders(
     np.save(bad, np.zeros((4, 5, 3), dtype=np.float32))
     assert _cli("train", config, "--data", bad, "--out", tmp_path / "bad", "--no-progress") == 2
     assert "expected a square [S, S, 3] texture" in capsys.readouterr().err
+
+
+IMAGE_OPTIONS = ("downscale", "background", "frame_stride", "max_frames", "time_range", "test_cameras", "render_chunk")
+
+
+def test_coordinate_method_config_has_no_image_options(capsys):
+    import dataclasses
+
+    from toy_exposure_method import ToyExposureConfig
+    from toy_wave_method import ToyWaveConfig
+
+    for config_class in (ToyWaveConfig, ToyExposureConfig):
+        names = {item.name for item in dataclasses.fields(config_class)}
+        assert not names & set(IMAGE_OPTIONS), config_class
+        assert {"steps", "batch_size", "seed", "data", "log_every", "tensorboard"} <= names
+    assert _cli("train", "toy_wave", "--help-config") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Options of ToyWaveConfig")
+    assert "[training]" in out and "  steps: int = 300" in out and "  frequency: float = 0.5" in out
+    assert "[rendering]" not in out and "[video data]" not in out
+    assert not any(f"  {name}:" in out for name in IMAGE_OPTIONS)
+    # the data group holds only the (optional) data path
+    data_block = out.split("[data]\n", 1)[1].split("\n[", 1)[0]
+    assert data_block.splitlines()[0].startswith("  data: str = ''")
+    assert [line for line in data_block.splitlines() if line.startswith("  ") and not line.startswith("      ")] == [
+        "  data: str = ''"
+    ]
+    # image options are not accepted, flat or grouped
+    assert _cli("train", "toy_wave", "background=black", "--help-config") != 0
+    assert "unknown key 'background'" in capsys.readouterr().err
+    assert _cli("train", "toy_wave", "rendering.render_chunk=4096", "--help-config") != 0
+    assert "unknown group 'rendering'" in capsys.readouterr().err

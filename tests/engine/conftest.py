@@ -29,7 +29,7 @@ from tensorfield.fields.base import (
     SceneInfo,
     StepOutput,
 )
-from tensorfield.fields.config import MethodConfig, option
+from tensorfield.fields.config import ImageMethodConfig, MethodConfig, option
 from torch import nn
 
 
@@ -104,7 +104,7 @@ def make_scene(n_train: int = 6, n_test: int = 2, size: int = 8, background=(1.0
 
 # ------------------------------------------------------------------------------------ ray field
 @dataclass
-class ToyRaysConfig(MethodConfig):
+class ToyRaysConfig(ImageMethodConfig):
     resolution: int = option(4, "Initial grid resolution.")
     upsample_steps: list[int] = option([3, 7], "Steps after which the grids grow by 2 voxels.")  # noqa: RUF009
     refilter_steps: list[int] = option([6], "Steps after which the box shrinks (rays refiltered).")  # noqa: RUF009
@@ -217,7 +217,7 @@ def rays_hit_box(origins, directions, box):
 
 # ------------------------------------------------------------------------------------ image field
 @dataclass
-class ToyImagesConfig(MethodConfig):
+class ToyImagesConfig(ImageMethodConfig):
     lr: float = option(0.05, "Learning rate.")
     batch_size: int = option(2, "Images per step.")
 

@@ -113,6 +113,81 @@ def test_help_lists_fields_with_type_default_and_help(toys):
     assert "  background: str = 'white'" in text
 
 
+def test_help_groups_options_under_headings_in_a_stable_order(toys):
+    text = config_help(toys.ToyRaysConfig)
+    lines = text.splitlines()
+    headings = [line for line in lines if line.startswith("[")]
+    assert headings == ["[training]", "[data]", "[video data]", "[rendering]", "[logging]", "[method]"]
+    block = {h: text.split(h + "\n", 1)[1].split("\n[", 1)[0] for h in headings}
+    assert "  steps: int = 3000" in block["[training]"] and "  seed: int = 0" in block["[training]"]
+    assert "  data: str = ''" in block["[data]"] and "  background: str = 'white'" in block["[data]"]
+    assert "  frame_stride: int = 1" in block["[video data]"]
+    assert "  render_chunk: int = 16384" in block["[rendering]"]
+    assert "  log_every: int = 50" in block["[logging]"]
+    assert "  upsample_steps: list[int] = [3, 7]" in block["[method]"]
+    assert config_help(toys.ToyRaysConfig) == text  # stable
+
+
+def test_builtin_help_groups_model_and_optimisation_options():
+    from tensorfield.fields.gaussians import GaussianConfig
+    from tensorfield.fields.tensorf import TensoRFConfig
+
+    text = config_help(TensoRFConfig)
+    assert text.index("[training]") < text.index("[data]") < text.index("[model]") < text.index("[optimisation]")
+    assert "  steps: int = 30000" in text.split("[training]\n", 1)[1].split("\n[", 1)[0]  # override keeps its group
+    assert "  lr_grid: float = 0.02" in text.split("[optimisation]\n", 1)[1].split("\n[", 1)[0]
+    assert "[method]" not in text
+    text = config_help(GaussianConfig)
+    for heading in ("[model]", "[initialisation]", "[optimisation]", "[densification]", "[rasteriser]"):
+        assert heading in text
+    assert "[method]" not in text
+
+
+def test_coordinate_config_has_no_image_options(toys):
+    import dataclasses
+
+    names = {item.name for item in dataclasses.fields(toys.ToyCoordinatesConfig)}
+    assert not names & {"downscale", "background", "frame_stride", "max_frames", "time_range", "test_cameras", "render_chunk"}
+    assert "[rendering]" not in config_help(toys.ToyCoordinatesConfig)
+
+
+def test_group_dot_key_overrides_are_aliases(toys):
+    config = load_config(
+        None,
+        ["rendering.render_chunk=4096", "data.background=black", "video_data.frame_stride=2", "method.upsample_steps=[1,2]", "data=/x"],
+        "toy_rays",
+    )
+    flat = load_config(None, ["render_chunk=4096", "background=black", "frame_stride=2", "upsample_steps=[1,2]", "data=/x"], "toy_rays")
+    assert config == flat and config.render_chunk == 4096 and config.background == "black" and config.data == "/x"
+    stored = config_to_dict(flat)
+    assert config_from_dict(stored, ["training.steps=7"]).steps == 7
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["render.render_chunk=1"], "toy_rays")
+    assert _one_line(err).startswith("override render.render_chunk=1: unknown group 'render' for method toy_rays (groups: training")
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["rendering.steps=1"], "toy_rays")
+    assert _one_line(err) == (
+        "override rendering.steps=1: 'steps' is not an option of group 'rendering' for method toy_rays; 'steps' is in group 'training'"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["rendering.render_chunk=abc"], "toy_rays")
+    assert _one_line(err) == "override rendering.render_chunk=abc: expected int"
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["rendering.render_chunk=1"], "toy_coords")
+    assert "unknown group 'rendering' for method toy_coords" in _one_line(err)
+
+
+def test_flat_stored_config_from_before_the_groups_still_loads(toys):
+    old = {
+        "method": "toy_coords", "steps": 5, "data": "", "downscale": 1.0, "background": "white", "frame_stride": 1,
+        "max_frames": 0, "time_range": [], "test_cameras": [], "render_chunk": 16384,
+    }
+    config = config_from_dict(old)
+    assert config.steps == 5 and not hasattr(config, "background")
+    with pytest.raises(ConfigError, match="unknown key 'background'"):
+        load_config(None, ["background=black"], "toy_coords")
+
+
 def test_save_then_load_round_trip(toys, tmp_path):
     config = load_config(None, ["steps=11", "upsample_steps=[1,2,3]", "lr_grid=0.5"], "toy_rays")
     path = save_config(config, tmp_path / "run" / "config.yaml")

@@ -18,7 +18,7 @@ from tensorfield.fields.base import (
     RenderOutput,
     StepOutput,
 )
-from tensorfield.fields.config import MethodConfig, option
+from tensorfield.fields.config import ImageMethodConfig, option
 from torch import nn
 
 
@@ -87,7 +87,7 @@ def test_hook_results_concatenate_surgery():
 
 # ------------------------------------------------------------------------------ through the trainer
 @dataclass
-class GrowConfig(MethodConfig):
+class GrowConfig(ImageMethodConfig):
     lr: float = option(0.05, "Learning rate.")
     batch_size: int = option(2, "Images per step.")
     grow_every: int = option(3, "Grow by one row every N steps.")
