@@ -565,12 +565,14 @@ class ViewerWindow(QMainWindow):
         if scale < 1.0:
             width, height = max(1, int(round(width * scale))), max(1, int(round(height * scale)))
         identity = self.family.identity() if self.family is not None else None
+        frame = self.family.frame() if self.family is not None else None
         return FrameRequest(
             camera=self.camera,
             width=width,
             height=height,
             time=self.time_value if self.session is not None and self.session.is_dynamic else None,
             identity=identity,
+            frame=frame,
             mode=self.mode,
             background=self.background,
             generation=self._generation,

@@ -36,6 +36,7 @@ class FrameRequest:
         width, height: render size in pixels (already scaled for previews).
         time: normalised time, ``None`` for static scenes.
         identity: subject of an avatar model (``None`` elsewhere).
+        frame: pose / frame of a model with per-frame inputs (``None`` elsewhere).
         mode: ``rgb``, ``depth`` or ``alpha``.
         background: RGB in [0, 1].
         generation: the view's change counter when requested (results of older generations are stale).
@@ -50,6 +51,7 @@ class FrameRequest:
     identity: int | None
     mode: str
     background: tuple[float, float, float]
+    frame: int | None = None
     generation: int = 0
     level: int = 0
     final: bool = True
@@ -61,7 +63,7 @@ class FrameRequest:
         """The engine's request for this frame (what ``tensorfield render`` would be given)."""
         time_value = self.time if self.time is not None and math.isfinite(self.time) else None
         background = torch.tensor(self.background, dtype=torch.float32)
-        return RenderRequest(self.cameras(), 0, background, time_value, self.identity, None, self.mode)
+        return RenderRequest(self.cameras(), 0, background, time_value, self.identity, self.frame, self.mode)
 
 
 @dataclass

@@ -356,3 +356,28 @@ def test_live_training_pause_resume_and_close(qtbot, tiny_run, tmp_path):
     assert trainer.step < 400 and win.training_state == "stopped"
     assert sorted((tmp_path / "live" / "checkpoints").glob("*.ckpt"))  # a stopped run can resume
     assert "before_step" not in trainer.model.__dict__
+
+
+def test_controls_follow_the_protocols_of_a_plugin_model(qtbot, window, monkeypatch):
+    """A model with identities and frames (the contract's toy in tests/contract) gets the
+    identity / frame choosers and no time slider; the frame chosen goes into the request."""
+    from pathlib import Path
+
+    from tensorfield.engine.render import render_image
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "contract"))
+    from toy_exposure_method import ToyExposure, ToyExposureConfig, exposure_data
+
+    config = ToyExposureConfig(method="toy_exposure", size=16)
+    data = exposure_data(config)
+    model = ToyExposure(config, data.scene_info())
+    with torch.no_grad():
+        model.texture.copy_(data.images[-1] / data.exposures[-1])
+    window.set_session(session_from_model(model, data.split_cameras(), name="toy", method="toy_exposure"))
+    assert not window.time_box.isVisibleTo(window)
+    assert window.family_box.isVisibleTo(window) and window.family.title == "Subject"
+    first = settle(qtbot, window)
+    window.family.frame_spin.setValue(7)
+    brighter = settle(qtbot, window)
+    assert window.last_result.request.frame == 7 and brighter.mean() > first.mean()
+    assert np.array_equal(brighter, render_image(model, window.last_result.request.render_request()))
