@@ -1,20 +1,38 @@
 """The contract between the common trainer (``engine``) and every model family (``fields``).
 
-Three kinds of model share one trainer:
+A method is three things, named by one :class:`~tensorfield.fields.registry.MethodSpec`:
 
-* **ray-batch** models (TensoRF, Strivec) consume random rays of the training images
-  (:class:`RayBatch`) and are rendered by the shared ray marcher;
-* **image-batch** models (4D Gaussians, MIGS avatars) consume whole images with their cameras
-  (:class:`ImageBatch`) and are rendered by the shared rasteriser;
-* **coordinate-batch** models (Einstein fields) learn a tensor field from samples of it
-  (:class:`CoordinateBatch`), not from images.
+1. **a config** (a :class:`~tensorfield.fields.config.MethodConfig` dataclass);
+2. **its data** (a factory ``(config, path, scene=None) ->`` :class:`TrainingData`): what the
+   model learns of the scene (:class:`SceneInfo`), a :class:`BatchSource` of training batches
+   (:class:`RayBatch`, :class:`ImageBatch` with optional per-frame ``extras``,
+   :class:`CoordinateBatch`, or the method's own), and the evaluation of a split. Image methods
+   use :mod:`tensorfield.engine.data`; an Einstein field samples the spacetime its config names,
+   an avatar adds per-frame poses. Data seen through cameras also implements :class:`CameraData`;
+3. **a model** (a :class:`Field`): optimiser groups (:class:`ParamGroup`, with an exponential
+   schedule) and Adam settings, the loss of a batch (:meth:`Field.training_step`), hooks
+   (:meth:`Field.before_step`, :meth:`Field.after_step`) whose :class:`HookResult` tells the
+   trainer what changed, and checkpoint shape support.
 
-A model declares its optimiser parameter groups (:class:`ParamGroup`, with learning rates and an
-exponential schedule), turns a batch into a loss (:meth:`Field.training_step`), and reacts to
-explicit hooks (:meth:`Field.before_step`, :meth:`Field.after_step`) whose :class:`HookResult`
-tells the trainer what changed (new parameter tensors, a smaller training set, Gaussians added or
-removed as :class:`ParamSurgery`). The trainer owns everything else: the loop, optimisers,
-schedules, evaluation, logging and checkpoints.
+The trainer owns the rest (loop, optimisers, schedules, evaluation calls, logging, checkpoints)
+and never branches on the kind of model or data.
+
+What a model can do beyond training is an explicit optional **capability protocol**, checked with
+``isinstance`` by the CLI, the render service, the exporters and the viewer (which shows the
+controls of the protocols a model implements):
+
+===================== ================================== ==========================================
+protocol              methods                            used by
+===================== ================================== ==========================================
+:class:`RendersViews` ``render_view(RenderRequest)``     ``eval`` of images, ``render``, viewer, TSDF
+:class:`ExportsDensityGrid` ``density_grid``, ``radiance`` ``export mesh`` (marching cubes)
+:class:`ExportsSplats` ``splat_attributes(time)``        ``export splat``
+:class:`HasTime`      ``time_span()``                    viewer time slider, ``--time``
+:class:`HasIdentities` ``num_identities``, ``num_frames`` viewer identity / frame choosers, ``--frame``
+:class:`ExportsSlices` ``slice_components``, ``default_slice``, ``field_slice`` ``export slice``
+===================== ================================== ==========================================
+
+Every render goes through one :class:`RenderRequest` (camera, time, identity, frame, mode).
 
 Models whose number of primitives changes during training (Gaussian densification) never touch the
 optimiser: ``after_step`` replaces the parameters and returns, per parameter, which old row each
