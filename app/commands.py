@@ -13,7 +13,7 @@ from tensorfield.engine.checkpoint import CHECKPOINT_DIR, CheckpointError, lates
 from tensorfield.engine.config import ConfigError, config_help, load_config
 from tensorfield.engine.export import ExportError
 from tensorfield.engine.render import CameraPathError
-from tensorfield.engine.trainer import DeviceError, TrainingError
+from tensorfield.engine.trainer import DeviceError, TrainingError, load_run
 from tensorfield.engine.render import RenderError
 from tensorfield.fields.registry import RegistryError, get_method, methods
 
@@ -146,14 +146,8 @@ def _train_with_viewer(trainer, args) -> int:
 
 
 # ------------------------------------------------------------------------------- eval
-def _load_run(run: str, device: str | None):
-    from tensorfield.engine.trainer import load_run
-
-    return load_run(run, device)
-
-
 def cmd_eval(args) -> int:
-    trainer = _load_run(args.run, args.device)
+    trainer = load_run(args.run, args.device)
     result = trainer.evaluate(split=args.split, save_renders=not args.no_renders)
     trainer.close()
     shown = {k: v for k, v in result.items() if k != "per_image" and v is not None}
@@ -191,7 +185,7 @@ def cmd_render(args) -> int:
     from tensorfield.engine.render import apply_time, render_path
     from tensorfield.fields.base import ExportsSlices, RendersViews
 
-    trainer = _load_run(args.run, args.device)
+    trainer = load_run(args.run, args.device)
     model = trainer.model
     if not isinstance(model, RendersViews):
         hint = f"; use: tensorfield export {args.run} slice --out slice.png" if isinstance(model, ExportsSlices) else ""
@@ -226,7 +220,7 @@ def cmd_export(args) -> int:
     )
     from tensorfield.fields.base import ExportsDensityGrid, RendersViews
 
-    trainer = _load_run(args.run, args.device)
+    trainer = load_run(args.run, args.device)
     model = trainer.model
     if args.what == "splat":
         return _export_splat(model, args)

@@ -100,9 +100,9 @@ def main() -> None:
         results[method] = result
         print(json.dumps(result), flush=True)
         if method == "gaussians4d":
-            test = trainer.scene.split("test").cameras
+            test = trainer.data.split_cameras()["test"]
             sweep = apply_time(CameraPath(test[[0] * 30]), time_range=(0.0, 1.0))
-            render_path(trainer.model, sweep, trainer.scene.background, args.out / method / "time_sweep.mp4", fps=15, depth=False, progress=False)
+            render_path(trainer.model, sweep, trainer.data.background_color(), args.out / method / "time_sweep.mp4", fps=15, depth=False, progress=False)
         trainer.close()
     print(json.dumps({
         "benchmark": "gaussians_dynamic",

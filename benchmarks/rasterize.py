@@ -54,9 +54,9 @@ def surface_scene(count: int, seed: int = 0, device: str = "cpu") -> dict[str, t
 
 def trained_scene(run: str) -> tuple[dict[str, torch.Tensor], int, object]:
     """A trained 3DGS run's Gaussians (activated, SH table) and its first test camera."""
-    from tensorfield.app.commands import _load_run
+    from tensorfield.engine.trainer import load_run
 
-    trainer = _load_run(run, "cpu")
+    trainer = load_run(run, "cpu")
     model = trainer.model
     with torch.no_grad():
         params = {
@@ -66,8 +66,8 @@ def trained_scene(run: str) -> tuple[dict[str, torch.Tensor], int, object]:
             "opacities": model.opacities.detach().clone(),
             "colors": torch.cat([model.sh_dc, model.sh_rest], dim=1).detach().clone(),
         }
-    splits = trainer.scene.splits
-    cameras = (splits.get("test") or splits["train"]).cameras
+    splits = trainer.data.split_cameras()
+    cameras = splits["test"] if "test" in splits else splits["train"]
     return {k: v.requires_grad_(True) for k, v in params.items()}, int(model.active_sh_degree), cameras
 
 
