@@ -260,7 +260,7 @@ def _export_slice(model, args) -> int:
 
     import imageio.v2 as imageio
     import numpy as np
-    from tensorfield.engine.render import render_slice
+    from tensorfield.engine.render import render_slice, resolve_slice
     from tensorfield.fields.base import ExportsSlices
 
     if not isinstance(model, ExportsSlices):
@@ -274,19 +274,15 @@ def _export_slice(model, args) -> int:
             if len(value) != len(request.origin):
                 raise CommandError(f"--{name.replace('_', '-')}: expected {len(request.origin)} numbers, got {len(value)}")
             changes[name] = tuple(float(v) for v in value)
-    request = dataclasses.replace(request, **changes)
+    request = resolve_slice(model, dataclasses.replace(request, **changes))
     out = Path(args.out)
     if out.suffix.lower() == ".npy":
-        if request.component and request.component not in model.slice_components():
-            raise CommandError(f"unknown slice component '{request.component}' (has: {', '.join(model.slice_components())})")
-        if not request.component:
-            request = dataclasses.replace(request, component=model.slice_components()[0])
         np.save(out, model.field_slice(request).detach().cpu().numpy())
     elif out.suffix.lower() == ".png":
         imageio.imwrite(out, render_slice(model, request))
     else:
         raise CommandError(f"{args.out}: slices are written as .png (colour-mapped) or .npy (values)")
-    print(f"wrote {args.out}: {request.resolution}x{request.resolution} slice of {request.component or 'the default component'}")
+    print(f"wrote {args.out}: {request.resolution}x{request.resolution} slice of {request.component}")
     return 0
 
 

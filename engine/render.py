@@ -234,9 +234,8 @@ def render_image(model, request: RenderRequest) -> np.ndarray:
     return output_image(render_frame(model, request), request.mode)
 
 
-def render_slice(model, request: SliceRequest) -> np.ndarray:
-    """A coordinate model's slice (:class:`~tensorfield.fields.base.ExportsSlices`) as a
-    colour-mapped ``[R, R, 3]`` uint8 image (the turbo ramp of :func:`colorize_depth`, min to max).
+def resolve_slice(model, request: SliceRequest) -> SliceRequest:
+    """``request`` with its component checked against the model's (empty: the model's default).
 
     Raises:
         RenderError: the model has no slices, or an unknown component.
@@ -246,8 +245,17 @@ def render_slice(model, request: SliceRequest) -> np.ndarray:
     components = model.slice_components()
     if request.component and request.component not in components:
         raise RenderError(f"unknown slice component '{request.component}' (has: {', '.join(components)})")
-    if not request.component:
-        request = dataclasses.replace(request, component=components[0])
+    return request if request.component else dataclasses.replace(request, component=components[0])
+
+
+def render_slice(model, request: SliceRequest) -> np.ndarray:
+    """A coordinate model's slice (:class:`~tensorfield.fields.base.ExportsSlices`) as a
+    colour-mapped ``[R, R, 3]`` uint8 image (the turbo ramp of :func:`colorize_depth`, min to max).
+
+    Raises:
+        RenderError: the model has no slices, or an unknown component.
+    """
+    request = resolve_slice(model, request)
     was_training = model.training
     model.eval()
     try:

@@ -28,7 +28,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from tensorfield.fields.base import CoordinateBatch, ImageBatch, RayBatch
+from tensorfield.fields.base import CoordinateBatch, ImageBatch, RayBatch, StatelessSource
 from torch import Tensor
 
 
@@ -180,7 +180,7 @@ class RaySource:
             self._cursor = int(state["cursor"])
 
 
-class ImageSource:
+class ImageSource(StatelessSource):
     """Random distinct training images with their cameras (see module docstring)."""
 
     def __init__(self, split, background: Tensor, random_background: bool, device: torch.device):
@@ -209,18 +209,9 @@ class ImageSource:
             indices=indices.to(self.device),
         )
 
-    def refilter(self, model) -> None:
-        """Nothing to filter."""
-        return None
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
 
-class CoordinateSource:
+class CoordinateSource(StatelessSource):
     """Adapter from a :class:`CoordinateSampler` to the trainer (moves batches to the device)."""
 
     def __init__(self, sampler: CoordinateSampler, device: torch.device):
@@ -239,12 +230,3 @@ class CoordinateSource:
             jacobians=batch.jacobians.to(self.device) if batch.jacobians is not None else None,
         )
 
-    def refilter(self, model) -> None:
-        """Nothing to filter."""
-        return None
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
@@ -173,8 +174,6 @@ class RenderRequest:
     @property
     def camera_time(self) -> float | None:
         """The time to render at: ``time`` if finite, else the camera's own (``None`` if it has none)."""
-        import math
-
         if self.time is not None and math.isfinite(float(self.time)):
             return float(self.time)
         own = float(self.cameras.times[self.index])
@@ -469,6 +468,28 @@ class BatchSource(Protocol):
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`."""
+
+
+class StatelessSource:
+    """Base of batch sources whose batches depend on the generator alone (no cursor, no filter):
+    nothing to refilter, nothing to checkpoint. Subclasses implement ``sample``."""
+
+    def refilter(self, model: Field) -> None:
+        """Nothing to filter: ``None`` (no event is logged)."""
+        return None
+
+    def state_dict(self) -> dict:
+        """No state: every batch comes from the trainer's (checkpointed) generator."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Accept the empty state :meth:`state_dict` wrote.
+
+        Raises:
+            ValueError: ``state`` holds entries (it was written by another kind of source).
+        """
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, but the checkpoint holds {sorted(state)}")
 
 
 @runtime_checkable

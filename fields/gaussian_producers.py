@@ -25,6 +25,7 @@ A skeleton-skinned producer (MIGS) is a third subclass, not a third mode of the 
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,7 +101,7 @@ class SplatExport:
 ExtraLoss = tuple[str, float, Tensor]
 
 
-class GaussianProducer:
+class GaussianProducer(abc.ABC):
     """Base of the producers: the 3D attributes every kind has, and the interface.
 
     Args:
@@ -157,9 +158,9 @@ class GaussianProducer:
         ]
 
     # ------------------------------------------------------------------ a frame
+    @abc.abstractmethod
     def gaussians_at(self, params: Params, time: float) -> GaussianSlice:
         """The 3D Gaussians seen at model time ``time``."""
-        raise NotImplementedError
 
     def colors(self, gaussians: GaussianSlice, camera_center: Tensor, sh_degree: int, time_degree: int) -> Tensor:
         """``[M, 3]`` colours seen from ``camera_center``: SH (spherindrical) + 0.5, clamped at 0."""
@@ -179,13 +180,14 @@ class GaussianProducer:
         values = weights[:, :1] * gaussians.sh_dc[:, 0] + torch.einsum("nk,nkc->nc", weights[:, 1:], gaussians.sh_rest)
         return (values + 0.5).clamp_min(0.0)
 
+    @abc.abstractmethod
     def raster_colors(
         self, gaussians: GaussianSlice, camera_center: Tensor, sh_degree: int, time_degree: int
     ) -> tuple[Tensor, int | None]:
         """What the rasteriser gets as colours: ``(SH table, active degree)`` or ``(colours, None)``."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ densification, export, losses
+    @abc.abstractmethod
     def split_values(self, values: Params, split: Tensor, samples: int, generator: torch.Generator) -> Params:
         """Parameters of the ``samples`` Gaussians drawn from each Gaussian of ``split``.
 
@@ -199,11 +201,10 @@ class GaussianProducer:
             ``[S * samples, ...]`` per name, the split rows repeated block-wise (as the original),
             means sampled from each Gaussian, scales divided by ``0.8 * samples``.
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def export(self, params: Params, time: float) -> SplatExport:
         """The slice at model time ``time`` in the 3DGS PLY parametrisation."""
-        raise NotImplementedError
 
     def extra_losses(self, params: Params, step: int, rigidity_loss: Callable[[Tensor, int], Tensor]) -> list[ExtraLoss]:
         """Regularisers beyond the photometric loss (``rigidity_loss(velocity, step)`` from the model)."""

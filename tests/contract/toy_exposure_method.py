@@ -28,6 +28,7 @@ from tensorfield.fields.base import (
     RenderOutput,
     RenderRequest,
     SceneInfo,
+    StatelessSource,
     StepOutput,
 )
 from tensorfield.fields.config import MethodConfig, option
@@ -49,7 +50,7 @@ def _texture(size: int) -> Tensor:
     return torch.stack([0.2 + 0.6 * u, 0.2 + 0.6 * v, 0.5 + 0.3 * torch.sin(6 * u) * torch.cos(4 * v)], -1)
 
 
-class ExposureSource:
+class ExposureSource(StatelessSource):
     def __init__(self, data: ExposureData, device: torch.device) -> None:
         self.data, self.device = data, device
         self.frames = data.train_frames
@@ -65,15 +66,6 @@ class ExposureSource:
             indices=picks.to(self.device),
             extras={"exposure": self.data.exposures[frames].to(self.device), "frame": frames.to(self.device)},
         )
-
-    def refilter(self, model) -> None:
-        return None
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
 
 class ExposureData:

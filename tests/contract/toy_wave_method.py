@@ -21,6 +21,7 @@ from tensorfield.fields.base import (
     ParamGroup,
     SceneInfo,
     SliceRequest,
+    StatelessSource,
     StepOutput,
 )
 from tensorfield.fields.config import MethodConfig, option
@@ -45,7 +46,7 @@ def target(config: ToyWaveConfig, coordinates: Tensor) -> Tensor:
     return (torch.sin(k * x) * torch.cos(k * y) * torch.cos(math.pi * t))[:, None]
 
 
-class WaveSource:
+class WaveSource(StatelessSource):
     """Uniform samples of the spacetime box ``t in [0, 1], x, y in [-1, 1]``."""
 
     def __init__(self, config: ToyWaveConfig, device: torch.device) -> None:
@@ -55,15 +56,6 @@ class WaveSource:
         unit = torch.rand(batch_size, 3, generator=generator, dtype=torch.float64)
         coordinates = torch.cat([unit[:, :1], unit[:, 1:] * 2 - 1], dim=1).float()
         return CoordinateBatch(coordinates.to(self.device), target(self.config, coordinates).to(self.device))
-
-    def refilter(self, model) -> None:
-        return None
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
 
 class WaveData:
