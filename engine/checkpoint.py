@@ -34,8 +34,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import pickletools
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -113,29 +115,43 @@ def save_checkpoint(path: str | os.PathLike, *, model, optimizer, trainer_state:
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (tensors on the CPU).
 
+    The file is inspected before ``torch.load`` sees it: anything that is not a zip archive (what
+    ``torch.save`` writes) is reported without being unpickled, and a raw pickle is scanned with
+    :mod:`pickletools` (which reads opcodes, never runs them) to say whether it would need
+    executing code. No message ever suggests loading with ``weights_only=False``.
+
     Raises:
-        CheckpointError: missing, truncated or corrupt file, a file holding pickled Python
+        CheckpointError: missing, empty, truncated or corrupt file, a file holding pickled Python
             objects (refused, never executed), or not a tensorfield checkpoint.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with path.open("rb") as handle:
+            head = handle.read(len(_ZIP_MAGIC))
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({_one_line(err)})") from None
+    if not head:
+        raise CheckpointError(f"{path}: corrupt checkpoint (empty file)")
+    if head != _ZIP_MAGIC:
+        raise CheckpointError(f"{path}: {_describe_foreign(path)}")
+    try:
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols of foreign files; the error below says it all
+            warnings.simplefilter("ignore", UserWarning)
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         text = str(err)
         culprit = re.search(r"GLOBAL ([\w.]+)", text)
         if culprit or re.search(r"\bglobal\b", text, re.IGNORECASE):
             what = f" ({culprit.group(1)})" if culprit else ""
-            raise CheckpointError(
-                f"{path}: refused to load: it contains pickled Python objects{what}, "
-                "which could run code; tensorfield checkpoints hold only tensors and plain data"
-            ) from None
-        raise CheckpointError(f"{path}: corrupt checkpoint ({_one_line(err)})") from None
-    except Exception as err:  # noqa: BLE001 - any failure to parse bytes means a damaged file
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(err).__name__}: {_one_line(err)})") from None
+            raise CheckpointError(f"{path}: {_REFUSED}{what}; {_ONLY_DATA}") from None
+        raise CheckpointError(f"{path}: corrupt checkpoint (its pickled data cannot be read)") from None
+    except Exception:  # noqa: BLE001 - any failure to parse the archive means a damaged file
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint (the zip archive cannot be read)") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a tensorfield checkpoint")
+        raise CheckpointError(f"{path}: not a tensorfield checkpoint (a torch file of another program)")
     if data.get("version") != VERSION:
         raise CheckpointError(f"{path}: unsupported checkpoint version {data.get('version')!r} (expected {VERSION})")
     missing = [key for key in ("model", "shape_state", "trainer", "config") if key not in data]
@@ -146,6 +162,40 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except (TypeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path}: bad shape_state ({_one_line(err)})") from None
     return data
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_REFUSED = "refused: loading it would need executing pickled code"
+_ONLY_DATA = "tensorfield checkpoints hold only tensors and plain data"
+# opcodes that import a name or call one: a pickle using them runs code when loaded
+_CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD", "EXT1", "EXT2", "EXT4"}
+
+
+def _describe_foreign(path: Path) -> str:
+    """Why a file without the zip header is no checkpoint, from its opcodes (never unpickled)."""
+    try:
+        with path.open("rb") as handle:
+            opcodes = [(op.name, arg) for op, arg, _ in pickletools.genops(handle)]
+    except Exception:  # noqa: BLE001 - not even a pickle stream: random or foreign bytes
+        return "not a tensorfield checkpoint (not a torch zip archive)"
+    calls = [(name, arg) for name, arg in opcodes if name in _CODE_OPCODES]
+    if not calls:
+        return "not a tensorfield checkpoint (a raw pickle, not a torch zip archive)"
+    culprit = _first_global(opcodes)
+    return f"{_REFUSED}{f' ({culprit})' if culprit else ''}; {_ONLY_DATA}"
+
+
+def _first_global(opcodes: list[tuple[str, Any]]) -> str | None:
+    """The first imported name (``module.name``) of a pickle's opcodes, for the message."""
+    strings: list[str] = []
+    for name, arg in opcodes:
+        if name == "GLOBAL" or name == "INST":
+            return str(arg).replace(" ", ".")
+        if name == "STACK_GLOBAL" and len(strings) >= 2:
+            return f"{strings[-2]}.{strings[-1]}"
+        if isinstance(arg, str):
+            strings.append(arg)
+    return None
 
 
 def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:

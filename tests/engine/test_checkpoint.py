@@ -111,7 +111,8 @@ def test_damaged_file_is_a_one_line_error_naming_it(parts, tmp_path, damage):
         load_checkpoint(path)
     message = str(err.value)
     assert message.startswith(f"{path}: ") and "\n" not in message
-    assert "corrupt" in message
+    assert ("not a tensorfield checkpoint" if damage == "garbage" else "corrupt") in message
+    assert "weights_only" not in message and len(message) < 200
 
 
 def test_missing_file(tmp_path):
@@ -137,7 +138,8 @@ def test_pickled_objects_are_refused_and_never_run(tmp_path):
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(path)
     message = str(err.value)
-    assert message.startswith(f"{path}: refused to load") and "\n" not in message
+    assert message.startswith(f"{path}: refused: loading it would need executing pickled code") and "\n" not in message
+    assert "weights_only" not in message
     assert not marker.exists()
 
 
@@ -156,3 +158,58 @@ def test_random_bytes_are_a_checkpoint_error(tmp_path, seed):
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(path)
     assert "step_000001.ckpt" in str(err.value) and "\n" not in str(err.value)
+    assert "weights_only" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "payload, expected",
+    [
+        ("random", "not a tensorfield checkpoint"),
+        ("dict", "not a tensorfield checkpoint (a raw pickle"),
+        ("code", f"refused: loading it would need executing pickled code ({os.system.__module__}.system)"),
+    ],
+)
+def test_raw_pickles_and_random_bytes_never_reach_torch_load(tmp_path, payload, expected, monkeypatch):
+    import pickle
+    import warnings
+
+    marker = tmp_path / "executed"
+    path = tmp_path / "step_000001.ckpt"
+    if payload == "random":
+        path.write_bytes(bytes(random.Random(1).getrandbits(8) for _ in range(700)))
+    else:
+        with path.open("wb") as handle:
+            pickle.dump({"format": ckpt.FORMAT, "weights": [1.0, 2.0]} if payload == "dict" else {"x": _Payload(marker)}, handle)
+    monkeypatch.setattr(ckpt.torch, "load", lambda *a, **k: pytest.fail("torch.load saw a file without the zip header"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError) as err:
+            load_checkpoint(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: {expected}")
+    assert "\n" not in message and "weights_only" not in message
+    assert caught == []
+    assert not marker.exists()
+
+
+def test_cli_reports_a_malicious_checkpoint_in_one_line_and_runs_nothing(tmp_path, capsys):
+    import pickle
+    import warnings
+
+    from tensorfield.app.cli import main
+
+    marker = tmp_path / "executed"
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    evil = checkpoints / "step_000001.ckpt"
+    with evil.open("wb") as handle:
+        pickle.dump({"x": _Payload(marker)}, handle)
+    before = evil.read_bytes()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["eval", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(evil) in err
+    assert "refused: loading it would need executing pickled code" in err and "weights_only" not in err
+    assert [str(w.message) for w in caught] == []
+    assert not marker.exists() and evil.read_bytes() == before
