@@ -1,15 +1,21 @@
-"""Export trained fields as meshes and point clouds (open3d + scikit-image).
+"""Export trained fields as meshes and point clouds.
 
 * :func:`extract_mesh` runs marching cubes on a model's dense alpha grid (models that expose
   ``density_grid``, e.g. TensoRF) and colours vertices from the radiance field, or falls back to
   TSDF fusion of rendered depth and colour (:func:`tsdf_mesh`) for models without a grid.
 * :func:`extract_point_cloud` back-projects rendered depth of the training cameras.
 * :func:`write_mesh` / :func:`write_point_cloud` pick the file format from the extension
-  (``.ply``, ``.obj``, ``.glb``/``.gltf`` for meshes; ``.ply``, ``.pcd``, ``.xyz`` for points).
+  (``.ply``, ``.obj``, ``.glb``, ``.off``, ``.stl`` for meshes; ``.ply``, ``.xyz``, ``.xyzrgb``,
+  ``.pts``, ``.pcd`` for points).
 * :func:`write_splat_ply` / :func:`read_splat_ply`: Gaussian splats in the PLY layout of the
   original 3DGS code, which splat viewers open.
 
-open3d is imported lazily: it is heavy and only needed here.
+Which library does what, and why: marching cubes is scikit-image's, mesh cleaning (connected
+components), normals and mesh files are trimesh's, point files are written here (PLY, XYZ) —
+all pure wheels that need no system library. open3d is used only for what nothing lighter does
+well, TSDF fusion (Gaussian models' meshes) and ``.pcd`` files; its wheel links ``libusb-1.0``,
+so it is imported lazily through :func:`tensorfield.engine.dependencies.require`, which turns a
+missing library into a one-line error naming the package to install.
 """
 
 from __future__ import annotations
@@ -23,22 +29,40 @@ from pathlib import Path
 import numpy as np
 import torch
 from tensorfield.datasets.cameras import Cameras
+from tensorfield.engine.dependencies import MissingDependency, require
 from tensorfield.fields.base import ExportsDensityGrid, RenderRequest
 from torch import Tensor
 
-MESH_SUFFIXES = (".ply", ".obj", ".glb", ".gltf", ".off", ".stl")
+MESH_SUFFIXES = (".ply", ".obj", ".glb", ".off", ".stl")
 POINT_SUFFIXES = (".ply", ".pcd", ".xyz", ".xyzrgb", ".pts")
-
-
-def _open3d():
-    import open3d as o3d
-
-    o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
-    return o3d
 
 
 class ExportError(ValueError):
     """An export that cannot be done (one-line message)."""
+
+
+def _open3d(purpose: str):
+    """open3d, or an :class:`ExportError` naming the missing (system) library and its fix."""
+    try:
+        o3d = require("open3d", purpose)
+    except MissingDependency as error:
+        raise ExportError(str(error)) from None
+    o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
+    return o3d
+
+
+def _trimesh(mesh: "Mesh", process: bool = False):
+    import trimesh
+
+    colors = None
+    if mesh.colors is not None:
+        colors = np.clip(np.round(mesh.colors * 255.0), 0, 255).astype(np.uint8)
+    return trimesh.Trimesh(
+        vertices=mesh.vertices.astype(np.float64),
+        faces=mesh.faces.astype(np.int64),
+        vertex_colors=colors,
+        process=process,
+    )
 
 
 @dataclass
@@ -55,84 +79,134 @@ class Mesh:
     faces: np.ndarray
     colors: np.ndarray | None = None
 
-    def to_open3d(self):
-        o3d = _open3d()
-
-        mesh = o3d.geometry.TriangleMesh(
-            o3d.utility.Vector3dVector(self.vertices.astype(np.float64)),
-            o3d.utility.Vector3iVector(self.faces.astype(np.int32)),
-        )
-        if self.colors is not None:
-            mesh.vertex_colors = o3d.utility.Vector3dVector(self.colors.astype(np.float64))
-        return mesh
-
-    @classmethod
-    def from_open3d(cls, mesh) -> Mesh:
-        colors = np.asarray(mesh.vertex_colors, dtype=np.float32) if mesh.has_vertex_colors() else None
-        return cls(
-            np.asarray(mesh.vertices, dtype=np.float32),
-            np.asarray(mesh.triangles, dtype=np.int64),
-            colors,
-        )
+    def vertex_normals(self) -> np.ndarray:
+        """``[V, 3]`` unit normals from the faces' winding (angle-weighted, trimesh)."""
+        return np.asarray(_trimesh(self).vertex_normals, dtype=np.float32)
 
 
 # ----------------------------------------------------------------------------- cleaning / io
 def remove_small_components(mesh: Mesh, min_fraction: float = 0.02) -> Mesh:
-    """Drop connected components with fewer than ``min_fraction`` of the largest one's triangles."""
+    """Drop connected components with fewer than ``min_fraction`` of the largest one's triangles.
+
+    Components are sets of faces connected through shared vertices (trimesh's face adjacency);
+    vertices no face uses any more are removed and the faces re-indexed.
+    """
     if len(mesh.faces) == 0:
         return mesh
-    o3d_mesh = mesh.to_open3d()
-    cluster_ids, cluster_sizes, _ = o3d_mesh.cluster_connected_triangles()
-    cluster_ids = np.asarray(cluster_ids)
-    cluster_sizes = np.asarray(cluster_sizes)
-    keep_clusters = cluster_sizes >= min_fraction * cluster_sizes.max()
-    o3d_mesh.remove_triangles_by_mask(~keep_clusters[cluster_ids])
-    o3d_mesh.remove_unreferenced_vertices()
-    return Mesh.from_open3d(o3d_mesh)
+    import trimesh
+
+    labels = trimesh.graph.connected_component_labels(
+        _trimesh(mesh).face_adjacency, node_count=len(mesh.faces)
+    )
+    sizes = np.bincount(labels)
+    keep_faces = (sizes >= min_fraction * sizes.max())[labels]
+    faces = mesh.faces[keep_faces]
+    used = np.unique(faces)
+    remap = np.full(len(mesh.vertices), -1, dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    colors = mesh.colors[used] if mesh.colors is not None else None
+    return Mesh(mesh.vertices[used], remap[faces], colors)
+
+
+def _atomic_write(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".partial")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def write_mesh(mesh: Mesh, path: str | Path) -> Path:
-    """Write ``mesh``; the format follows the extension. Written atomically."""
-    o3d = _open3d()
-
+    """Write ``mesh`` with vertex normals (and colours); the format follows the extension
+    (trimesh's writers). Written atomically: an existing file stays intact until the new one is
+    complete."""
     path = Path(path)
-    if path.suffix.lower() not in MESH_SUFFIXES:
+    suffix = path.suffix.lower()
+    if suffix not in MESH_SUFFIXES:
         raise ExportError(f"{path}: unsupported mesh format '{path.suffix}' (use one of {', '.join(MESH_SUFFIXES)})")
     if len(mesh.faces) == 0:
         raise ExportError(f"{path}: the mesh is empty (nothing above the density level; try a lower --level)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    o3d_mesh = mesh.to_open3d()
-    o3d_mesh.compute_vertex_normals()
-    ok = o3d.io.write_triangle_mesh(str(tmp), o3d_mesh, write_vertex_colors=mesh.colors is not None)
-    if not ok or not tmp.exists():
-        raise ExportError(f"{path}: open3d could not write the mesh")
-    if path.suffix.lower() == ".obj":  # open3d writes a sidecar .mtl named after the temp file
-        mtl = tmp.with_suffix(".mtl")
-        if mtl.exists():
-            mtl.unlink()
-    tmp.replace(path)
-    return path
+    shape = _trimesh(mesh)
+    shape.vertex_normals  # computed (and written by the PLY / OBJ writers)
+    data = shape.export(file_type=suffix[1:])
+    return _atomic_write(path, data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def voxel_down_sample(points: np.ndarray, colors: np.ndarray | None, voxel_size: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """Replace the points in each cube of side ``voxel_size`` by their mean (and mean colour).
+
+    Cubes are aligned with the points' minimum corner; output order follows the first point of
+    each cube in ``points``.
+    """
+    if len(points) == 0:
+        return points, colors
+    keys = np.floor((points - points.min(0)) / voxel_size).astype(np.int64)
+    _, first, inverse, counts = np.unique(keys, axis=0, return_index=True, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    order = np.argsort(first)  # keep the input's order of first appearance
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    inverse = rank[inverse]
+    counts = counts[order]
+
+    def mean(values: np.ndarray) -> np.ndarray:
+        total = np.zeros((len(counts), values.shape[1]), dtype=np.float64)
+        np.add.at(total, inverse, values.astype(np.float64))
+        return (total / counts[:, None]).astype(np.float32)
+
+    return mean(points), (mean(colors) if colors is not None else None)
 
 
 def write_point_cloud(points: np.ndarray, colors: np.ndarray | None, path: str | Path) -> Path:
-    """Write ``points`` ``[P, 3]`` (and ``colors`` ``[P, 3]`` in [0, 1]); format by extension."""
-    o3d = _open3d()
+    """Write ``points`` ``[P, 3]`` (and ``colors`` ``[P, 3]`` in [0, 1]); format by extension.
 
+    ``.ply``: binary PLY with ``uchar red, green, blue`` (:func:`~tensorfield.datasets.ply.write_ply_points`);
+    ``.xyz`` / ``.xyzrgb`` / ``.pts``: text, one point a line (``x y z`` then, with colours,
+    ``r g b`` in [0, 1]); ``.pcd``: open3d. Written atomically.
+    """
     path = Path(path)
-    if path.suffix.lower() not in POINT_SUFFIXES:
+    suffix = path.suffix.lower()
+    if suffix not in POINT_SUFFIXES:
         raise ExportError(f"{path}: unsupported point cloud format '{path.suffix}' (use one of {', '.join(POINT_SUFFIXES)})")
     if len(points) == 0:
         raise ExportError(f"{path}: the point cloud is empty")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points.astype(np.float64)))
-    if colors is not None:
-        cloud.colors = o3d.utility.Vector3dVector(colors.astype(np.float64))
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    if not o3d.io.write_point_cloud(str(tmp), cloud):
-        raise ExportError(f"{path}: open3d could not write the point cloud")
-    tmp.replace(path)
-    return path
+    points = np.asarray(points, dtype=np.float32)
+    colors = None if colors is None else np.clip(np.asarray(colors, dtype=np.float32), 0.0, 1.0)
+    if suffix == ".pcd":
+        o3d = _open3d(".pcd point clouds")
+        cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points.astype(np.float64)))
+        if colors is not None:
+            cloud.colors = o3d.utility.Vector3dVector(colors.astype(np.float64))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+        if not o3d.io.write_point_cloud(str(tmp), cloud):
+            raise ExportError(f"{path}: open3d could not write the point cloud")
+        tmp.replace(path)
+        return path
+    if suffix == ".ply":
+        from tensorfield.datasets.ply import write_ply_points
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".partial.ply")
+        os.close(descriptor)
+        try:
+            write_ply_points(Path(temporary), points, colors)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return path
+    table = points if colors is None or suffix == ".xyz" else np.concatenate([points, colors], axis=1)
+    text = "\n".join(" ".join(f"{v:.7g}" for v in row) for row in table.tolist()) + "\n"
+    return _atomic_write(path, text.encode("ascii"))
 
 
 # ----------------------------------------------------------------------------- meshes
@@ -140,7 +214,8 @@ def marching_cubes_mesh(alpha: Tensor, aabb: Tensor, level: float) -> Mesh:
     """Iso-surface of a dense grid ``alpha`` ``[X, Y, Z]`` sampled at the corners of ``aabb``.
 
     Grid sample ``(i, j, k)`` sits at ``aabb[0] + (i, j, k) * (aabb[1] - aabb[0]) / (shape - 1)``
-    (align-corners), and the surface is oriented so that normals point to lower alpha.
+    (align-corners), and the surface is oriented so that normals point to lower alpha (faces
+    counter-clockwise seen from outside; the enclosed volume is positive).
     """
     from skimage import measure
 
@@ -150,6 +225,10 @@ def marching_cubes_mesh(alpha: Tensor, aabb: Tensor, level: float) -> Mesh:
     # Pad with empty space so surfaces touching the box are closed.
     volume = np.pad(volume, 1, mode="constant", constant_values=0.0)
     verts, faces, _, _ = measure.marching_cubes(volume, level=level, gradient_direction="descent")
+    # scikit-image winds these triangles clockwise seen from the low-alpha side (its normals,
+    # and any computed from the winding, point into the object); reverse them so faces are
+    # counter-clockwise from outside, as mesh viewers and color_vertices expect.
+    faces = faces[:, ::-1]
     verts = verts - 1.0
     shape = torch.tensor(alpha.shape, dtype=torch.float64)
     lo, hi = aabb[0].double().cpu(), aabb[1].double().cpu()
@@ -163,9 +242,7 @@ def color_vertices(model, mesh: Mesh, chunk: int = 65536) -> Mesh:
     """Colour each vertex with the model's radiance seen from outside (along minus the normal)."""
     if len(mesh.vertices) == 0:
         return mesh
-    o3d_mesh = mesh.to_open3d()
-    o3d_mesh.compute_vertex_normals()
-    normals = torch.from_numpy(np.asarray(o3d_mesh.vertex_normals, dtype=np.float32))
+    normals = torch.from_numpy(mesh.vertex_normals())
     device = next(iter(model.parameters())).device
     points = torch.from_numpy(mesh.vertices)
     colors = []
@@ -187,14 +264,14 @@ def tsdf_mesh(
     max_depth: float = 100.0,
     max_resolution: int = 512,
 ) -> Mesh:
-    """TSDF fusion (open3d) of the model's rendered depth and colour from ``cameras``.
+    """TSDF fusion (open3d, the one mesh step that needs it) of the model's rendered depth and colour from ``cameras``.
 
     Pixels with accumulated alpha below 0.5 carry no depth. The volume is open3d's
     ``UniformTSDFVolume`` over the cube around every back-projected depth point (its voxel is
     ``voxel_length``, enlarged if needed so that at most ``max_resolution`` voxels span the cube);
     open3d 0.20's ``ScalableTSDFVolume`` was found to integrate nothing on this build.
     """
-    o3d = _open3d()
+    o3d = _open3d("TSDF meshes of models without a density grid")
 
     from tensorfield.engine.render import render_frame, to_uint8
 
@@ -239,7 +316,9 @@ def tsdf_mesh(
         )
         w2c = cameras[i].world_to_camera()[0].double().numpy()
         volume.integrate(rgbd, intrinsic, w2c)
-    return Mesh.from_open3d(volume.extract_triangle_mesh())
+    fused = volume.extract_triangle_mesh()
+    colors = np.asarray(fused.vertex_colors, dtype=np.float32) if fused.has_vertex_colors() else None
+    return Mesh(np.asarray(fused.vertices, dtype=np.float32), np.asarray(fused.triangles, dtype=np.int64), colors)
 
 
 def extract_mesh(
@@ -286,7 +365,7 @@ def extract_point_cloud(
     """Points where rendered rays terminate (expected depth), coloured by the render.
 
     Returns ``points [P, 3]`` and ``colors [P, 3]``; with ``voxel_size`` the cloud is
-    down-sampled on a voxel grid (open3d).
+    down-sampled on a voxel grid (:func:`voxel_down_sample`).
     """
     from tensorfield.engine.render import render_frame
 
@@ -303,13 +382,7 @@ def extract_point_cloud(
     pts = torch.cat(points).numpy()
     cols = torch.cat(colors).clamp(0, 1).numpy()
     if voxel_size is not None and len(pts):
-        o3d = _open3d()
-
-        cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts.astype(np.float64)))
-        cloud.colors = o3d.utility.Vector3dVector(cols.astype(np.float64))
-        cloud = cloud.voxel_down_sample(voxel_size)
-        pts = np.asarray(cloud.points, dtype=np.float32)
-        cols = np.asarray(cloud.colors, dtype=np.float32)
+        pts, cols = voxel_down_sample(pts, cols, voxel_size)
     return pts, cols
 
 
