@@ -32,7 +32,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 from tensorfield.fields import registry
-from tensorfield.fields.config import LEGACY_DEFAULTS, MethodConfig, option_groups
+from tensorfield.fields.config import LEGACY_DEFAULTS, MethodConfig, option_bounds, option_groups
 
 
 class ConfigError(ValueError):
@@ -126,6 +126,22 @@ def config_from_dict(
     return _to_object(merged, source)
 
 
+def validate_config(config: MethodConfig, source: str = "config") -> MethodConfig:
+    """Check every option of ``config`` against the bounds its dataclass declares
+    (:class:`tensorfield.fields.config.Bounds`); :func:`load_config` and :func:`config_from_dict`
+    already do this per file and override, so this is for configs built in code.
+
+    Returns:
+        ``config`` itself.
+
+    Raises:
+        ConfigError: ``"<source>: key 'steps' must be >= 1, got 0"``.
+    """
+    for item in dataclasses.fields(config):
+        _check_value(type(config), item.name, getattr(config, item.name), source)
+    return config
+
+
 def config_to_dict(config: MethodConfig) -> dict:
     """Plain-container copy of ``config`` (tuples become lists), safe for JSON and checkpoints."""
     return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
@@ -192,7 +208,9 @@ def config_help(config_class: type) -> str:
                 default = item.default_factory()
             else:
                 default = "(required)"
-            lines.append(f"  {item.name}: {_type_name(hints.get(item.name, Any))} = {_show(default)}")
+            bounds = option_bounds(config_class, name)
+            accepted = f"  ({bounds.describe()})" if bounds is not None and bounds.describe() else ""
+            lines.append(f"  {item.name}: {_type_name(hints.get(item.name, Any))} = {_show(default)}{accepted}")
             help_text = item.metadata.get("help", "")
             if help_text:
                 lines.append(f"      {help_text}")
@@ -272,6 +290,26 @@ def _ungroup(text: str, values: dict[str, Any], config_class: type, method: str)
 
 
 def _merge(base: DictConfig, values: dict, source: str, method: str, config_class: type) -> DictConfig:
+    merged = _merge_typed(base, values, source, method, config_class)
+    # checked per source, so the message names the file or override that set the bad value
+    for key in values:
+        if key in merged:
+            value = merged[key]
+            _check_value(config_class, key, OmegaConf.to_container(value) if OmegaConf.is_config(value) else value, source)
+    return merged
+
+
+def _check_value(config_class: type, key: str, value: Any, source: str) -> None:
+    bounds = option_bounds(config_class, key)
+    problem = bounds.problem(value) if bounds is not None else None
+    if problem is None:
+        return
+    if source.startswith("override "):
+        raise ConfigError(f"{source}: {key} {problem}")
+    raise ConfigError(f"{source}: key '{key}' {problem}")
+
+
+def _merge_typed(base: DictConfig, values: dict, source: str, method: str, config_class: type) -> DictConfig:
     try:
         return OmegaConf.merge(base, values)
     except ConfigKeyError as err:

@@ -49,7 +49,7 @@ from tensorfield.engine.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from tensorfield.engine.config import ConfigError, config_from_dict, save_config
+from tensorfield.engine.config import ConfigError, config_from_dict, save_config, validate_config
 from tensorfield.engine.logger import MetricsLogger
 from tensorfield.engine.data import load_scene_for  # noqa: F401 - re-exported
 from tensorfield.engine.metrics import mse_to_psnr
@@ -218,6 +218,7 @@ class Trainer:
     def __init__(self, config, data: TrainingData, model: Field, run_dir: str | os.PathLike, device: str | torch.device | None = None):
         if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
             raise ConfigError("tensorboard=true but the tensorboard package is not installed (pip install tensorboard)")
+        validate_config(config)
         if not isinstance(data, TrainingData):
             raise TypeError(f"{type(data).__name__} is not TrainingData (scene_info, batch_source, eval_splits, evaluate)")
         self.config = config
@@ -258,6 +259,7 @@ class Trainer:
             data: ready training data (skips the factory).
             device: see :func:`resolve_device`.
         """
+        validate_config(config)  # a config built in code: before any data is loaded
         if data_path is not None:
             config = dataclasses.replace(config, data=str(data_path))
         seed_everything(config.seed)
