@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DatasetError, display_path
+from .normalize import camera_box, near_far_for_box
 from .parsing import (
     FrameRecord,
     ParsedScene,
@@ -116,8 +117,8 @@ def parse_nerfstudio(root: Path, splits: tuple[str, ...]) -> ParsedScene:
     if "aabb_scale" in meta:
         aabb = _ngp_box(meta, scale, path, root)
     else:
-        aabb = _camera_box(centres, forwards)
-    near, far = _near_far(aabb, centres)
+        aabb = camera_box(centres, forwards)
+    near, far = near_far_for_box(aabb, centres)
 
     points = colors = None
     if "ply_file_path" in meta:
@@ -130,7 +131,8 @@ def parse_nerfstudio(root: Path, splits: tuple[str, ...]) -> ParsedScene:
                 f"{display_path(ply, root)}: point cloud not found, continuing without points",
                 stacklevel=3,
             )
-    return ParsedScene(root, "nerfstudio", chosen, aabb, near, far, points, colors)
+    all_c2w = np.stack([r.c2w for r in records])
+    return ParsedScene(root, "nerfstudio", chosen, aabb, near, far, points, colors, all_c2w=all_c2w)
 
 
 def _assign_splits(
@@ -185,28 +187,3 @@ def _ngp_box(meta: dict, scale: float, path: Path, root: Path) -> np.ndarray:
     centre = centre_ngp[[2, 0, 1]] / ngp_scale * scale
     half = 0.5 * side / ngp_scale * scale
     return np.stack([centre - half, centre + half])
-
-
-def _camera_box(centres: np.ndarray, forwards: np.ndarray) -> np.ndarray:
-    """Cube around the cameras' common focus, half-side = half the median camera distance."""
-    projector = np.eye(3)[None] - forwards[:, :, None] * forwards[:, None, :]  # I - d d^T
-    lhs, rhs = projector.sum(0), (projector @ centres[:, :, None]).sum(0)[:, 0]
-    focus = centres.mean(0)
-    if len(centres) >= 2 and np.linalg.cond(lhs) < 1e6:
-        candidate = np.linalg.solve(lhs, rhs)
-        if np.mean(np.einsum("ij,ij->i", candidate - centres, forwards)) > 0:  # in front of them
-            focus = candidate
-    distance = np.median(np.linalg.norm(centres - focus, axis=1))
-    half = 0.5 * distance if distance > 0 else 1.0
-    return np.stack([focus - half, focus + half])
-
-
-def _near_far(aabb: np.ndarray, centres: np.ndarray) -> tuple[float, float]:
-    """Ray range covering the box from every camera."""
-    low, high = aabb
-    outside = np.maximum(np.maximum(low - centres, centres - high), 0.0)
-    to_box = np.linalg.norm(outside, axis=1)
-    farthest = np.linalg.norm(np.maximum(np.abs(centres - low), np.abs(centres - high)), axis=1)
-    diagonal = float(np.linalg.norm(high - low))
-    near = max(float(to_box.min()), 0.01 * diagonal)
-    return near, float(farthest.max())

@@ -87,10 +87,13 @@ class ParsedScene:
 
     Attributes:
         root: scene folder.
-        format: ``"blender"``, ``"dnerf"`` or ``"nerfstudio"``.
+        format: ``"blender"``, ``"dnerf"``, ``"nerfstudio"`` or ``"colmap"``.
         splits: split name -> frames, only for splits that exist and were asked for.
         aabb: ``[2, 3]`` bounding box; near, far: ray range.
         points, points_rgb: optional ``[P, 3]`` point cloud and colours in [0, 1].
+        all_c2w: optional ``[N, 3, 4]`` poses of every frame of the scene, asked-for split or not,
+            so that the normalisation (:mod:`.normalize`) does not depend on the splits loaded;
+            ``None``: the poses of ``splits``.
     """
 
     root: Path
@@ -101,6 +104,7 @@ class ParsedScene:
     far: float
     points: np.ndarray | None = None
     points_rgb: np.ndarray | None = None
+    all_c2w: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------------------------- JSON helpers

@@ -2,11 +2,15 @@
 
 :func:`load_scene` detects the layout (``transforms_train.json``: Blender, or D-NeRF when frames
 carry ``time``; ``transforms.json``: nerfstudio; ``poses_bounds.npy`` + ``cam*.mp4``: N3V
-multi-view video, :mod:`.n3v`), reads the metadata with the format's parser, then runs every image
+multi-view video, :mod:`.n3v`; a COLMAP sparse model in ``sparse/0``, ``sparse`` or
+``colmap/sparse/0`` with ``images/``: :mod:`.colmap_model`), reads the metadata with the format's parser, then runs every image
 format through the same image pipeline (:mod:`.images`) and camera construction (videos through
 :func:`.n3v.load_video_split`, which shares the resizing and the caches), so all scenes obey the
 conventions of :mod:`.cameras` (OpenCV poses, pixel centres at +0.5, times in [0, 1] or ``nan``).
 SfM points come from the parser or, failing that, from :func:`.points.find_scene_points`.
+Last, every scene goes through the one normalisation of :mod:`.normalize` (``normalize="auto"``:
+the identity for Blender / D-NeRF / N3V, nerfstudio's up / centre / scale for COLMAP and
+nerfstudio data), recorded in :attr:`Scene.transform`.
 
 Images with alpha are composited as ``rgb * a + background * (1 - a)`` (alpha premultiplied before
 any resampling) and the alphas are kept. ``background="random"`` stores the images composited on
@@ -17,7 +21,8 @@ with :func:`recomposite`, which is exact because the alphas are kept.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +31,13 @@ from torch import Tensor
 
 from .blender import is_blender, parse_blender
 from .cameras import Cameras
+from .colmap_model import is_colmap, parse_colmap
 from .errors import DatasetError
 from .info import SceneInfo
 from .images import ImageRequest, load_images, resize, resized_size
 from .n3v import VideoOptions, is_n3v, load_video_split, parse_n3v
 from .nerfstudio import is_nerfstudio, parse_nerfstudio
+from .normalize import SceneTransform, normalized_bounds, resolve_mode, scene_transform
 from .parsing import FrameRecord, ParsedScene
 from .points import find_scene_points
 
@@ -70,7 +77,7 @@ class Scene:
 
     Attributes:
         root: scene folder.
-        format: ``"blender"``, ``"dnerf"``, ``"nerfstudio"`` or ``"n3v"``.
+        format: ``"blender"``, ``"dnerf"``, ``"nerfstudio"``, ``"colmap"`` or ``"n3v"``.
         splits: split name -> :class:`SceneSplit` (only splits present on disk and asked for).
         aabb: ``[2, 3]`` float32 bounding box (min, max corners).
         near, far: default ray distance range.
@@ -78,6 +85,9 @@ class Scene:
         points, points_rgb: optional ``[P, 3]`` initial point cloud and colours in [0, 1].
         random_background: the caller asked for random backgrounds; images are composited on
             white (``background``) and a trainer should re-composite with :func:`recomposite`.
+        transform: the similarity applied to the input's poses and points
+            (:class:`~.normalize.SceneTransform`; identity when not normalised). Cameras, points,
+            ``aabb``, ``near`` and ``far`` are all in the normalised (model) frame.
     """
 
     root: Path
@@ -90,6 +100,7 @@ class Scene:
     points: Tensor | None = None
     points_rgb: Tensor | None = None
     random_background: bool = False
+    transform: SceneTransform = field(default_factory=SceneTransform.identity)
 
     def split(self, name: str) -> SceneSplit:
         """The split called ``name``; a :class:`DatasetError` naming the scene if it is missing."""
@@ -117,6 +128,7 @@ class Scene:
             camera_centers=train.cameras.c2w[:, :, 3].clone() if train is not None else None,
             source_format=self.format,
             white_background=not self.random_background and bool((self.background.float() == 1.0).all()),
+            scene_transform=torch.from_numpy(self.transform.matrix.copy()),
         )
 
 
@@ -165,6 +177,7 @@ def load_scene(
     max_frames: int | None = None,
     time_range: tuple[float, float] | None = None,
     test_cameras: Sequence[str | int] | None = None,
+    normalize: str = "auto",
 ) -> Scene:
     """Load a scene folder in any supported layout.
 
@@ -183,6 +196,7 @@ def load_scene(
             ``max_frames``, within ``time_range`` seconds; hold out ``test_cameras`` (names such
             as ``"cam00"`` or pose rows; default ``("cam00",)``). Setting them for an image
             scene is a ``ValueError``.
+        normalize: ``"auto"``, ``"none"``, ``"poses"`` or ``"focus"`` (see :mod:`.normalize`).
 
     Returns:
         the :class:`Scene`.
@@ -192,6 +206,7 @@ def load_scene(
         ValueError: bad ``downscale`` or ``background`` arguments.
     """
     root = Path(path).expanduser()
+    resolve_mode(normalize, "")  # a bad mode is a ValueError before anything is read
     if not float(downscale) >= 1.0:
         raise ValueError(f"downscale must be >= 1, got {downscale}")
     colour, random_background = parse_background(background)
@@ -205,7 +220,8 @@ def load_scene(
     if not root.is_dir():
         raise DatasetError(root, "scene folder not found")
     if is_n3v(root) and not is_blender(root) and not is_nerfstudio(root):
-        return _load_video_scene(root, splits, float(downscale), colour, disk_cache, video_options)
+        scene = _load_video_scene(root, splits, float(downscale), colour, disk_cache, video_options)
+        return _normalised(scene, normalize, None)
     if video_options != VideoOptions():
         raise ValueError(
             "frame_stride / max_frames / time_range / test_cameras apply to video scenes (N3V) only"
@@ -214,11 +230,13 @@ def load_scene(
         parsed = parse_blender(root, splits)
     elif is_nerfstudio(root):
         parsed = parse_nerfstudio(root, splits)
+    elif is_colmap(root):
+        parsed = parse_colmap(root, splits)
     else:
         raise DatasetError(
             root,
-            "no transforms_train.json (Blender / D-NeRF), transforms.json (nerfstudio) or "
-            "poses_bounds.npy + cam*.mp4 (N3V)",
+            "no transforms_train.json (Blender / D-NeRF), transforms.json (nerfstudio), "
+            "poses_bounds.npy + cam*.mp4 (N3V) or COLMAP sparse/0 + images/",
         )
     if parsed.points is None:
         found = find_scene_points(root, parsed.format)
@@ -230,7 +248,7 @@ def load_scene(
         for name, records in parsed.splits.items()
     }
     as_tensor = lambda a: None if a is None else torch.as_tensor(np.asarray(a, dtype=np.float32))
-    return Scene(
+    scene = Scene(
         root=root,
         format=parsed.format,
         splits=loaded,
@@ -242,6 +260,36 @@ def load_scene(
         points_rgb=as_tensor(parsed.points_rgb),
         random_background=random_background,
     )
+    return _normalised(scene, normalize, parsed.all_c2w)
+
+
+def _normalised(scene: Scene, normalize: str, all_c2w: np.ndarray | None) -> Scene:
+    """The one normalisation step of every format (:mod:`.normalize`), applied in place.
+
+    ``all_c2w``: ``[N, 3, 4]`` poses of every frame (so the transform does not depend on the
+    splits asked for); ``None`` uses the loaded splits' cameras. Under ``"none"`` nothing is
+    touched, so canonical formats stay bit-identical.
+    """
+    mode = resolve_mode(normalize, scene.format)
+    if mode == "none":
+        return scene
+    if all_c2w is None:
+        all_c2w = np.concatenate([s.cameras.c2w.double().numpy() for s in scene.splits.values()])
+    transform = scene_transform(all_c2w, mode)
+    for split in scene.splits.values():
+        c2w = transform.apply_c2w(split.cameras.c2w.double().numpy())
+        split.cameras = dataclasses.replace(split.cameras, c2w=torch.from_numpy(c2w).to(split.cameras.c2w.dtype))
+        if split.depths is not None:
+            split.depths = split.depths * np.float32(transform.scale)
+    points = None
+    if scene.points is not None:
+        points = transform.apply_points(scene.points.double().numpy())
+        scene.points = torch.from_numpy(points.astype(np.float32))
+    aabb, near, far = normalized_bounds(transform.apply_c2w(all_c2w)[:, :, 3], points)
+    scene.aabb = torch.as_tensor(aabb, dtype=torch.float32)
+    scene.near, scene.far = float(near), float(far)
+    scene.transform = transform
+    return scene
 
 
 def _load_video_scene(

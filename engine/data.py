@@ -34,7 +34,7 @@ class DataError(ValueError):
 
 
 def load_scene_for(config):
-    """Load ``config.data`` with the config's downscale, background and video options.
+    """Load ``config.data`` with the config's downscale, background, normalisation and video options.
 
     ``background="random"`` loads the images composited on white; batch sources recomposite each
     batch on a random colour using the alpha masks.
@@ -61,7 +61,7 @@ def load_scene_for(config):
     if list(config.test_cameras):
         video["test_cameras"] = [str(c) for c in config.test_cameras]
     try:
-        return load_scene(config.data, downscale=config.downscale, background=background, **video)
+        return load_scene(config.data, downscale=config.downscale, background=background, normalize=config.normalize, **video)
     except ValueError as err:
         if video and "video" in str(err).lower():
             raise ConfigError(f"{config.data}: {err}") from None

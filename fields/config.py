@@ -9,7 +9,7 @@ names and types with omegaconf).
 The keys stay flat; the groups are the dataclass *bases* a method combines:
 
 * :class:`MethodConfig`: what every method has (training loop, data path, logging);
-* :class:`ImageDataConfig`: posed-image loading (``downscale``, ``background``);
+* :class:`ImageDataConfig`: posed-image loading (``downscale``, ``background``, ``normalize``);
 * :class:`VideoDataConfig`: multi-view video loading (N3V: ``frame_stride``, ...);
 * :class:`RenderConfig`: full-image rendering (``render_chunk``);
 * :class:`ImageMethodConfig`: all of them, for methods trained on posed images.
@@ -191,6 +191,7 @@ class ImageDataConfig:
 
     downscale: float = option(1.0, "Divide image resolution by this factor at load time.", group="data", above=0)
     background: str = option("white", "Background the RGBA images are composited on: white, black or random.", group="data", choices=BACKGROUNDS)
+    normalize: str = option("auto", "Scene normalisation into the model's box: auto (none for Blender / D-NeRF / N3V, poses for COLMAP / nerfstudio), none, poses (centre the cameras) or focus (centre their common focus).", group="data", choices=("auto", "none", "poses", "focus"))
 
 
 @dataclass

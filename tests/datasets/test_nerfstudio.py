@@ -44,7 +44,8 @@ def as_nerfstudio(blender: Path, out: Path, *, split_keys: bool = True, **extra)
 
 def test_pinhole_matches_blender_loading(ds_static_scene, tmp_path):
     blender = load_scene(ds_static_scene)
-    nerfstudio = load_scene(as_nerfstudio(ds_static_scene, tmp_path / "ns"))
+    # normalize="none": the nerfstudio frame as written (the default normalises nerfstudio data)
+    nerfstudio = load_scene(as_nerfstudio(ds_static_scene, tmp_path / "ns"), normalize="none")
     assert nerfstudio.format == "nerfstudio" and set(nerfstudio.splits) == set(SPLITS)
     for split in SPLITS:
         a, b = blender.split(split), nerfstudio.split(split)
@@ -82,7 +83,7 @@ def test_every_eighth_frame_is_test_without_split_keys(ds_static_scene, tmp_path
 
 
 def test_bounds_from_cameras(ds_static_scene, tmp_path):
-    scene = load_scene(as_nerfstudio(ds_static_scene, tmp_path / "ns"), splits=("train",))
+    scene = load_scene(as_nerfstudio(ds_static_scene, tmp_path / "ns"), splits=("train",), normalize="none")
     # cameras on a sphere of radius 4 looking at the origin: box centred there, half-side 2
     assert torch.allclose(scene.aabb, torch.tensor([[-2.0] * 3, [2.0] * 3]), atol=1e-3)
     assert 0.5 < scene.near < 2.1 and 5.0 < scene.far < 8.0
@@ -90,11 +91,11 @@ def test_bounds_from_cameras(ds_static_scene, tmp_path):
 
 def test_bounds_from_aabb_scale_and_scale(ds_static_scene, tmp_path):
     plain = load_scene(
-        as_nerfstudio(ds_static_scene, tmp_path / "a", aabb_scale=1), splits=("train",)
+        as_nerfstudio(ds_static_scene, tmp_path / "a", aabb_scale=1), splits=("train",), normalize="none"
     )
     assert torch.allclose(plain.aabb, torch.tensor([[-0.5 / 0.33] * 3, [0.5 / 0.33] * 3]))
     scaled = load_scene(
-        as_nerfstudio(ds_static_scene, tmp_path / "b", aabb_scale=2, scale=0.5), splits=("train",)
+        as_nerfstudio(ds_static_scene, tmp_path / "b", aabb_scale=2, scale=0.5), splits=("train",), normalize="none"
     )
     assert torch.allclose(scaled.aabb, torch.tensor([[-1.0] * 3, [1.0] * 3]))
     translation = scaled.split("train").cameras.c2w[:, :, 3]
@@ -109,7 +110,7 @@ def test_point_cloud(ds_static_scene, tmp_path):
     root = as_nerfstudio(ds_static_scene, tmp_path / "ns", ply_file_path="sparse_pc.ply", scale=0.5,
                          applied_transform=[[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, -1, 0]])  # fmt: skip
     write_ply_points(root / "sparse_pc.ply", points, colors)
-    scene = load_scene(root, splits=("train",))
+    scene = load_scene(root, splits=("train",), normalize="none")
     assert torch.allclose(scene.points, torch.from_numpy(points) * 0.5)
     assert torch.allclose(scene.points_rgb, torch.from_numpy(colors).float(), atol=0.5 / 255 + 1e-6)
     info = scene.scene_info()

@@ -129,14 +129,14 @@ def test_nerfstudio_colmap_points_get_applied_transform_and_scale(ds_static_scen
     rng = np.random.default_rng(0)
     points = rng.normal(size=(20, 3)).astype(np.float32)
     write_points3d_binary(root / "colmap" / "sparse" / "0" / "points3D.bin", points, rng.uniform(size=(20, 3)))
-    scene = load_scene(root, splits=("train",))
+    scene = load_scene(root, splits=("train",), normalize="none")
     # hand-applied: (y + 0.5, x, 2 - z), then scaled by 0.5
     expected = np.stack([points[:, 1] + 0.5, points[:, 0], 2.0 - points[:, 2]], axis=1) * 0.5
     assert np.allclose(scene.points.numpy(), expected, atol=1e-6)
 
     # a points3d.ply beside transforms.json is in the poses' frame already: only scaled
     write_ply_points(root / "points3d.ply", points)
-    scene = load_scene(root, splits=("train",))
+    scene = load_scene(root, splits=("train",), normalize="none")
     assert np.allclose(scene.points.numpy(), points * 0.5) and scene.points_rgb is None
 
     meta = json.loads((root / "transforms.json").read_text())
