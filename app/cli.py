@@ -25,6 +25,13 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
 
 
+def _add_checkpoint(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--checkpoint", default=None, metavar="NAME|PATH",
+        help=f"{what} this checkpoint of the run: step_N (e.g. step_500) or a .ckpt path (default: the newest)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tensorfield",
@@ -59,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--data", help="dataset folder (Blender/NeRF-Synthetic, D-NeRF, nerfstudio or N3V layout); methods whose data the config names need none")
     p.add_argument("--out", default=None, help="run folder (default: runs/<data name>_<method>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest readable checkpoint (an unreadable newer one is renamed *.corrupt, with a warning)")
+    _add_checkpoint(p, "--resume: continue from")
     p.add_argument("--help-config", action="store_true", help="list the config fields of CONFIG's method and exit")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--view", action="store_true", help="train in the background with the desktop viewer attached (needs PyQt6)")
@@ -67,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="compute PSNR/SSIM of a run on its test split", description="Render the test split of RUN, print and store PSNR and SSIM (RUN/eval.json).")
     p.add_argument("run", help="run folder or checkpoint file")
-    p.add_argument("--split", default="test", help="dataset split to evaluate (default: test)")
+    p.add_argument("--split", default=None, help="dataset split to evaluate (default: test, else val)")
+    _add_checkpoint(p, "evaluate")
     p.add_argument("--no-renders", action="store_true", help="do not save the rendered images")
     _add_device(p)
 
@@ -89,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-depth", action="store_true", help="do not write depth renders")
     p.add_argument("--frame", type=int, default=None, help="models with per-frame inputs (avatars): the frame / pose to render")
     p.add_argument("--identity", type=int, default=None, help="models with several subjects: the identity to render")
+    _add_checkpoint(p, "render")
     _add_device(p)
 
     p = sub.add_parser("export", help="export a mesh, point cloud, Gaussian splats or a field slice", description="Export RUN as a mesh (grid fields: marching cubes on the density grid; Gaussians: TSDF fusion of rendered depth and colour; vertex colours from the radiance field, small floating parts removed), a point cloud, or Gaussian splats (the standard 3DGS .ply that splat viewers open; 4D models: the slice at --time). The format follows --out's extension: .ply .obj .glb for meshes; .ply .pcd .xyz for points; .ply for splats. Coordinate models (no images): `slice` writes the field on a plane as .png (colour-mapped) or .npy.")
@@ -103,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--origin", type=float, nargs="+", default=None, help="slice: centre in the model's coordinates")
     p.add_argument("--axis-u", dest="axis_u", type=float, nargs="+", default=None, help="slice: first in-plane half-extent vector")
     p.add_argument("--axis-v", dest="axis_v", type=float, nargs="+", default=None, help="slice: second in-plane half-extent vector")
+    _add_checkpoint(p, "export")
     _add_device(p)
 
     p = sub.add_parser(

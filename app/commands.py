@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from importlib import resources
 from pathlib import Path
@@ -91,10 +92,20 @@ def cmd_train(args) -> int:
         config = _resolve_config(args.config, overrides)
         print(config_help(get_method(config.method).config_class()))
         return 0
+    chosen = getattr(args, "checkpoint", None)
+    if chosen is not None and not args.resume:
+        raise CommandError("--checkpoint needs --resume (train continues a run from a checkpoint only when resuming)")
     if args.resume:
         if args.out is None:
             raise CommandError("--resume needs --out RUN (the run folder to continue)")
-        trainer = Trainer.from_checkpoint(args.out, overrides=overrides, data_path=args.data, device=args.device)
+        # an explicit --checkpoint must be readable; the newest may fall back to an earlier one
+        trainer = Trainer.from_checkpoint(
+            args.out, checkpoint=chosen, fallback=chosen is None, overrides=overrides, data_path=args.data, device=args.device
+        )
+        for bad, reason, kept in trainer.skipped_checkpoints:
+            print(f"tensorfield: warning: {bad.name}: {reason.split(' (')[0]}; resuming from {trainer.checkpoint_path.name} instead (kept as {kept.name})", file=sys.stderr)
+        if trainer.step >= trainer.config.steps:
+            raise CommandError(f"{args.out}: already trained for {trainer.step} steps (steps={trainer.config.steps}); pass steps=N with N > {trainer.step} to train longer")
         print(f"resuming {args.out} at step {trainer.step}")
     else:
         config = _resolve_config(args.config, overrides)
@@ -112,7 +123,8 @@ def cmd_train(args) -> int:
         "train_s": summary.get("train_s"),
         "it_per_s": summary.get("it_per_s"),
         "train_psnr": summary.get("psnr"),
-        **({f"test_{k}": v for k, v in (summary.get("eval") or {}).items() if isinstance(v, float)}),
+        # named after the split evaluated (val when the data has no test split)
+        **({f"{(summary.get('eval') or {}).get('split')}_{k}": v for k, v in (summary.get("eval") or {}).items() if isinstance(v, float)}),
     })
     return 0
 
@@ -147,11 +159,14 @@ def _train_with_viewer(trainer, args) -> int:
 
 # ------------------------------------------------------------------------------- eval
 def cmd_eval(args) -> int:
-    trainer = load_run(args.run, args.device)
-    result = trainer.evaluate(split=args.split, save_renders=not args.no_renders)
+    trainer = load_run(args.run, args.device, checkpoint=getattr(args, "checkpoint", None))
+    split = args.split or trainer.default_eval_split()
+    if split is None:
+        raise CommandError(f"{args.run}: the data has no split to evaluate besides train (use --split train)")
+    result = trainer.evaluate(split=split, save_renders=not args.no_renders)
     trainer.close()
     shown = {k: v for k, v in result.items() if k != "per_image" and v is not None}
-    _print_summary(f"{args.run}: {args.split} split at step {result.get('step')}", shown)
+    _print_summary(f"{args.run}: {split} split at step {result.get('step')}", shown)
     return 0
 
 
@@ -182,14 +197,24 @@ def _camera_path(trainer, spec: str, frames: int):
 
 
 def cmd_render(args) -> int:
+    from tensorfield.engine.export import check_output_path
     from tensorfield.engine.render import apply_time, render_path
-    from tensorfield.fields.base import ExportsSlices, RendersViews
+    from tensorfield.fields.base import ExportsSlices, HasTime, RendersViews
 
-    trainer = load_run(args.run, args.device)
+    times = [args.time] if args.time is not None else list(args.time_range or [])
+    flag = "--time" if args.time is not None else "--time-range"
+    outside = [t for t in times if not 0.0 <= t <= 1.0]  # also catches nan
+    if outside:
+        raise CommandError(f"{flag} {outside[0]}: times are normalised to [0, 1]")
+    # before loading the run: a bad --out must not cost a model load and a render
+    check_output_path(args.out, folder=Path(args.out).suffix.lower() != ".mp4")
+    trainer = load_run(args.run, args.device, checkpoint=getattr(args, "checkpoint", None))
     model = trainer.model
     if not isinstance(model, RendersViews):
         hint = f"; use: tensorfield export {args.run} slice --out slice.png" if isinstance(model, ExportsSlices) else ""
         raise CommandError(f"{args.run}: a {type(model).__name__} does not render camera views{hint}")
+    if times and not isinstance(model, HasTime):
+        raise CommandError(f"{flag}: {args.run} is a static {type(model).__name__} (no time to set); drop {flag}")
     path = _camera_path(trainer, args.path, args.frames)
     path = apply_time(path, args.time, tuple(args.time_range) if args.time_range else None)
     background = _background(trainer)
@@ -218,9 +243,12 @@ def cmd_export(args) -> int:
         write_mesh,
         write_point_cloud,
     )
+    from tensorfield.engine.export import EXPORT_SUFFIXES, check_output_path
     from tensorfield.fields.base import ExportsDensityGrid, RendersViews
 
-    trainer = load_run(args.run, args.device)
+    # before loading the run: a bad --out must not cost a model load and an extraction
+    check_output_path(args.out, EXPORT_SUFFIXES.get(args.what))  # kinds without a list accept any name
+    trainer = load_run(args.run, args.device, checkpoint=getattr(args, "checkpoint", None))
     model = trainer.model
     if args.what == "splat":
         return _export_splat(model, args)

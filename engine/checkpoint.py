@@ -38,6 +38,7 @@ import pickletools
 import re
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +221,115 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     directory = run_dir / CHECKPOINT_DIR if (run_dir / CHECKPOINT_DIR).is_dir() else run_dir
     found = list_checkpoints(directory)
     return found[-1][1] if found else None
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """The step of a ``step_NNNNNN.ckpt`` name, else ``None``."""
+    match = _STEP_NAME.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def resolve_checkpoint(run: str | os.PathLike, choice: str | os.PathLike | None = None) -> Path:
+    """The checkpoint file meant by a run folder (or file) and an optional choice.
+
+    Args:
+        run: a run folder, its ``checkpoints`` folder, or a checkpoint file.
+        choice: ``None`` (``run`` itself if a file, else the newest checkpoint), a checkpoint path,
+            or a name in the run: ``step_50``, ``step_000050``, ``step_000050.ckpt`` or ``50``.
+
+    Raises:
+        CheckpointError: no such checkpoint (the message lists the run's checkpoints).
+    """
+    run = Path(run)
+    if choice is None:
+        if run.is_file():
+            return run
+        found = latest_checkpoint(run)
+        if found is None:
+            raise CheckpointError(f"{run}: no checkpoint found (expected {run}/{CHECKPOINT_DIR}/step_*.ckpt)")
+        return found
+    if Path(choice).is_file():
+        return Path(choice)
+    directory = _checkpoint_dir(run)
+    match = _CHOICE.match(str(choice))
+    available = ", ".join(p.stem for _, p in list_checkpoints(directory)) or "none"
+    if match is None:
+        raise CheckpointError(f"--checkpoint {choice}: not a file nor a checkpoint name like step_50 (run {run} has: {available})")
+    path = directory / checkpoint_name(int(match.group(1)))
+    if not path.is_file():
+        raise CheckpointError(f"{run}: no checkpoint {choice} (has: {available})")
+    return path
+
+
+def open_checkpoint(
+    run: str | os.PathLike, choice: str | os.PathLike | None = None, fallback: bool = False
+) -> tuple[Path, dict[str, Any], list[tuple[Path, str]]]:
+    """Load the checkpoint meant by ``run`` and ``choice`` (see :func:`resolve_checkpoint`).
+
+    Args:
+        run: run folder or checkpoint file.
+        choice: which checkpoint (``None``: the newest).
+        fallback: if the chosen one is unreadable, load the newest readable earlier one instead
+            (what a resume does); otherwise the error names the intact earlier checkpoints.
+
+    Returns:
+        ``(path loaded, its data, [(unreadable path, reason), ...] skipped on the way)``.
+
+    Raises:
+        CheckpointError: the checkpoint (and, with ``fallback``, every earlier one) is unreadable.
+    """
+    path = resolve_checkpoint(run, choice)
+    try:
+        return path, load_checkpoint(path), []
+    except CheckpointError as err:
+        reason = str(err).removeprefix(f"{path}: ")
+        step = checkpoint_step(path)
+        earlier = [p for s, p in reversed(list_checkpoints(path.parent)) if step is not None and s < step]
+        if fallback:
+            skipped = [(path, reason)]
+            for candidate in earlier:
+                try:
+                    return candidate, load_checkpoint(candidate), skipped
+                except CheckpointError as later_err:
+                    skipped.append((candidate, str(later_err).removeprefix(f"{candidate}: ")))
+            raise CheckpointError(f"{path}: {reason}; no readable earlier checkpoint to fall back to") from None
+        intact = [p.stem for p in earlier if _looks_intact(p)][:3]
+        if not intact:
+            raise
+        raise CheckpointError(
+            f"{path}: {reason.split(' (')[0]}; intact earlier: {', '.join(intact)} (use --checkpoint {intact[0]})"
+        ) from None
+
+
+def set_aside(path: str | os.PathLike, suffix: str) -> Path:
+    """Rename a checkpoint to ``<name>.<suffix>`` so that no listing, resume or pruning sees it
+    any more, keeping its bytes (e.g. a damaged newest checkpoint a resume falls back past)."""
+    path = Path(path)
+    target = path.with_name(f"{path.name}.{suffix}")
+    counter = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.{suffix}{counter}")
+        counter += 1
+    os.replace(path, target)
+    return target
+
+
+def _checkpoint_dir(run: Path) -> Path:
+    if run.is_file():
+        return run.parent
+    return run / CHECKPOINT_DIR if (run / CHECKPOINT_DIR).is_dir() else run
+
+
+def _looks_intact(path: Path) -> bool:
+    """The zip archive's directory is readable (a cut-short file loses it); cheap, reads no tensors."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("data.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
+_CHOICE = re.compile(r"^(?:step_)?0*(\d+)(?:\.ckpt)?$")
 
 
 def prune_checkpoints(directory: str | os.PathLike, keep: int, protect: str | os.PathLike | None = None) -> list[Path]:

@@ -582,3 +582,57 @@ def read_splat_ply(path: str | Path) -> SplatArrays:
         log_scales=column("scale_0", "scale_1", "scale_2"),
         quats=column("rot_0", "rot_1", "rot_2", "rot_3"),
     )
+
+
+# ------------------------------------------------------------------------------- output paths
+SPLAT_SUFFIXES = (".ply",)
+SLICE_SUFFIXES = (".png", ".npy")
+EXPORT_SUFFIXES = {"mesh": MESH_SUFFIXES, "pointcloud": POINT_SUFFIXES, "splat": SPLAT_SUFFIXES, "slice": SLICE_SUFFIXES, "cameras": (".json",)}
+"""File extensions of each ``tensorfield export`` kind."""
+
+
+def check_output_path(path: str | os.PathLike, suffixes: tuple[str, ...] | None = None, folder: bool = False) -> Path:
+    """Check, before any work, that an output can be written there; create missing parent folders.
+
+    Writing is probed with a temporary file in the nearest existing folder, so a read-only
+    folder is found here rather than by a library that prints to the terminal at the end of an
+    export (open3d's ``RPly:`` lines).
+
+    Args:
+        path: the file (or, with ``folder``, the folder) to write.
+        suffixes: accepted extensions (lower case, with the dot); ``None`` accepts any.
+        folder: the output is a folder of files (e.g. rendered frames) rather than one file.
+
+    Returns:
+        ``path`` as a :class:`Path`.
+
+    Raises:
+        ExportError: one line naming the path and the problem (a parent that is a file, a folder
+            that is not writable, an unsupported extension, a folder where a file is meant).
+    """
+    path = Path(path)
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        got = f"'{path.suffix}'" if path.suffix else "no extension"
+        raise ExportError(f"{path}: unsupported output format {got} (use one of {', '.join(suffixes)})")
+    if folder and path.exists() and not path.is_dir():
+        raise ExportError(f"{path}: exists and is a file, not a folder for the output")
+    if not folder and path.is_dir():
+        raise ExportError(f"{path}: is a folder; give a file name")
+    if not folder and path.exists() and not os.access(path, os.W_OK):
+        raise ExportError(f"{path}: exists and is not writable")
+    ancestor = path.parent if not folder else path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ExportError(f"{path}: cannot write there: {ancestor} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as error:
+        raise ExportError(f"{path}: cannot write there: {ancestor} is not writable ({error.strerror or type(error).__name__})") from None
+    target = path if folder else path.parent
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ExportError(f"{path}: cannot create {target} ({error.strerror or type(error).__name__})") from None
+    return path

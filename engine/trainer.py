@@ -14,6 +14,7 @@ Run directory layout::
 
     run_dir/
       config.yaml                     resolved config (loadable with load_config)
+      scene_transform.json            input -> model similarity of the data (tensorfield.engine.scene_frame)
       checkpoints/step_NNNNNN.ckpt    see tensorfield.engine.checkpoint for the format
       metrics.jsonl                   one JSON object per log line (see tensorfield.engine.logger)
       renders/<split>/NNN.png         evaluation renders, NNN_depth.png colour-mapped depth
@@ -47,13 +48,16 @@ from tensorfield.engine.checkpoint import (
     checkpoint_name,
     latest_checkpoint,
     load_checkpoint,
+    open_checkpoint,
     save_checkpoint,
+    set_aside,
 )
 from tensorfield.engine.config import ConfigError, config_from_dict, save_config, validate_config
 from tensorfield.engine.logger import MetricsLogger
 from tensorfield.engine.data import load_scene_for  # noqa: F401 - re-exported
 from tensorfield.engine.metrics import mse_to_psnr
 from tensorfield.engine.optim import apply_lr_schedule, apply_param_surgery, build_optimizer
+from tensorfield.engine.scene_frame import record_scene_transform
 from tensorfield.fields.base import Field, HookResult, TrainingData
 
 EVAL_FILE = "eval.json"
@@ -235,6 +239,9 @@ class Trainer:
         self.optimizer, self._groups = build_optimizer(self.model, config)
         self._source = None
         self._pending_source_state: dict | None = None
+        self._truncate_metrics = False  # a restored run drops metrics lines past its step when it trains
+        self.checkpoint_path: Path | None = None  # the checkpoint this trainer was restored from
+        self.skipped_checkpoints: list[tuple[Path, str, Path]] = []  # (unreadable, why, renamed to)
         self._logger: MetricsLogger | None = None
 
     # ----------------------------------------------------------------------- construction
@@ -272,6 +279,8 @@ class Trainer:
         cls,
         path: str | os.PathLike,
         *,
+        checkpoint: str | os.PathLike | None = None,
+        fallback: bool = False,
         overrides: list[str] | tuple[str, ...] = (),
         run_dir: str | os.PathLike | None = None,
         data_path: str | os.PathLike | None = None,
@@ -291,6 +300,11 @@ class Trainer:
 
         Args:
             path: ``.../checkpoints/step_NNNNNN.ckpt`` or a run directory.
+            checkpoint: which checkpoint of the run (``step_50``, a name or a path; default: the newest),
+                see :func:`~tensorfield.engine.checkpoint.resolve_checkpoint`.
+            fallback: if that checkpoint is unreadable, continue from the newest readable earlier
+                one; the unreadable newer ones are renamed ``<name>.corrupt`` (bytes kept) and listed
+                in :attr:`skipped_checkpoints`. Without it the error names the intact earlier ones.
             overrides: ``key=value`` config overrides.
             run_dir: output directory (default: the run the checkpoint belongs to).
             data_path: dataset path if it moved (default: the stored ``config.data``).
@@ -302,10 +316,7 @@ class Trainer:
             ConfigError: bad overrides.
         """
         path = Path(path)
-        checkpoint = path if path.is_file() else latest_checkpoint(path)
-        if checkpoint is None:
-            raise CheckpointError(f"{path}: no checkpoint found (expected {path}/{CHECKPOINT_DIR}/step_*.ckpt)")
-        stored = load_checkpoint(checkpoint)
+        checkpoint, stored, skipped = open_checkpoint(path, checkpoint, fallback=fallback)
         config = config_from_dict(stored["config"], overrides, source=str(checkpoint))
         if data_path is not None:
             config = dataclasses.replace(config, data=str(data_path))
@@ -316,6 +327,9 @@ class Trainer:
         model = model if model is not None else build_model(config, data.scene_info())
         trainer = cls(config, data, model, run_dir, device)
         trainer._restore(stored, checkpoint)
+        # a resume will write these steps again: keep the unreadable files' bytes, out of the way
+        trainer.skipped_checkpoints = [(bad, reason, set_aside(bad, "corrupt")) for bad, reason in skipped]
+        trainer.checkpoint_path = checkpoint
         return trainer
 
     def resume(self, checkpoint: str | os.PathLike | None = None) -> int:
@@ -399,7 +413,8 @@ class Trainer:
             self._source.load_state_dict(self._pending_source_state)
             self._pending_source_state = None
         _restore_rng(state["rng"])  # last: building the model above may have drawn numbers
-        MetricsLogger(self.run_dir).truncate_after(self.step)
+        # only when training goes on: evaluating or rendering an earlier checkpoint keeps the log
+        self._truncate_metrics = True
 
     # ----------------------------------------------------------------------- training
     def request_stop(self) -> None:
@@ -433,6 +448,10 @@ class Trainer:
         config = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, self.run_dir / "config.yaml")
+        record_scene_transform(self.run_dir, self.data.scene_info())  # exports map back to the input frame
+        if self._truncate_metrics:
+            MetricsLogger(self.run_dir).truncate_after(self.step)
+            self._truncate_metrics = False
         logger = self._get_logger()
         source = self.batch_source
         start_step = self.step
@@ -562,9 +581,12 @@ class Trainer:
         logger.write({k: v for k, v in result.items() if k != "per_image"}, tag=f"eval_{split}")
         return result
 
-    def _default_eval_split(self) -> str | None:
+    def default_eval_split(self) -> str | None:
+        """The split a run is evaluated on: the data's first besides ``train`` (test, else val), or None."""
         splits = [name for name in self.data.eval_splits() if name != "train"]
         return splits[0] if splits else None
+
+    _default_eval_split = default_eval_split
 
     def _evaluate(self, split: str, save_renders: bool, write_json: bool) -> dict[str, Any]:
         known = self.data.eval_splits()
@@ -627,11 +649,19 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def load_run(path: str | os.PathLike, device: str | torch.device | None = None) -> Trainer:
+def load_run(
+    path: str | os.PathLike, device: str | torch.device | None = None, checkpoint: str | os.PathLike | None = None
+) -> Trainer:
     """Open a run folder or checkpoint for evaluation, rendering, export or viewing.
 
     The model, its data and the trainer state come back as :meth:`Trainer.from_checkpoint`
-    builds them (the same path as a resume).
+    builds them (the same path as a resume). There is no fallback: an unreadable checkpoint is an
+    error naming the intact earlier ones, to pick with ``checkpoint``.
+
+    Args:
+        path: run folder or checkpoint file.
+        device: see :func:`resolve_device`.
+        checkpoint: which checkpoint of the run (``step_50``, a name or a path; default: the newest).
 
     Raises:
         CheckpointError: no such run or checkpoint, or an unreadable one.
@@ -639,4 +669,4 @@ def load_run(path: str | os.PathLike, device: str | torch.device | None = None) 
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such run folder or checkpoint")
-    return Trainer.from_checkpoint(path, device=device)
+    return Trainer.from_checkpoint(path, checkpoint=checkpoint, device=device)

@@ -57,4 +57,4 @@ def test_splat_export_is_the_slice_at_that_time(run):
 def test_splat_export_refuses_grid_fields_and_wrong_suffix(run, tmp_path, capsys):
     root, run_dir = run
     assert main(["export", str(run_dir), "splat", "--out", str(tmp_path / "x.obj")]) == 2
-    assert "splats are written as .ply" in capsys.readouterr().err
+    assert "x.obj: unsupported output format '.obj' (use one of .ply)" in capsys.readouterr().err  # checked before loading
