@@ -1,6 +1,6 @@
 """The ``tensorfield`` command line.
 
-Subcommands: ``demo``, ``train``, ``eval``, ``render``, ``export``, ``view``, ``methods``. Errors that come
+Subcommands: ``demo``, ``train``, ``eval``, ``render``, ``export``, ``view``, ``methods``, ``doctor``. Errors that come
 from the user's input (data, configs, checkpoints, camera paths) print one line and exit with
 status 2; nothing already written is removed.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 
 EPILOG = """examples:
   tensorfield demo --out demo_run
+  tensorfield demo --method gaussians3d --out demo_gs
   tensorfield train configs/tensorf_vm_small.yaml --data ../shared/data/lego_100 --out runs/lego steps=300
   tensorfield eval runs/lego
   tensorfield render runs/lego --path orbit --out orbit.mp4
@@ -46,12 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        help="build the synthetic scene, train a CPU-sized TensoRF, write renders, video, mesh, metrics",
-        description="Generate the built-in synthetic scene, train a CPU-sized TensoRF-VM on it, then write "
-        "test renders, depth images, an orbit video, a mesh and a metrics summary into --out.",
+        help="build the synthetic scene, train a CPU-sized model, write renders, video, mesh, metrics",
+        description="Generate the built-in synthetic scene, train a CPU-sized model on it (TensoRF-VM, or 3D "
+        "Gaussians with --method gaussians3d), then write test renders and stills with depth, an orbit video, "
+        "a mesh and a metrics summary (summary.json) into --out.",
     )
     p.add_argument("--out", default="demo_run", help="output folder (default: demo_run)")
+    p.add_argument("--method", default="tensorf_vm", choices=["tensorf_vm", "gaussians3d"], help="model to train (default: tensorf_vm)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo config's)")
+    p.add_argument("--size", type=int, default=256, help="pixels per side of the stills and the orbit video (default: 256)")
+    p.add_argument("--frames", type=int, default=90, help="frames of the orbit video (default: 90, 3 s at 30 fps)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_device(p)
 
@@ -101,11 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_checkpoint(p, "render")
     _add_device(p)
 
-    p = sub.add_parser("export", help="export a mesh, point cloud, Gaussian splats or a field slice", description="Export RUN as a mesh (grid fields: marching cubes on the density grid; Gaussians: TSDF fusion of rendered depth and colour; vertex colours from the radiance field, small floating parts removed), a point cloud, or Gaussian splats (the standard 3DGS .ply that splat viewers open; 4D models: the slice at --time). The format follows --out's extension: .ply .obj .glb for meshes; .ply .pcd .xyz for points; .ply for splats. Coordinate models (no images): `slice` writes the field on a plane as .png (colour-mapped) or .npy.")
+    p = sub.add_parser("export", help="export a mesh, point cloud, Gaussian splats, a field slice or the cameras", description="Export RUN as a mesh (grid fields: marching cubes on the density grid; Gaussians: TSDF fusion of rendered depth and colour; vertex colours from the radiance field, small floating parts removed), a point cloud, or Gaussian splats (the standard 3DGS .ply that splat viewers open; 4D models: the slice at --time). The format follows --out's extension: .ply .obj .glb for meshes; .ply .pcd .xyz for points; .ply for splats. Coordinate models (no images): `slice` writes the field on a plane as .png (colour-mapped) or .npy. `cameras` writes the run's cameras as a nerfstudio transforms.json (--out FILE.json). Meshes, points, splats and cameras are written in the data's input frame (COLMAP and nerfstudio scenes are normalised for training) unless --normalized.")
     p.add_argument("run", help="run folder or checkpoint file")
-    p.add_argument("what", choices=["mesh", "pointcloud", "splat", "slice"], help="what to export")
+    p.add_argument("what", choices=["mesh", "pointcloud", "splat", "slice", "cameras"], help="what to export")
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--resolution", type=int, default=None, help="grid resolution per axis (default: the model's)")
+    p.add_argument("--normalized", action="store_true", help="keep the model's normalised coordinates (default: map meshes, points, splats and cameras back to the data's input frame)")
     p.add_argument("--level", type=float, default=0.005, help="alpha iso-level for marching cubes (default: 0.005)")
     p.add_argument("--min-component", type=float, default=0.02, help="drop mesh parts smaller than this fraction of the largest")
     p.add_argument("--time", type=float, default=None, help="time in [0, 1] for dynamic models")
@@ -128,6 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
 
     sub.add_parser("methods", help="list the registered methods")
+
+    p = sub.add_parser(
+        "doctor",
+        help="report what this machine can run and the system libraries it lacks",
+        description="List the installed optional packages, the GPU, and the system libraries that wheels need "
+        "(open3d: libusb; the viewer: EGL/GL, xkbcommon, fontconfig ...). --install fetches the missing ones with "
+        "apt-get when run as root on Debian/Ubuntu; otherwise the command to run is printed.",
+    )
+    p.add_argument("--install", action="store_true", help="install missing system libraries with apt-get (root only)")
     return parser
 
 

@@ -129,13 +129,22 @@ def cmd_train(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------- doctor
+def cmd_doctor(args) -> int:
+    from tensorfield.app.doctor import run_doctor
+
+    return run_doctor(install=args.install)
+
+
 # ------------------------------------------------------------------------------- view
 def _viewer_module():
-    """The Qt viewer, or a one-line error naming the missing dependency."""
+    """The Qt viewer, or a one-line error naming the missing package or system library."""
+    from tensorfield.engine.dependencies import explain_import_error
+
     try:
         from tensorfield.app.viewer import window
     except ImportError as err:
-        raise CommandError(f"the viewer needs PyQt6 ({err}); install it with: pip install 'tensorfield[viewer]'") from None
+        raise CommandError(explain_import_error("the viewer (PyQt6)", err)) from None
     return window
 
 
@@ -237,7 +246,10 @@ def _background(trainer):
 
 # ------------------------------------------------------------------------------- export
 def cmd_export(args) -> int:
+    import dataclasses
+
     from tensorfield.engine.export import (
+        apply_similarity,
         extract_mesh,
         extract_point_cloud,
         write_mesh,
@@ -250,8 +262,11 @@ def cmd_export(args) -> int:
     check_output_path(args.out, EXPORT_SUFFIXES.get(args.what))  # kinds without a list accept any name
     trainer = load_run(args.run, args.device, checkpoint=getattr(args, "checkpoint", None))
     model = trainer.model
+    to_input = _input_frame(trainer, args)
+    if args.what == "cameras":
+        return _export_cameras(trainer, args, to_input)
     if args.what == "splat":
-        return _export_splat(model, args)
+        return _export_splat(model, args, to_input)
     if args.what == "slice":
         return _export_slice(model, args)
     if args.what == "mesh" and isinstance(model, ExportsDensityGrid):
@@ -265,6 +280,8 @@ def cmd_export(args) -> int:
             box = data.scene_box()
             extent = float((box[1] - box[0]).max())
             points, colors = extract_point_cloud(model, cameras, background, time=args.time, voxel_size=extent / 512)
+            if to_input is not None:
+                points = apply_similarity(to_input, points)[0]
             write_point_cloud(points, colors, args.out)
             print(f"wrote {args.out}: {len(points)} points")
             return 0
@@ -277,8 +294,38 @@ def cmd_export(args) -> int:
             background=background,
             time=args.time,
         )
+    if to_input is not None:
+        mesh = dataclasses.replace(mesh, vertices=apply_similarity(to_input, mesh.vertices)[0])
     write_mesh(mesh, args.out)
     print(f"wrote {args.out}: {len(mesh.vertices)} vertices, {len(mesh.faces)} triangles")
+    return 0
+
+
+def _input_frame(trainer, args):
+    """``[4, 4]`` model -> input similarity the export applies, ``None`` for none (``--normalized``,
+    data without an input frame, or the identity; see :mod:`tensorfield.engine.scene_frame`)."""
+    from tensorfield.engine.scene_frame import to_input_frame
+
+    try:
+        return to_input_frame(trainer.run_dir, trainer.data.scene_info(), normalized=getattr(args, "normalized", False))
+    except ValueError as err:
+        raise CommandError(str(err)) from None
+
+
+def _export_cameras(trainer, args, to_input) -> int:
+    """``export RUN cameras``: the run's cameras as a nerfstudio transforms.json (input frame)."""
+    from tensorfield.engine.camera_export import CameraExportError, write_cameras_json
+    from tensorfield.engine.data import ImageSceneData
+
+    if not isinstance(trainer.data, ImageSceneData):
+        raise CommandError(f"{args.run}: export cameras needs posed-image data; {trainer.config.method} has none")
+    try:
+        write_cameras_json(trainer.data.scene, args.out, to_input)
+    except CameraExportError as err:
+        raise CommandError(str(err)) from None
+    counts = ", ".join(f"{len(s)} {name}" for name, s in trainer.data.scene.splits.items())
+    frame = "normalised" if to_input is None and getattr(args, "normalized", False) else "input"
+    print(f"wrote {args.out}: {counts} cameras ({frame} frame)")
     return 0
 
 
@@ -314,8 +361,9 @@ def _export_slice(model, args) -> int:
     return 0
 
 
-def _export_splat(model, args) -> int:
-    """``export RUN splat``: the model's Gaussians (4D: the slice at ``--time``) as a 3DGS PLY."""
+def _export_splat(model, args, to_input=None) -> int:
+    """``export RUN splat``: the model's Gaussians (4D: the slice at ``--time``) as a 3DGS PLY
+    (moved by ``to_input``, ``[4, 4]``, when given: back to the data's input frame)."""
     import torch
     from tensorfield.engine.export import write_splat_ply
 
@@ -336,14 +384,19 @@ def _export_splat(model, args) -> int:
         block = values[:, column[rest[0]] : column[rest[-1]] + 1]
         sh_rest = block.reshape(count, 3, len(rest) // 3).transpose(1, 2)
     pick = lambda *names: values[:, [column[n] for n in names]]
+    means, log_scales, quats = pick("x", "y", "z"), pick("scale_0", "scale_1", "scale_2"), pick("rot_0", "rot_1", "rot_2", "rot_3")
+    if to_input is not None:
+        from tensorfield.engine.scene_frame import splats_to_frame
+
+        means, sh_rest, log_scales, quats = splats_to_frame(to_input, means, sh_rest, log_scales, quats)
     write_splat_ply(
         args.out,
-        pick("x", "y", "z"),
+        means,
         pick("f_dc_0", "f_dc_1", "f_dc_2"),
         sh_rest,
         values[:, column["opacity"]],
-        pick("scale_0", "scale_1", "scale_2"),
-        pick("rot_0", "rot_1", "rot_2", "rot_3"),
+        log_scales,
+        quats,
     )
     when = f" at time {args.time}" if args.time is not None else ""
     print(f"wrote {args.out}: {count} Gaussians{when}")
@@ -351,70 +404,118 @@ def _export_splat(model, args) -> int:
 
 
 # ------------------------------------------------------------------------------- demo
+DEMO_CONFIGS = {"tensorf_vm": DEMO_CONFIG, "gaussians3d": "demo_gaussians3d.yaml"}
+"""Methods ``tensorfield demo --method`` can show, with their packaged CPU-sized configs."""
+
+
 def cmd_demo(args) -> int:
-    """Synthetic scene -> CPU-sized TensoRF -> renders, depth, orbit video, mesh, metrics."""
+    """Synthetic scene -> CPU-sized model -> renders, depth, orbit video, mesh, metrics.
+
+    Every step after training is independent: one that cannot run (an empty mesh, a missing
+    optional library) prints one line and the demo goes on, so the summary is always written.
+    """
     from tensorfield.datasets.synthetic import make_scene
-    from tensorfield.engine.export import extract_mesh, write_mesh
-    from tensorfield.engine.render import apply_time, orbit_path, render_path
+    from tensorfield.engine.render import CameraPath, apply_time, orbit_path, render_path
     from tensorfield.engine.trainer import Trainer
 
+    method = getattr(args, "method", None) or "tensorf_vm"
+    if method not in DEMO_CONFIGS:
+        raise CommandError(f"--method {method}: the demo shows {', '.join(DEMO_CONFIGS)}")
+    size = getattr(args, "size", None) or 256
+    n_frames = getattr(args, "frames", None) or 90
+    if size < 16 or n_frames < 1:
+        raise CommandError("--size must be at least 16 and --frames at least 1")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"{out}: exists and is not a folder")
+    overrides = [f"steps={args.steps}"] if args.steps else []
+    config = load_config(packaged_config(DEMO_CONFIGS[method]), overrides)
+    run_dir = out / "run"
+    if latest_checkpoint(run_dir) is not None:
+        raise CommandError(f"{run_dir}: already holds a run; remove it or use another --out")
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     data = out / "data"
     if not (data / "transforms_train.json").exists():
-        print(f"[1/5] generating the synthetic scene in {data}")
+        print(f"[1/6] generating the synthetic scene in {data}")
         make_scene(data, kind="static")
     else:
-        print(f"[1/5] using the synthetic scene in {data}")
-    overrides = [f"steps={args.steps}"] if args.steps else []
-    config = load_config(packaged_config(DEMO_CONFIG), overrides)
-    run_dir = out / "run"
-    if latest_checkpoint(run_dir) is not None:
-        raise CommandError(f"{run_dir}: already holds a run; remove it or use another --out")
-    print(f"[2/5] training {config.method} for {config.steps} steps")
+        print(f"[1/6] using the synthetic scene in {data}")
+    print(f"[2/6] training {config.method} for {config.steps} steps")
     trainer = Trainer.from_config(config, run_dir, data_path=data, device=args.device)
     summary = trainer.train(progress=not args.no_progress)
     trainer.close()
     evaluation = summary.get("eval") or {}
+    eval_split = evaluation.get("split") or "test"
+    model, scene = trainer.model, trainer.data  # the demo's methods train on posed images (CameraData)
+    cameras = scene.split_cameras()
+    background = scene.background_color()
+    factor = size / max(cameras["train"].width, cameras["train"].height)
+    files: dict[str, str] = {"test_renders": str(run_dir / "renders" / eval_split)}
+    skipped: dict[str, str] = {}
 
-    print("[3/5] rendering an orbit video")
-    scene = trainer.data  # the demo's method trains on posed images (CameraData)
-    path = apply_time(orbit_path(scene.split_cameras()["train"], 60, center=scene.scene_box().mean(0)))
-    render_path(trainer.model, path, scene.background_color(), out / "orbit.mp4", fps=20, progress=not args.no_progress)
+    def step(label: str, work) -> None:
+        print(label)
+        try:
+            files.update(work())
+        except USER_ERRORS + (ImportError, OSError) as err:  # say why, keep the other outputs
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            skipped[label.split("] ", 1)[-1]] = reason
+            print(f"  skipped: {reason}")
 
-    print("[4/5] extracting a mesh")
-    mesh = extract_mesh(trainer.model)
-    try:
-        write_mesh(mesh, out / "mesh.ply")
-    except ExportError as err:  # an under-trained field can be empty; keep the other outputs
-        print(f"  mesh skipped: {err}")
+    def stills() -> dict[str, str]:
+        split = "test" if "test" in cameras else eval_split
+        path = CameraPath(cameras[split].scaled(factor))
+        render_path(model, path, background, out / "stills", progress=not args.no_progress)
+        return {"stills": str(out / "stills")}
 
-    print("[5/5] writing the summary")
+    def orbit() -> dict[str, str]:
+        path = apply_time(orbit_path(cameras["train"], n_frames, center=scene.scene_box().mean(0)))
+        path = CameraPath(path.cameras.scaled(factor))
+        render_path(model, path, background, out / "orbit.mp4", fps=30, progress=not args.no_progress)
+        return {"orbit_video": str(out / "orbit.mp4"), "orbit_depth_video": str(out / "orbit_depth.mp4")}
+
+    mesh_stats: dict[str, int] = {}
+
+    def mesh() -> dict[str, str]:
+        from tensorfield.engine.export import extract_mesh, write_mesh
+
+        result = extract_mesh(model, cameras=cameras["train"], background=background)
+        mesh_stats.update(mesh_vertices=len(result.vertices), mesh_triangles=len(result.faces))
+        write_mesh(result, out / "mesh.ply")
+        return {"mesh": str(out / "mesh.ply")}
+
+    step(f"[3/6] rendering {split_label(cameras)} views at {size}x{size} into {out / 'stills'}", stills)
+    step(f"[4/6] rendering a {n_frames}-frame orbit video at {size}x{size}", orbit)
+    step("[5/6] extracting a mesh", mesh)
+
+    print("[6/6] writing the summary")
     result = {
         "method": config.method,
         "steps": summary["steps"],
         "train_seconds": round(summary.get("train_s", float("nan")), 2),
         "iterations_per_second": round(summary.get("it_per_s", float("nan")), 2),
-        "test_psnr": evaluation.get("psnr"),
-        "test_ssim": evaluation.get("ssim"),
-        "mesh_vertices": len(mesh.vertices),
-        "mesh_triangles": len(mesh.faces),
+        "eval_split": eval_split,
+        f"{eval_split}_psnr": evaluation.get("psnr"),
+        f"{eval_split}_ssim": evaluation.get("ssim"),
+        "render_size": size,
+        **mesh_stats,
         "total_seconds": round(time.perf_counter() - started, 1),
-        "files": {
-            "test_renders": str(run_dir / "renders" / "test"),
-            "orbit_video": str(out / "orbit.mp4"),
-            "orbit_depth_video": str(out / "orbit_depth.mp4"),
-            "mesh": str(out / "mesh.ply"),
-            "metrics": str(run_dir / "metrics.jsonl"),
-            "checkpoints": str(run_dir / CHECKPOINT_DIR),
-        },
+        "files": {**files, "metrics": str(run_dir / "metrics.jsonl"), "checkpoints": str(run_dir / CHECKPOINT_DIR)},
+        "skipped": skipped,
     }
     (out / "summary.json").write_text(json.dumps(result, indent=2))
-    psnr = result["test_psnr"]
+    psnr = evaluation.get("psnr")
     psnr_text = f"{psnr:.2f} dB" if isinstance(psnr, float) and math.isfinite(psnr) else "n/a"
-    print(f"done in {result['total_seconds']} s: test PSNR {psnr_text}; outputs in {out}/ (summary.json lists them)")
+    note = f"; skipped: {', '.join(skipped)}" if skipped else ""
+    print(f"done in {result['total_seconds']} s: {eval_split} PSNR {psnr_text}; outputs in {out}/ (summary.json lists them){note}")
     return 0
+
+
+def split_label(cameras: dict) -> str:
+    """``"8 test"``: how many views the demo's stills show, and from which split."""
+    split = "test" if "test" in cameras else next(iter(cameras))
+    return f"{len(cameras[split])} {split}"
 
 
 COMMANDS = {
@@ -425,5 +526,6 @@ COMMANDS = {
     "export": cmd_export,
     "view": cmd_view,
     "methods": cmd_methods,
+    "doctor": cmd_doctor,
 }
 """Subcommand name -> handler (what :func:`tensorfield.app.cli.main` dispatches on)."""

@@ -504,6 +504,52 @@ def write_model(
     return folder
 
 
+def write_scene_as_colmap(
+    scene, out: str | Path, world: np.ndarray | None = None, *, binary: bool = True, folder: str = "sparse/0"
+) -> Path:
+    """Write a loaded scene as a COLMAP scene folder (``out/images`` + ``out/<folder>``).
+
+    Images are copied as ``<split>_<file name>``; each distinct set of intrinsics becomes one
+    ``PINHOLE`` camera (the loaded cameras are distortion-free); ``scene.points`` become
+    ``points3D``. For tests and for handing a data set to COLMAP-based tools.
+
+    Args:
+        scene: a :class:`tensorfield.datasets.scene.Scene`.
+        out: scene folder to create.
+        world: optional ``[4, 4]`` similarity ``[[s R, t], [0, 1]]`` applied to poses and points
+            (to write the scene in another frame).
+        binary, folder: file kind and model folder (``sparse/0``, ``sparse`` or ``colmap/sparse/0``).
+
+    Returns:
+        ``out``.
+    """
+    import shutil
+
+    from .normalize import SceneTransform
+
+    out = Path(out)
+    (out / IMAGE_FOLDER).mkdir(parents=True, exist_ok=True)
+    transform = SceneTransform(np.eye(4) if world is None else np.asarray(world, dtype=np.float64))
+    cameras: dict[tuple, ColmapCamera] = {}
+    images = []
+    for split in scene.splits.values():
+        c2w = transform.apply_c2w(split.cameras.c2w.double().numpy())
+        for i, path in enumerate(split.image_paths):
+            name = f"{split.name}_{Path(path).name}"
+            shutil.copy(path, out / IMAGE_FOLDER / name)
+            c = split.cameras
+            key = (c.width, c.height, float(c.fx[i]), float(c.fy[i]), float(c.cx[i]), float(c.cy[i]))
+            if key not in cameras:
+                cameras[key] = ColmapCamera(len(cameras) + 1, "PINHOLE", key[0], key[1], key[2:])
+            images.append(image_from_c2w(len(images) + 1, c2w[i], cameras[key].camera_id, name))
+    points = colors = None
+    if scene.points is not None:
+        points = transform.apply_points(scene.points.double().numpy())
+        colors = np.full_like(points, 0.5) if scene.points_rgb is None else scene.points_rgb.double().numpy()
+    write_model(out / folder, list(cameras.values()), images, points, colors, binary=binary)
+    return out
+
+
 def image_from_c2w(image_id: int, c2w: np.ndarray, camera_id: int, name: str) -> ColmapImage:
     """The :class:`ColmapImage` of an OpenCV ``[3, 4]`` camera-to-world (inverse of :func:`image_c2w`)."""
     c2w = np.asarray(c2w, dtype=np.float64)
@@ -528,4 +574,5 @@ __all__ = [
     "read_images",
     "rotmat_to_qvec",
     "write_model",
+    "write_scene_as_colmap",
 ]

@@ -58,6 +58,9 @@ class SceneSplit:
             centre (synthetic scenes), **0 where the ray hits nothing**, or ``None``. After a
             downscale a pixel holds the mean depth of the full-resolution pixels it covers that hit
             something, and 0 if fewer than half of them did (an approximation at silhouettes).
+        distortion: ``[N, 6]`` float64 lens coefficients ``(k1, k2, k3, k4, p1, p2)`` the image
+            files were undistorted from at load (``None``: no lens distortion), so exports that
+            point at the original files can describe them.
     """
 
     name: str
@@ -66,6 +69,7 @@ class SceneSplit:
     alphas: Tensor | None
     image_paths: list[Path]
     depths: Tensor | None = None
+    distortion: Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -390,6 +394,12 @@ def _build_split(
         depths = torch.from_numpy(
             np.stack([_load_depth(r.depth_path, width, height, downscale, root) for r in records])
         )
+    distortion = None
+    if any(r.distortion is not None for r in records):
+        distortion = torch.tensor(
+            [[0.0] * 6 if r.distortion is None else [float(k) for k in r.distortion] for r in records],
+            dtype=torch.float64,
+        )
     return SceneSplit(
         name=name,
         cameras=cameras,
@@ -397,6 +407,7 @@ def _build_split(
         alphas=alphas,
         image_paths=[r.image_path for r in records],
         depths=depths,
+        distortion=distortion,
     )
 
 

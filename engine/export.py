@@ -51,7 +51,7 @@ def _open3d(purpose: str):
     return o3d
 
 
-def _trimesh(mesh: "Mesh", process: bool = False):
+def _trimesh(mesh: Mesh, process: bool = False):
     import trimesh
 
     colors = None
@@ -135,7 +135,7 @@ def write_mesh(mesh: Mesh, path: str | Path) -> Path:
     if len(mesh.faces) == 0:
         raise ExportError(f"{path}: the mesh is empty (nothing above the density level; try a lower --level)")
     shape = _trimesh(mesh)
-    shape.vertex_normals  # computed (and written by the PLY / OBJ writers)
+    _ = shape.vertex_normals  # computed now, so the PLY / OBJ writers include them
     data = shape.export(file_type=suffix[1:])
     return _atomic_write(path, data.encode("utf-8") if isinstance(data, str) else data)
 
@@ -582,6 +582,37 @@ def read_splat_ply(path: str | Path) -> SplatArrays:
         log_scales=column("scale_0", "scale_1", "scale_2"),
         quats=column("rot_0", "rot_1", "rot_2", "rot_3"),
     )
+
+
+def apply_similarity(
+    matrix: np.ndarray, points, log_scales=None, quats=None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Move exported geometry by the similarity ``x' = s R x + t`` (e.g. back to the input frame,
+    :mod:`tensorfield.engine.scene_frame`).
+
+    Args:
+        matrix: ``[4, 4]`` ``[[s R, t], [0, 0, 0, 1]]`` with ``s > 0`` (mesh winding is kept).
+        points: ``[N, 3]`` vertices, points or splat means.
+        log_scales: optional ``[N, 3]`` splat log-scales (``+ log s``).
+        quats: optional ``[N, 4]`` splat rotations ``(w, x, y, z)`` (``q_R * q``).
+
+    Returns:
+        ``(points, log_scales, quats)`` float32, ``None`` where not given.
+    """
+    from tensorfield.datasets.colmap_model import rotmat_to_qvec
+
+    matrix = np.asarray(matrix, dtype=np.float64)
+    scale = float(np.cbrt(np.linalg.det(matrix[:3, :3])))
+    moved = np.asarray(points, dtype=np.float64) @ matrix[:3, :3].T + matrix[:3, 3]
+    scales = None if log_scales is None else (np.asarray(log_scales, dtype=np.float64) + math.log(scale)).astype(np.float32)
+    turned = None
+    if quats is not None:
+        w1, x1, y1, z1 = rotmat_to_qvec(matrix[:3, :3] / scale)
+        w2, x2, y2, z2 = np.asarray(quats, dtype=np.float64).T
+        turned = np.stack([w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2, w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
+                           w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2, w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2], axis=1)  # fmt: skip
+        turned = turned.astype(np.float32)
+    return moved.astype(np.float32), scales, turned
 
 
 # ------------------------------------------------------------------------------- output paths

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 import struct
 
 import numpy as np
@@ -20,6 +19,7 @@ from tensorfield.datasets.colmap_model import (
     read_images,
     rotmat_to_qvec,
     write_model,
+    write_scene_as_colmap,
 )
 from tensorfield.datasets.errors import DatasetError
 from tensorfield.datasets.scene import load_scene
@@ -41,25 +41,16 @@ WORLD = similarity(3.5, 2.0, (1.0, -2.0, 0.5), (10.0, -4.0, 7.0))
 
 def as_colmap(blender_root, out, *, binary=True, world=WORLD, folder="sparse/0", points=None, camera=None):
     """The Blender scene ``blender_root`` (every split) as a COLMAP model whose world is
-    ``world @ blender world``; images copied to ``out/images``. Returns ``out``."""
+    ``world @ blender world`` (``points`` given in the Blender world); ``camera`` replaces the
+    written one. Returns ``out``."""
     scene = load_scene(blender_root)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    images, first = [], None
-    scale, rotation = np.cbrt(np.linalg.det(world[:3, :3])), None
-    rotation = world[:3, :3] / scale
-    for split in scene.splits.values():
-        for i, path in enumerate(split.image_paths):
-            name = f"{split.name}_{path.name}"
-            shutil.copy(path, out / "images" / name)
-            c2w = split.cameras.c2w[i].double().numpy()
-            moved = np.concatenate([rotation @ c2w[:, :3], (world[:3, :3] @ c2w[:, 3] + world[:3, 3])[:, None]], 1)
-            images.append(image_from_c2w(len(images) + 1, moved, 1, name))
-            first = split.cameras
-    if camera is None:
-        camera = ColmapCamera(1, "PINHOLE", first.width, first.height,
-                              (float(first.fx[0]), float(first.fy[0]), float(first.cx[0]), float(first.cy[0])))  # fmt: skip
-    world_points = None if points is None else points @ world[:3, :3].T + world[:3, 3]
-    write_model(out / folder, [camera], images, world_points, None if points is None else np.full_like(points, 0.25), binary=binary)
+    scene.points = None if points is None else torch.from_numpy(np.asarray(points, dtype=np.float32))
+    scene.points_rgb = None if points is None else torch.full((len(points), 3), 0.25)
+    write_scene_as_colmap(scene, out, world, binary=binary, folder=folder)
+    if camera is not None:
+        name = f"cameras.{'bin' if binary else 'txt'}"
+        spare = write_model(out.parent / f"{out.name}_camera", [camera], [], binary=binary)
+        (spare / name).replace(out / folder / name)
     return out
 
 
