@@ -247,10 +247,10 @@ def load_scene(
         if found is not None:
             parsed.points, parsed.points_rgb = found
 
-    loaded = {
-        name: _build_split(name, records, parsed, float(downscale), colour, disk_cache)
-        for name, records in parsed.splits.items()
-    }
+    loaded = {}
+    for name, records in parsed.splits.items():
+        records, split_downscale = _downscaled_copies(records, parsed.format, float(downscale), root)
+        loaded[name] = _build_split(name, records, parsed, split_downscale, colour, disk_cache)
     as_tensor = lambda a: None if a is None else torch.as_tensor(np.asarray(a, dtype=np.float32))
     scene = Scene(
         root=root,
@@ -323,6 +323,45 @@ def _load_video_scene(
         points=None if found is None else as_tensor(found[0]),
         points_rgb=None if found is None else as_tensor(found[1]),
     )
+
+
+def _downscaled_copies(
+    records: list[FrameRecord], format: str, downscale: float, root: Path
+) -> tuple[list[FrameRecord], float]:
+    """nerfstudio's pre-downscaled copies: ``root/images_N/<file name>`` for ``downscale = N``.
+
+    ``ns-process-data`` writes ``images_2``, ``images_4``, ... beside ``images`` and nerfstudio's
+    ``downscale_factor`` reads them. When every frame of a nerfstudio or COLMAP split has its copy,
+    the copies are loaded as they are (no resampling here) with intrinsics scaled by the copies'
+    actual size over the full size (ffmpeg may round the size differently from
+    :func:`.images.resized_size`); otherwise the full images are resized. Returns the records to
+    load and the downscale still to apply.
+    """
+    if format not in ("nerfstudio", "colmap") or downscale == 1.0 or downscale != int(downscale):
+        return records, downscale
+    copies = [root / f"images_{int(downscale)}" / r.image_path.name for r in records]
+    if not all(c.is_file() for c in copies) or any(r.depth_path is not None for r in records):
+        return records, downscale
+    from PIL import Image
+
+    def size(path: Path) -> tuple[int, int]:
+        try:
+            with Image.open(path) as image:
+                return image.size
+        except OSError as error:
+            raise DatasetError(path, f"unreadable image ({' '.join(str(error).split())})", root=root) from None
+
+    moved = []
+    for record, copy in zip(records, copies):
+        full_width, full_height = (record.width, record.height) if record.width and record.height else size(record.image_path)
+        width, height = size(copy)
+        sx, sy = width / full_width, height / full_height
+        scaled = lambda value, factor: None if value is None else value * factor
+        moved.append(dataclasses.replace(
+            record, image_path=copy, width=width, height=height,
+            fx=scaled(record.fx, sx), fy=scaled(record.fy, sy), cx=scaled(record.cx, sx), cy=scaled(record.cy, sy),
+        ))  # fmt: skip
+    return moved, 1.0
 
 
 def _build_split(
