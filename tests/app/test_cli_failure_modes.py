@@ -219,3 +219,38 @@ def test_unwritable_target_is_one_line_without_library_chatter(no_test_split, ca
     captured = capfd.readouterr()  # file descriptors: C libraries write there, not to sys.stdout
     assert captured.out == "" and "RPly" not in captured.err
     assert captured.err.strip() == "tensorfield: error: /proc/mesh.ply: cannot write there: /proc is not writable (No such file or directory)"
+
+
+# ------------------------------------------------------------------------------------ exact resume
+def test_killed_tensorf_run_resumes_to_the_same_bits(no_test_split, tmp_path):
+    """Killed after step 10's checkpoint (later ones never written), resumed through the CLI: the
+    step-20 and step-30 checkpoints equal the uninterrupted run's, RNG states included."""
+    import torch
+
+    def flatten(prefix, value, out):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                flatten(f"{prefix}.{key}", item, out)
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                flatten(f"{prefix}[{index}]", item, out)
+        else:
+            out[prefix] = value
+        return out
+
+    def assert_same_state(a, b):
+        flat_a, flat_b = (flatten("", {k: c[k] for k in ("trainer", "model", "optimizer")}, {}) for c in (a, b))
+        assert flat_a.keys() == flat_b.keys()
+        same = lambda x, y: torch.equal(x, y) if torch.is_tensor(x) else x == y
+        assert [k for k in flat_a if k not in (".trainer.elapsed_s", ".trainer.train_s") and not same(flat_a[k], flat_b[k])] == []
+        return flat_a
+
+    _, _, run, _ = no_test_split
+    killed = _copy(run, tmp_path)
+    for name in ("step_000020.ckpt", "step_000030.ckpt"):
+        (killed / "checkpoints" / name).unlink()
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["train", "tensorf_vm_small", "--out", str(killed), "--resume", "--no-progress"]) == 0
+    for name in ("step_000020.ckpt", "step_000030.ckpt"):
+        state = assert_same_state(load_checkpoint(run / "checkpoints" / name), load_checkpoint(killed / "checkpoints" / name))
+        assert ".trainer.model_rng" in state and ".trainer.batch_source.order_rng" in state

@@ -252,3 +252,79 @@ def test_callbacks_see_every_step_and_request_stop_checkpoints(toys, make_ray_co
     resumed = Trainer.from_checkpoint(tmp_path, scene=scene)
     assert resumed.step == 5
     assert resumed.train(progress=False, final_eval=False)["stopped"] is False and resumed.step == 12
+
+
+def _flatten(prefix, value, out):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flatten(f"{prefix}.{key}", item, out)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _flatten(f"{prefix}[{index}]", item, out)
+    else:
+        out[prefix] = value
+    return out
+
+
+def assert_same_state(a: dict, b: dict, skip=("trainer.elapsed_s", "trainer.train_s")):
+    """Two checkpoints hold bit-identical tensors and values (RNG states, parameters, optimiser)."""
+    flat_a = _flatten("", {k: a[k] for k in ("trainer", "model", "optimizer")}, {})
+    flat_b = _flatten("", {k: b[k] for k in ("trainer", "model", "optimizer")}, {})
+    assert flat_a.keys() == flat_b.keys()
+    differing = [
+        key for key in flat_a
+        if key.lstrip(".") not in skip
+        and not (torch.equal(flat_a[key], flat_b[key]) if torch.is_tensor(flat_a[key]) else flat_a[key] == flat_b[key])
+    ]
+    assert differing == []
+    return flat_a
+
+
+@pytest.mark.parametrize("stop_at", [4, 7])
+def test_stop_and_resume_restores_every_rng_bit_exactly(toys, make_ray_config, tmp_path, stop_at):
+    """A run stopped at ``stop_at`` and resumed saves, from the next checkpoint on, the same global torch,
+    numpy and Python RNG states, sampler and model generator states and parameters as a run never stopped."""
+    import random
+
+    import numpy as np
+    from tensorfield.engine.checkpoint import load_checkpoint
+    from tensorfield.engine.trainer import TrainingCallback
+
+    class Draws(TrainingCallback):
+        """Draws from numpy's and Python's global RNGs every step, as a model or augmentation may."""
+
+        def __init__(self, stop=None):
+            self.stop, self.seen = stop, {}
+
+        def before_step(self, trainer, step):
+            if step == self.stop:
+                trainer.request_stop()
+
+        def after_step(self, trainer, step, output):
+            self.seen[step] = (float(np.random.rand()), random.random(), float(torch.rand(())))
+
+    scene = toys.make_scene()
+    config = make_ray_config(steps=12, checkpoint_every=5, keep_checkpoints=0)
+    straight_draws = Draws()
+    Trainer.from_config(config, tmp_path / "straight", scene=scene).train(progress=False, final_eval=False, callbacks=[straight_draws])
+    ends = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+
+    first = Draws(stop=stop_at)
+    stopped = Trainer.from_config(config, tmp_path / "resumed", scene=scene)
+    assert stopped.train(progress=False, final_eval=True, callbacks=[first])["stopped"]
+    torch.manual_seed(999), np.random.seed(999), random.seed(999)  # a new process starts elsewhere
+    resumed = Trainer.from_checkpoint(tmp_path / "resumed", scene=scene)
+    assert resumed.step == stop_at
+    second = Draws()
+    resumed.train(progress=False, final_eval=False, callbacks=[second])
+
+    assert {**first.seen, **second.seen} == straight_draws.seen
+    assert torch.equal(torch.get_rng_state(), ends[0]) and np.array_equal(np.random.get_state()[1], ends[1])
+    assert random.getstate() == ends[2]
+    for name in ("step_000010.ckpt", "step_000012.ckpt"):
+        a = load_checkpoint(tmp_path / "straight" / "checkpoints" / name)
+        b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / name)
+        state = assert_same_state(a, b)
+        for key in (".trainer.rng.torch", ".trainer.rng.numpy.keys", ".trainer.sampler_rng", ".trainer.model_rng"):
+            assert torch.is_tensor(state[key]) and state[key].numel() > 0, key  # every generator is stored
+        assert ".trainer.rng.python[1][0]" in state
