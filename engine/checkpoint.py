@@ -6,7 +6,9 @@ A checkpoint is a ``torch.save`` zip file holding **only tensors and plain conta
 (dict, list, tuple, str, int, float, bool, None), loaded back with
 ``torch.load(weights_only=True)``. The restricted unpickler of ``weights_only`` refuses any other
 Python object, so opening a checkpoint can never execute code; a file that tries is reported as
-a :class:`CheckpointError`. The top-level mapping is::
+a :class:`CheckpointError`. Only files with the zip header reach ``torch.load``: random bytes and
+raw pickles are described from their :mod:`pickletools` opcodes (read, never run), and no message
+suggests ``weights_only=False``. The top-level mapping is::
 
     format        "tensorfield.checkpoint"
     version       1
@@ -27,6 +29,10 @@ flushed and fsync'ed, then renamed over the destination with :func:`os.replace`;
 point leaves earlier checkpoints untouched and no partial ``step_*.ckpt``. Run directories keep
 their checkpoints as ``checkpoints/step_NNNNNN.ckpt``; after each write the oldest are deleted so
 that ``config.keep_checkpoints`` remain (never the one just written; ``0`` keeps all).
+
+Choosing: :func:`resolve_checkpoint` maps a run and ``--checkpoint step_N`` (or a path) to a file;
+:func:`open_checkpoint` loads it and, if it is unreadable, either falls back to the newest readable
+earlier one (a resume) or raises one line naming the intact earlier ones (eval, render, export).
 """
 
 from __future__ import annotations
