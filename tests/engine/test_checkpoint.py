@@ -213,3 +213,25 @@ def test_cli_reports_a_malicious_checkpoint_in_one_line_and_runs_nothing(tmp_pat
     assert "refused: loading it would need executing pickled code" in err and "weights_only" not in err
     assert [str(w.message) for w in caught] == []
     assert not marker.exists() and evil.read_bytes() == before
+
+
+def test_choosing_and_falling_back(parts, tmp_path):
+    from tensorfield.engine.checkpoint import open_checkpoint, resolve_checkpoint
+
+    config, model, optimizer = parts
+    config.keep_checkpoints = 0
+    paths = [_save(tmp_path, step, config, model, optimizer) for step in (1, 2, 3)]
+    for choice in ("2", "step_2", "step_000002", "step_000002.ckpt", str(paths[1])):
+        assert resolve_checkpoint(tmp_path, choice) == paths[1]
+    with pytest.raises(CheckpointError, match=r"no checkpoint step_9 \(has: step_000001, step_000002, step_000003\)$"):
+        resolve_checkpoint(tmp_path, "step_9")
+    paths[2].write_bytes(paths[2].read_bytes()[:100])
+    with pytest.raises(CheckpointError) as err:
+        open_checkpoint(tmp_path)
+    assert str(err.value) == (
+        f"{paths[2]}: truncated or corrupt checkpoint; intact earlier: step_000002, step_000001 (use --checkpoint step_000002)"
+    )
+    path, data, skipped = open_checkpoint(tmp_path, fallback=True)
+    assert path == paths[1] and data["trainer"]["step"] == 2
+    assert skipped == [(paths[2], "truncated or corrupt checkpoint (the zip archive cannot be read)")]
+    assert open_checkpoint(tmp_path, "step_1")[0] == paths[0]
