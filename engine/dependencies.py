@@ -73,11 +73,11 @@ def install_hint(library: str) -> str:
     package = SYSTEM_PACKAGES.get(library)
     if package is None:
         return f"install the system package that provides {library}"
-    prefix = "" if _is_root() else "sudo "
+    prefix = "" if is_root() else "sudo "
     return f"{prefix}apt-get install -y {package}"
 
 
-def _is_root() -> bool:
+def is_root() -> bool:
     try:
         import os
 
@@ -94,9 +94,12 @@ def explain_import_error(module: str, error: BaseException, purpose: str = "") -
     if library and ("cannot open shared object" in text or "No such file" in text):
         name = library.group(1)
         return f"{module}{needed} cannot load the system library {name}: {install_hint(name)}"
-    top = module.split(".")[0]
-    if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] == top:
-        return f"{module}{needed} is not installed: pip install {PIP_NAMES.get(top, top)}"
+    if isinstance(error, ModuleNotFoundError) and error.name:
+        top = error.name.split(".")[0]
+        install = f"pip install {PIP_NAMES.get(top, top)}"
+        if top == module.split(".")[0]:
+            return f"{module}{needed} is not installed: {install}"
+        return f"{module}{needed} needs {top}, which is not installed: {install}"
     first = text.splitlines()[0] if text else type(error).__name__
     return f"{module}{needed} failed to import: {first}"
 
@@ -140,5 +143,5 @@ def apt_command(libraries: list[str]) -> str | None:
     packages = sorted({SYSTEM_PACKAGES[name] for name in libraries if name in SYSTEM_PACKAGES})
     if not packages:
         return None
-    prefix = "" if _is_root() else "sudo "
+    prefix = "" if is_root() else "sudo "
     return f"{prefix}apt-get install -y {' '.join(packages)}"

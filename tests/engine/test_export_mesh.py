@@ -11,7 +11,6 @@ import pytest
 import torch
 import trimesh
 from tensorfield.datasets.ply import read_ply_points
-from tensorfield.engine.dependencies import explain_import_error, install_hint
 from tensorfield.engine.export import (
     MESH_SUFFIXES,
     ExportError,
@@ -170,18 +169,40 @@ except ExportError as error:
     assert "pip install open3d" in lines[0]
 
 
-def test_missing_system_library_message_names_the_package():
-    error = ImportError("libusb-1.0.so.0: cannot open shared object file: No such file or directory")
-    message = explain_import_error("open3d", error, "TSDF meshes")
-    assert "\n" not in message
-    assert "libusb-1.0.so.0" in message and "apt-get install -y libusb-1.0-0" in message
-    assert install_hint("libEGL.so.1").endswith("apt-get install -y libegl1")
-    missing = ModuleNotFoundError("No module named 'PyQt6'", name="PyQt6")
-    assert explain_import_error("PyQt6.QtWidgets", missing).endswith("pip install 'tensorfield[viewer]'")
-
-
 def test_marching_cubes_winding_encloses_a_positive_volume():
     alpha, aabb = _two_spheres_grid()
     mesh = remove_small_components(marching_cubes_mesh(alpha, aabb, 0.5), 0.5)
     volume = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False).volume
     assert abs(volume - 4.0 / 3.0 * np.pi * 0.5**3) < 0.1 * volume
+
+
+def test_viewer_without_pyqt_is_one_line(monkeypatch, capsys):
+    """``tensorfield view`` on a machine without PyQt6 names the package to install."""
+    import builtins
+
+    from tensorfield.app.cli import main
+
+    real_import = builtins.__import__
+
+    def no_qt(name, *args, **kwargs):
+        if name.startswith("PyQt6") or name.startswith("tensorfield.app.viewer"):
+            raise ModuleNotFoundError(f"No module named '{name}'", name="PyQt6")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_qt)
+    assert main(["view"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'tensorfield[viewer]'" in err[0]
+
+
+def test_doctor_reports_and_names_the_install_command(monkeypatch, capsys):
+    from tensorfield.app import doctor
+    from tensorfield.app.cli import main
+
+    monkeypatch.setattr(doctor, "missing_system_libraries", lambda: {"viewer (PyQt6)": ["libEGL.so.1"]})
+    monkeypatch.setattr(doctor, "is_root", lambda: False)
+    monkeypatch.setattr(doctor, "apt_command", lambda libs: "sudo apt-get install -y libegl1")
+    assert main(["doctor", "--install"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "viewer (PyQt6) needs libEGL.so.1" in out
+    assert "run: sudo apt-get install -y libegl1" in out
