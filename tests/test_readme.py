@@ -23,10 +23,23 @@ def test_readme_opens_with_demo_and_test_commands():
     assert "pip install" in tests and '".[test]"' in tests and "pytest" in tests
 
 
-def test_ci_runs_the_readme_test_command():
+def _ci_extract(marker: str) -> str:
+    """The first line .ci/run's ``sed`` takes from the README for the command containing ``marker``."""
     script = (ROOT / ".ci" / "run").read_text()
-    extract = re.search(r"^(sed -n .*README\.md.*)$", script, re.MULTILINE)
-    assert extract, ".ci/run must take its test command from the README"
+    extract = re.search(rf"^(sed -n .*{marker}.*README\.md.*)$", script, re.MULTILINE)
+    assert extract, f".ci/run must take its '{marker}' command from the README"
     sed_command = extract.group(1).split("|")[0]
     out = subprocess.run(sed_command, shell=True, cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert out.strip().splitlines()[0] == _commands()[1]
+    return out.strip().splitlines()[0]
+
+
+def test_ci_runs_the_readme_test_command():
+    assert _ci_extract("pytest") == _commands()[1]
+
+
+def test_ci_runs_the_readme_demo_command_in_a_temporary_folder():
+    assert _ci_extract("tensorfield demo") == _commands()[0]
+    script = (ROOT / ".ci" / "run").read_text()
+    assert "mktemp -d" in script and "--out ${demo_dir}/demo_run" in script
+    code = [line for line in script.splitlines() if not line.lstrip().startswith("#")]
+    assert not any("apt-get" in line for line in code), "CI must rely on the README's lines to install"
