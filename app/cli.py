@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", nargs="?", default=None, help="run folder or checkpoint file (optional: open one from the window)")
     _add_device(p)
 
+    from tensorfield.app.process import add_parser as add_process_parser
+
+    add_process_parser(sub)
     sub.add_parser("methods", help="list the registered methods")
 
     p = sub.add_parser(

@@ -17,6 +17,7 @@ from tensorfield.engine.render import CameraPathError
 from tensorfield.engine.trainer import DeviceError, TrainingError, load_run
 from tensorfield.engine.render import RenderError
 from tensorfield.fields.registry import RegistryError, get_method, methods
+from tensorfield.app.process import cmd_process
 
 
 class CommandError(ValueError):
@@ -526,6 +527,7 @@ COMMANDS = {
     "export": cmd_export,
     "view": cmd_view,
     "methods": cmd_methods,
+    "process": cmd_process,
     "doctor": cmd_doctor,
 }
 """Subcommand name -> handler (what :func:`tensorfield.app.cli.main` dispatches on)."""

@@ -94,6 +94,10 @@ def camera_errors(estimated_c2w: np.ndarray, reference_c2w: np.ndarray) -> Camer
     similarity = umeyama(estimated[:, :, 3], reference[:, :, 3])
     aligned_rotations = similarity.rotation[None] @ estimated[:, :, :3]
     relative = np.swapaxes(reference[:, :, :3], 1, 2) @ aligned_rotations
-    cosine = np.clip((np.trace(relative, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0)
+    # angle = atan2(sin, cos) with sin from the skew part: arccos of the trace alone loses
+    # precision near 0, exactly the small errors this measures
+    cosine = (np.trace(relative, axis1=1, axis2=2) - 1.0) / 2.0
+    skew = relative - np.swapaxes(relative, 1, 2)
+    sine = 0.5 * np.linalg.norm(np.stack([skew[:, 2, 1], skew[:, 0, 2], skew[:, 1, 0]], axis=1), axis=1)
     position = np.linalg.norm(similarity.apply(estimated[:, :, 3]) - reference[:, :, 3], axis=1)
-    return CameraErrors(similarity, np.degrees(np.arccos(cosine)), position)
+    return CameraErrors(similarity, np.degrees(np.arctan2(sine, cosine)), position)
