@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", help="YAML config file (see configs/) or a registered method name")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    p.add_argument("--data", help="dataset folder (Blender/NeRF-Synthetic, D-NeRF, nerfstudio or N3V layout); methods whose data the config names need none")
+    p.add_argument("--data", help="dataset folder (Blender/NeRF-Synthetic, D-NeRF, nerfstudio / ns-process-data, COLMAP sparse model, N3V video, or what `tensorfield process` writes); methods whose data the config names need none")
     p.add_argument("--out", default=None, help="run folder (default: runs/<data name>_<method>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest readable checkpoint (an unreadable newer one is renamed *.corrupt, with a warning)")
     _add_checkpoint(p, "--resume: continue from")
