@@ -94,6 +94,13 @@ _BUILTIN_SPECS = (
         "tensorfield.engine.data:ray_data",
     ),
     MethodSpec(
+        "strivec",
+        "tensorfield.fields.strivec:StrivecConfig",
+        "tensorfield.fields.strivec:Strivec",
+        "Strivec: sparse multi-scale local CP tri-vector tensors placed on a coarse geometry or point cloud.",
+        "tensorfield.engine.data:ray_data",
+    ),
+    MethodSpec(
         "gaussians3d",
         "tensorfield.fields.gaussians:GaussianConfig",
         "tensorfield.fields.gaussians:build_gaussians",
