@@ -1,6 +1,6 @@
 """The ``tensorfield`` command line.
 
-Subcommands: ``demo``, ``train``, ``eval``, ``render``, ``export``, ``view``, ``methods``, ``doctor``. Errors that come
+Subcommands: ``demo``, ``process``, ``train``, ``eval``, ``render``, ``export``, ``view``, ``methods``, ``doctor``. Errors that come
 from the user's input (data, configs, checkpoints, camera paths) print one line and exit with
 status 2; nothing already written is removed.
 """

@@ -51,13 +51,18 @@ def packaged_config(name: str) -> Path:
 
 
 def _resolve_config(spec: str, overrides: list[str]):
-    """``spec`` is a YAML path, a packaged config name or a registered method name."""
+    """``spec`` is a YAML path, a packaged config name or a registered method name.
+
+    ``configs/NAME.yaml`` that does not exist relative to the working directory is taken from the
+    packaged configs, so the README's commands work from any folder.
+    """
     path = Path(spec)
     if path.is_file():
         return load_config(path, overrides)
     if spec in methods():
         return load_config(None, overrides, method=spec)
-    for candidate in (spec, spec + ".yaml"):
+    packaged = [path.name] if path.parent.name == "configs" else []
+    for candidate in (spec, spec + ".yaml", *packaged):
         try:
             return load_config(packaged_config(candidate), overrides)
         except CommandError:

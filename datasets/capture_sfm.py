@@ -43,7 +43,9 @@ VOCAB_HELP = (
 def _pycolmap():
     import pycolmap
 
-    pycolmap.logging.minloglevel = 2  # COLMAP's INFO/WARNING chatter would drown the progress bars
+    # COLMAP's INFO/WARNING chatter would drown the progress bars, and its ERROR lines repeat what
+    # the one-line CaptureError says (e.g. 'Failed to create any sparse model'): only FATAL passes
+    pycolmap.logging.minloglevel = 3
     return pycolmap
 
 
