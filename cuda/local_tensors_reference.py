@@ -2,7 +2,7 @@
 
 Every tensor of the scale is tested against every sample with explicit distances (no index),
 its vectors are interpolated at every sample by the textbook formula, and the ``K`` nearest
-containing tensors are chosen by a full sort. Obviously right and slow: ``O(S T)``.
+containing tensors are chosen by a full sort of every tensor's distance. Obviously right and slow: ``O(S T)``.
 """
 
 from __future__ import annotations
@@ -46,16 +46,11 @@ def aggregate_reference(
     values = torch.ones(num, centres.shape[0], components, dtype=torch.float64)
     for axis in range(3):
         values = values * interpolate_reference(lines[axis], offsets[..., axis], half_extent)
-    out = torch.zeros(num, components, dtype=torch.float64)
-    rows = []
-    for s in range(num):
-        chosen = [int(t) for t in torch.argsort(distance[s]) if bool(contained[s, t])][:k]
-        weights = torch.tensor([1.0 / (float(distance[s, t]) + DISTANCE_EPS) for t in chosen], dtype=torch.float64)
-        norm = max(1.0, float(weights.sum())) if chosen else 1.0
-        row = torch.zeros(components, dtype=torch.float64)
-        for w, t in zip(weights, chosen):
-            row = row + (w / norm) * values[s, t]
-        rows.append(row)
-    if rows:
-        out = torch.stack(rows)
-    return out
+    # rank of every tensor among the sample's containing ones, nearest first (a full sort)
+    order = torch.argsort(distance.masked_fill(~contained, float("inf")), dim=1)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1]).expand_as(order).contiguous())
+    chosen = contained & (rank < k)
+    weights = torch.where(chosen, 1.0 / (distance + DISTANCE_EPS), torch.zeros_like(distance))
+    weights = weights / weights.sum(1, keepdim=True).clamp_min(1.0)
+    return torch.einsum("st,str->sr", weights, values)
