@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from tensorfield.engine.files import publish
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 from tensorfield.fields import registry
@@ -159,7 +160,7 @@ def save_config(config: MethodConfig, path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tensorfield.datasets.cameras import Cameras
 from tensorfield.engine.dependencies import MissingDependency, require
+from tensorfield.engine.files import publish
 from tensorfield.fields.base import ExportsDensityGrid, RenderRequest
 from torch import Tensor
 
@@ -117,7 +118,7 @@ def _atomic_write(path: Path, data: bytes) -> Path:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        publish(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
@@ -199,7 +200,7 @@ def write_point_cloud(points: np.ndarray, colors: np.ndarray | None, path: str |
         os.close(descriptor)
         try:
             write_ply_points(Path(temporary), points, colors)
-            os.replace(temporary, path)
+            publish(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
@@ -492,7 +493,7 @@ def write_splat_ply(
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        publish(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

@@ -206,3 +206,17 @@ def test_doctor_reports_and_names_the_install_command(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "torch" in out and "viewer (PyQt6) needs libEGL.so.1" in out
     assert "run: sudo apt-get install -y libegl1" in out
+
+
+def test_exported_files_get_the_default_mode_not_mkstemps_private_one(tmp_path):
+    import os
+
+    alpha, aabb = _two_spheres_grid(16)
+    mask = os.umask(0o022)
+    try:
+        path = write_mesh(marching_cubes_mesh(alpha, aabb, 0.5), tmp_path / "m.ply")
+        cloud = write_point_cloud(np.zeros((3, 3), np.float32), None, tmp_path / "p.ply")
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert cloud.stat().st_mode & 0o777 == 0o644
