@@ -42,6 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from tensorfield.cuda import local_tensors_native
+
 #: Added to the distance before inverting it (official ``agg_weight_func``, ``linear``).
 DISTANCE_EPS = 1e-6
 
@@ -197,13 +199,20 @@ def _vertex_rows(neighbours: Neighbours, cells: int, half_extent: float) -> tupl
 class _AggregateCP(torch.autograd.Function):
     """Gather, interpolate, multiply and scatter the CP tri-vectors of every pair in one node.
 
-    Forward keeps the three interpolated ``[P, R]`` factors; backward scatters
+    On contiguous float32 CPU tensors both passes run in the native kernels
+    (:mod:`tensorfield.cuda.local_tensors_native`, nothing but the inputs kept). Otherwise forward keeps the three interpolated ``[P, R]`` factors; backward scatters
     ``g * (product of the two others) * (1 - f, f)`` into the vectors with ``index_add_``
     (several times faster on the CPU than the ``index_put`` that autograd of an indexing uses).
     """
 
     @staticmethod
     def forward(ctx, reduce: bool, samples: Tensor, weights: Tensor, rows: Tensor, frac: Tensor, num_samples: int, *lines: Tensor) -> Tensor:
+        ctx.reduce = reduce
+        ctx.line_shapes = [line.shape for line in lines]
+        ctx.native = lines[0].dtype == torch.float32 and local_tensors_native.usable(samples, weights, rows, frac, *lines)
+        if ctx.native:
+            ctx.save_for_backward(samples, weights, rows, frac, *lines)
+            return local_tensors_native.cp_forward(samples, weights, rows, frac, lines, num_samples, reduce)
         factors = []
         for axis, line in enumerate(lines):
             table = line.reshape(-1, line.shape[2])
@@ -216,13 +225,15 @@ class _AggregateCP(torch.autograd.Function):
         else:
             out = lines[0].new_zeros(num_samples, product.shape[1]).index_add_(0, samples, product * weights[:, None])
         ctx.save_for_backward(samples, weights, rows, frac, *factors)
-        ctx.reduce = reduce
-        ctx.line_shapes = [line.shape for line in lines]
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
+        if ctx.native:
+            samples, weights, rows, frac, *lines = ctx.saved_tensors
+            grads = local_tensors_native.cp_backward(samples, weights, rows, frac, lines, grad, ctx.reduce, ctx.needs_input_grad[6:9])
+            return (None, None, None, None, None, None, *grads)
         samples, weights, rows, frac, *factors = ctx.saved_tensors
         picked = grad[samples]
         scaled = (picked * weights)[:, None] if ctx.reduce else picked * weights[:, None]
@@ -247,7 +258,9 @@ def _aggregate(neighbours: Neighbours, lines: tuple[Tensor, Tensor, Tensor], hal
         shape = (neighbours.num_samples,) if reduce else (neighbours.num_samples, components)
         return lines[0].new_zeros(shape) + 0.0 * sum(line.sum() for line in lines)  # keeps the graph
     rows, frac = _vertex_rows(neighbours, lines[0].shape[1] - 1, half_extent)
-    weights = neighbours.weights.to(lines[0].dtype)
+    weights = neighbours.weights.to(lines[0].dtype).contiguous()
+    frac = frac.to(lines[0].dtype).contiguous()
+    lines = tuple(line.contiguous() for line in lines)
     return _AggregateCP.apply(reduce, neighbours.samples, weights, rows, frac, neighbours.num_samples, *lines)
 
 

@@ -155,6 +155,47 @@ def test_float32_aggregation_agrees_with_the_float64_reference():
     torch.testing.assert_close(fast.double(), reference, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("reduce", [False, True], ids=["features", "sum"])
+def test_native_and_torch_float32_paths_agree_with_the_reference_values_and_gradients(reduce, monkeypatch):
+    from tensorfield.cuda import local_tensors_native
+
+    if local_tensors_native.native_library() is None:
+        pytest.skip("no C compiler: the torch path is the only one")
+    centres, lines64, points = random_scale(70, 6, 12, seed=11)
+    lines = tuple(line.detach().float().requires_grad_() for line in lines64)
+    neighbours = find_neighbours(LocalTensorIndex.build(centres.float(), 0.3), points.float(), 4)
+    reference = aggregate_reference(points, centres, 0.3, lines64, 4)
+    reference = reference.sum(1) if reduce else reference
+    upstream = torch.randn(reference.shape, generator=torch.Generator().manual_seed(3))
+    ref_grads = torch.autograd.grad((reference * upstream.double()).sum(), lines64)
+    aggregate = aggregate_sum if reduce else aggregate_features
+    results = {}
+    threads_before = torch.get_num_threads()
+    try:
+        _compare_paths(aggregate, neighbours, lines, upstream, reference, ref_grads, results, monkeypatch)
+    finally:
+        torch.set_num_threads(threads_before)
+    # the native backward splits components, not pairs: the same floats for any thread count
+    for a, b in zip(results["native", 1][1], results["native", 2][1]):
+        assert torch.equal(a, b)
+
+
+def _compare_paths(aggregate, neighbours, lines, upstream, reference, ref_grads, results, monkeypatch):
+    from tensorfield.cuda import local_tensors_native
+
+    for name, native in (("native", True), ("torch", False)):
+        if not native:
+            monkeypatch.setattr(local_tensors_native, "usable", lambda *tensors: False)
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = aggregate(neighbours, lines, 0.3)
+            grads = torch.autograd.grad((out * upstream).sum(), lines)
+            torch.testing.assert_close(out.double(), reference, rtol=1e-4, atol=2e-5)
+            for a, b in zip(grads, ref_grads):
+                torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=2e-5)
+            results[name, threads] = (out, grads)
+
+
 def test_index_lists_every_tensor_whose_cube_contains_the_point():
     centres, _, points = random_scale(120, 3, 1, seed=3)
     half_extent = 0.2

@@ -1,0 +1,134 @@
+/* Strivec's local CP tri-vector aggregation on the CPU, forward and backward
+   (tensorfield/cuda/local_tensors.py; float64 reference: local_tensors_reference.py).
+
+   P (sample, tensor) pairs, sorted by sample. Pair p reads, per axis a, the rows
+   rows[a * P + p] and rows[a * P + p] + 1 of the line table a ([T * V, R], row-major) and mixes
+   them linearly with frac[a * P + p]. Forward:
+
+       out[s, r] += w_p * X_r Y_r Z_r          (or, with reduce, out[s] += w_p * sum_r X_r Y_r Z_r)
+
+   threads split the pairs at sample boundaries, so no two threads write one output row.
+   Backward (grad g[s, r] or g[s]): with G = w_p g,
+
+       dX[row, r] += G Y_r Z_r (1 - fx),  dX[row + 1, r] += G Y_r Z_r fx   (and so on for Y, Z)
+
+   threads split the components r, so no two threads write one float and the result does not
+   depend on the thread count. The factors are re-interpolated, not stored. */
+
+#include <stdint.h>
+#include <pthread.h>
+
+#define MAX_THREADS 32
+
+typedef struct {
+    int64_t pairs, components, begin, end;
+    const int64_t *samples, *rows;
+    const float *weights, *frac, *grad;
+    const float *lines[3];
+    float *dlines[3];
+    float *out;
+    int reduce;
+} job_t;
+
+static inline float mix(const float *lower, int64_t r, int64_t stride, float f) {
+    return lower[r] + f * (lower[r + stride] - lower[r]);
+}
+
+static void *forward_job(void *arg) {
+    const job_t *j = (const job_t *)arg;
+    const int64_t P = j->pairs, R = j->components;
+    for (int64_t p = j->begin; p < j->end; ++p) {
+        const float *x = j->lines[0] + j->rows[p] * R;
+        const float *y = j->lines[1] + j->rows[P + p] * R;
+        const float *z = j->lines[2] + j->rows[2 * P + p] * R;
+        const float fx = j->frac[p], fy = j->frac[P + p], fz = j->frac[2 * P + p], w = j->weights[p];
+        if (j->reduce) {
+            float sum = 0.0f;
+            for (int64_t r = 0; r < R; ++r) sum += mix(x, r, R, fx) * mix(y, r, R, fy) * mix(z, r, R, fz);
+            j->out[j->samples[p]] += w * sum;
+        } else {
+            float *o = j->out + j->samples[p] * R;
+            for (int64_t r = 0; r < R; ++r) o[r] += w * (mix(x, r, R, fx) * mix(y, r, R, fy) * mix(z, r, R, fz));
+        }
+    }
+    return 0;
+}
+
+static void *backward_job(void *arg) {
+    const job_t *j = (const job_t *)arg;
+    const int64_t P = j->pairs, R = j->components;
+    for (int64_t p = 0; p < P; ++p) {
+        const int64_t rx = j->rows[p] * R, ry = j->rows[P + p] * R, rz = j->rows[2 * P + p] * R;
+        const float *x = j->lines[0] + rx, *y = j->lines[1] + ry, *z = j->lines[2] + rz;
+        const float fx = j->frac[p], fy = j->frac[P + p], fz = j->frac[2 * P + p], w = j->weights[p];
+        const int64_t s = j->samples[p];
+        for (int64_t r = j->begin; r < j->end; ++r) {
+            const float g = w * (j->reduce ? j->grad[s] : j->grad[s * R + r]);
+            const float X = mix(x, r, R, fx), Y = mix(y, r, R, fy), Z = mix(z, r, R, fz);
+            const float gx = g * Y * Z, gy = g * X * Z, gz = g * X * Y;
+            if (j->dlines[0]) { j->dlines[0][rx + r] += gx - gx * fx; j->dlines[0][rx + R + r] += gx * fx; }
+            if (j->dlines[1]) { j->dlines[1][ry + r] += gy - gy * fy; j->dlines[1][ry + R + r] += gy * fy; }
+            if (j->dlines[2]) { j->dlines[2][rz + r] += gz - gz * fz; j->dlines[2][rz + R + r] += gz * fz; }
+        }
+    }
+    return 0;
+}
+
+/* fn on each job, one thread each; the calling thread takes job 0 and a job whose thread could
+   not be created runs inline. */
+static void spawn(void *(*fn)(void *), job_t *jobs, int threads) {
+    pthread_t ids[MAX_THREADS];
+    int started = 1;
+    for (int t = 1; t < threads; ++t, ++started)
+        if (pthread_create(&ids[t], 0, fn, jobs + t) != 0) break;
+    fn(jobs);
+    for (int t = 1; t < started; ++t) pthread_join(ids[t], 0);
+    for (int t = started; t < threads; ++t) fn(jobs + t);
+}
+
+static int clamp_threads(int threads) {
+    return threads < 1 ? 1 : (threads > MAX_THREADS ? MAX_THREADS : threads);
+}
+
+int tf_local_cp_forward(int64_t pairs, int64_t components, const int64_t *samples, const float *weights,
+                        const int64_t *rows, const float *frac, const float *x, const float *y, const float *z,
+                        int reduce, float *out, int threads) {
+    if (pairs < 0 || components < 1) return 1;
+    threads = clamp_threads(threads);
+    job_t jobs[MAX_THREADS];
+    int64_t start = 0;
+    for (int t = 0; t < threads; ++t) {
+        job_t *j = &jobs[t];
+        j->pairs = pairs; j->components = components; j->samples = samples; j->rows = rows;
+        j->weights = weights; j->frac = frac; j->grad = 0; j->out = out; j->reduce = reduce;
+        j->lines[0] = x; j->lines[1] = y; j->lines[2] = z;
+        j->dlines[0] = j->dlines[1] = j->dlines[2] = 0;
+        int64_t end = t + 1 == threads ? pairs : pairs * (t + 1) / threads;
+        while (end > start && end < pairs && samples[end] == samples[end - 1]) ++end;  /* whole samples */
+        if (end < start) end = start;
+        j->begin = start; j->end = end;
+        start = end;
+    }
+    spawn(forward_job, jobs, threads);
+    return 0;
+}
+
+int tf_local_cp_backward(int64_t pairs, int64_t components, const int64_t *samples, const float *weights,
+                         const int64_t *rows, const float *frac, const float *x, const float *y, const float *z,
+                         int reduce, const float *grad, float *dx, float *dy, float *dz, int threads) {
+    if (pairs < 0 || components < 1) return 1;
+    threads = clamp_threads(threads);
+    if (threads > components) threads = (int)components;
+    job_t jobs[MAX_THREADS];
+    for (int t = 0; t < threads; ++t) {
+        job_t *j = &jobs[t];
+        j->pairs = pairs; j->components = components; j->samples = samples; j->rows = rows;
+        j->weights = weights; j->frac = frac; j->grad = grad; j->out = 0; j->reduce = reduce;
+        j->lines[0] = x; j->lines[1] = y; j->lines[2] = z;
+        j->dlines[0] = dx; j->dlines[1] = dy; j->dlines[2] = dz;
+        j->begin = components * t / threads;
+        j->end = components * (t + 1) / threads;
+    }
+    spawn(backward_job, jobs, threads);
+    return 0;
+}

@@ -1,0 +1,84 @@
+"""Native CPU kernels of Strivec's CP aggregation (:mod:`tensorfield.cuda.local_tensors`).
+
+``tf_local_cp_forward`` / ``tf_local_cp_backward`` (``cuda/csrc/local_tensors.c``) gather,
+interpolate, multiply and scatter the pairs of one scale in one pass each; the backward
+re-interpolates the factors instead of storing them (no ``[P, R]`` temporaries kept between the
+passes) and splits the components over threads, so its result does not depend on the thread
+count. Compiled on first use by :mod:`tensorfield.cuda.native`; the entry points return ``None``
+when the kernels cannot take the tensors (not contiguous float32 on the CPU, no compiler,
+``TENSORFIELD_NATIVE=0``), and the caller falls back to the torch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from tensorfield.cuda.native import NativeLibrary
+from torch import Tensor
+
+_POINTER, _INT64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+
+
+def _declare(library: ctypes.CDLL) -> None:
+    common = [_INT64, _INT64, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _INT]
+    library.tf_local_cp_forward.restype = _INT
+    library.tf_local_cp_forward.argtypes = common + [_POINTER, _INT]
+    library.tf_local_cp_backward.restype = _INT
+    library.tf_local_cp_backward.argtypes = common + [_POINTER, _POINTER, _POINTER, _POINTER, _INT]
+
+
+# no -ffast-math: results stay IEEE
+_LIBRARY = NativeLibrary("local_tensors", "local_tensors.c", ["-pthread"], _declare)
+
+
+def native_library() -> ctypes.CDLL | None:
+    """The compiled library, or ``None`` (built once per process)."""
+    return _LIBRARY.get()
+
+
+def _threads(work: int) -> int:
+    # below ~8k pairs a thread costs more than it saves
+    return max(1, min(torch.get_num_threads(), 32, work // 8192 + 1))
+
+
+def usable(*tensors: Tensor) -> bool:
+    """Whether the kernels can take these tensors (contiguous CPU, float32 or int64) and exist."""
+    if not all(t.device.type == "cpu" and t.is_contiguous() and t.dtype in (torch.float32, torch.int64) for t in tensors):
+        return False
+    return native_library() is not None
+
+
+def cp_forward(samples: Tensor, weights: Tensor, rows: Tensor, frac: Tensor, lines, num_samples: int, reduce: bool) -> Tensor:
+    """``[S]`` (``reduce``) or ``[S, R]`` weighted CP products scattered to their samples.
+
+    Args:
+        samples: ``[P]`` int64, sorted.
+        weights: ``[P]`` float32.
+        rows: ``[3, P]`` int64 lower-vertex rows into the ``[T * V, R]`` tables.
+        frac: ``[3, P]`` float32 positions between that vertex and the next.
+        lines: the three contiguous float32 ``[T, V, R]`` tables.
+    """
+    components = int(lines[0].shape[2])
+    out = torch.zeros((num_samples,) if reduce else (num_samples, components), dtype=torch.float32)
+    status = native_library().tf_local_cp_forward(
+        samples.shape[0], components, samples.data_ptr(), weights.data_ptr(), rows.data_ptr(), frac.data_ptr(),
+        *(line.data_ptr() for line in lines), int(reduce), out.data_ptr(), _threads(samples.shape[0]),
+    )
+    if status != 0:
+        raise RuntimeError("native local-tensor kernel refused its arguments")
+    return out
+
+
+def cp_backward(samples: Tensor, weights: Tensor, rows: Tensor, frac: Tensor, lines, grad: Tensor, reduce: bool, needs) -> list:
+    """Gradients of the three tables (``None`` where ``needs[a]`` is false) for the upstream ``grad``."""
+    components = int(lines[0].shape[2])
+    grads = [torch.zeros_like(line) if need else None for line, need in zip(lines, needs)]
+    pointers = [g.data_ptr() if g is not None else None for g in grads]
+    status = native_library().tf_local_cp_backward(
+        samples.shape[0], components, samples.data_ptr(), weights.data_ptr(), rows.data_ptr(), frac.data_ptr(),
+        *(line.data_ptr() for line in lines), int(reduce), grad.contiguous().data_ptr(), *pointers, _threads(samples.shape[0]),
+    )
+    if status != 0:
+        raise RuntimeError("native local-tensor kernel refused its arguments")
+    return grads
