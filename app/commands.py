@@ -12,6 +12,7 @@ from pathlib import Path
 from tensorfield.datasets.errors import DatasetError
 from tensorfield.engine.checkpoint import CHECKPOINT_DIR, CheckpointError, latest_checkpoint
 from tensorfield.engine.config import ConfigError, config_help, load_config
+from tensorfield.engine.dependencies import MissingDependency
 from tensorfield.engine.export import ExportError
 from tensorfield.engine.render import CameraPathError
 from tensorfield.engine.trainer import DeviceError, TrainingError, load_run
@@ -26,6 +27,7 @@ class CommandError(ValueError):
 
 USER_ERRORS = (
     CommandError,
+    MissingDependency,
     DatasetError,
     ConfigError,
     CheckpointError,

@@ -45,7 +45,13 @@ def cmd_process(args) -> int:
         camera_model=args.camera_model, blur_keep=args.blur_keep, max_features=args.max_features,
         overlap=args.overlap, vocab_tree=args.vocab_tree, min_registered=args.min_registered, seed=args.seed,
     )  # fmt: skip
-    result = process_capture(args.inputs, args.out, settings, progress=not args.no_progress)
+    try:
+        result = process_capture(args.inputs, args.out, settings, progress=not args.no_progress)
+    except ImportError as error:  # pycolmap / imageio-ffmpeg missing or its system library absent
+        from tensorfield.engine.dependencies import MissingDependency, explain_import_error
+
+        module = (getattr(error, "name", None) or "pycolmap").split(".")[0]
+        raise MissingDependency(explain_import_error(module, error, "tensorfield process")) from None
     what = "cameras" if result.kind == "rig" else "frames"
     reused = [stage for stage, flag in result.reused.items() if flag]
     print(f"registered {result.registered} / {result.sfm_images} {what}, mean reprojection error "

@@ -176,38 +176,6 @@ def test_marching_cubes_winding_encloses_a_positive_volume():
     assert abs(volume - 4.0 / 3.0 * np.pi * 0.5**3) < 0.1 * volume
 
 
-def test_viewer_without_pyqt_is_one_line(monkeypatch, capsys):
-    """``tensorfield view`` on a machine without PyQt6 names the package to install."""
-    import builtins
-
-    from tensorfield.app.cli import main
-
-    real_import = builtins.__import__
-
-    def no_qt(name, *args, **kwargs):
-        if name.startswith("PyQt6") or name.startswith("tensorfield.app.viewer"):
-            raise ModuleNotFoundError(f"No module named '{name}'", name="PyQt6")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_qt)
-    assert main(["view"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "pip install 'tensorfield[viewer]'" in err[0]
-
-
-def test_doctor_reports_and_names_the_install_command(monkeypatch, capsys):
-    from tensorfield.app import doctor
-    from tensorfield.app.cli import main
-
-    monkeypatch.setattr(doctor, "missing_system_libraries", lambda: {"viewer (PyQt6)": ["libEGL.so.1"]})
-    monkeypatch.setattr(doctor, "is_root", lambda: False)
-    monkeypatch.setattr(doctor, "apt_command", lambda libs: "sudo apt-get install -y libegl1")
-    assert main(["doctor", "--install"]) == 0
-    out = capsys.readouterr().out
-    assert "torch" in out and "viewer (PyQt6) needs libEGL.so.1" in out
-    assert "run: sudo apt-get install -y libegl1" in out
-
-
 def test_exported_files_get_the_default_mode_not_mkstemps_private_one(tmp_path):
     import os
 
