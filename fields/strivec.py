@@ -319,9 +319,13 @@ class Strivec(Field):
 
     @property
     def resolution(self) -> tuple[int, int, int]:
-        """``(X, Y, Z)`` vertices of the dense grid of masks and exports: one per ``unit`` (official ``gridSize``)."""
+        """``(X, Y, Z)`` vertices of the dense grid of masks and exports: one per ``unit`` (official
+        ``gridSize``), coarser where that would exceed ``alpha_mask_max_voxels``."""
         size = (self.aabb[1] - self.aabb[0]).float().cpu()
-        return tuple(int(v) for v in torch.ceil(size / self.unit).long().clamp_min(2))
+        resolution = tuple(int(v) for v in torch.ceil(size / self.unit).long().clamp_min(2))
+        if math.prod(resolution) > self.config.alpha_mask_max_voxels:
+            resolution = tuple(max(2, int(v)) for v in voxels_to_resolution(self.config.alpha_mask_max_voxels, self.aabb))
+        return resolution
 
     @property
     def max_samples_per_ray(self) -> int:
@@ -358,10 +362,7 @@ class Strivec(Field):
                 mask = F.max_pool3d(vertices, kernel_size=2, stride=1)[0, 0] > 0.5
                 box, shape = self.alpha_mask_aabb.clone(), tuple(mask.shape)
             else:
-                resolution = self.resolution
-                if math.prod(resolution) > self.config.alpha_mask_max_voxels:
-                    resolution = voxels_to_resolution(self.config.alpha_mask_max_voxels, self.aabb)
-                mask, box, shape = None, self.aabb.clone(), tuple(int(r) for r in resolution)
+                mask, box, shape = None, self.aabb.clone(), self.resolution
             covered = self._coverage(box, shape)
             mask = covered if mask is None else (mask & covered)
             self._occupancy = OccupancyGrid(box, mask)
