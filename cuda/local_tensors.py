@@ -258,6 +258,7 @@ def _aggregate(neighbours: Neighbours, lines: tuple[Tensor, Tensor, Tensor], hal
         shape = (neighbours.num_samples,) if reduce else (neighbours.num_samples, components)
         return lines[0].new_zeros(shape) + 0.0 * sum(line.sum() for line in lines)  # keeps the graph
     rows, frac = _vertex_rows(neighbours, lines[0].shape[1] - 1, half_extent)
+    rows = rows.contiguous()  # [3, P] from a transposed view: the native kernels need it dense
     weights = neighbours.weights.to(lines[0].dtype).contiguous()
     frac = frac.to(lines[0].dtype).contiguous()
     lines = tuple(line.contiguous() for line in lines)

@@ -183,8 +183,12 @@ def test_native_and_torch_float32_paths_agree_with_the_reference_values_and_grad
 def _compare_paths(aggregate, neighbours, lines, upstream, reference, ref_grads, results, monkeypatch):
     from tensorfield.cuda import local_tensors_native
 
+    calls = []
+    forward = local_tensors_native.cp_forward
+    monkeypatch.setattr(local_tensors_native, "cp_forward", lambda *args: calls.append(1) or forward(*args))
     for name, native in (("native", True), ("torch", False)):
         if not native:
+            assert len(calls) == 2  # the native kernels did run (once per thread count)
             monkeypatch.setattr(local_tensors_native, "usable", lambda *tensors: False)
         for threads in (1, 2):
             torch.set_num_threads(threads)
