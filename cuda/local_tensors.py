@@ -156,6 +156,15 @@ def find_neighbours(index: LocalTensorIndex, points: Tensor, k: int) -> Neighbou
         return Neighbours(empty, empty, points.new_zeros(0, 3), points.new_zeros(0), num)
     centres = index.centres.to(points)
     origin = index.origin.to(points)
+    found = local_tensors_native.neighbours(points, origin, index.cell, index.shape, index.table, centres, index.half_extent, k)
+    if found is not None:
+        ids, distance = found
+        valid = ids >= 0
+        weights = torch.where(valid, 1.0 / (distance + DISTANCE_EPS), torch.zeros_like(distance))
+        weights = weights / weights.sum(1, keepdim=True).clamp_min(1.0)
+        sample_ids, slot_ids = valid.nonzero(as_tuple=True)
+        tensors = ids[sample_ids, slot_ids]
+        return Neighbours(sample_ids, tensors, points[sample_ids] - centres[tensors], weights[sample_ids, slot_ids], num)
     coords = torch.floor((points - origin) / index.cell).long()
     shape = torch.tensor(index.shape, device=device)
     inside_grid = ((coords >= 0) & (coords < shape)).all(-1)

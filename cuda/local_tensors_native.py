@@ -26,6 +26,11 @@ def _declare(library: ctypes.CDLL) -> None:
     library.tf_local_cp_forward.argtypes = common + [_POINTER, _INT]
     library.tf_local_cp_backward.restype = _INT
     library.tf_local_cp_backward.argtypes = common + [_POINTER, _POINTER, _POINTER, _POINTER, _INT]
+    library.tf_local_neighbours.restype = _INT
+    library.tf_local_neighbours.argtypes = [
+        _POINTER, _INT64, _POINTER, ctypes.c_float, _POINTER, _POINTER, _INT64, _POINTER, ctypes.c_float, _INT64,
+        _POINTER, _POINTER, _INT,
+    ]
 
 
 # no -ffast-math: results stay IEEE
@@ -82,3 +87,24 @@ def cp_backward(samples: Tensor, weights: Tensor, rows: Tensor, frac: Tensor, li
     if status != 0:
         raise RuntimeError("native local-tensor kernel refused its arguments")
     return grads
+
+
+def neighbours(points: Tensor, origin: Tensor, cell: float, shape, table: Tensor, centres: Tensor, half_extent: float, k: int):
+    """``ids [S, K]`` (int64, ``-1`` padded) and ``distances [S, K]`` of the ``K`` nearest cubes
+    containing each point, nearest first (see :func:`tensorfield.cuda.local_tensors.find_neighbours`),
+    or ``None`` when the kernel cannot take the tensors."""
+    points, origin, centres = points.contiguous(), origin.float().contiguous(), centres.float().contiguous()
+    table = table.contiguous()
+    if points.dtype != torch.float32 or not usable(points, origin, table, centres):
+        return None
+    num = points.shape[0]
+    ids = torch.empty(num, k, dtype=torch.int64)
+    distances = torch.empty(num, k, dtype=torch.float32)
+    shape_tensor = torch.tensor(list(shape), dtype=torch.int64)
+    status = native_library().tf_local_neighbours(
+        points.data_ptr(), num, origin.data_ptr(), float(cell), shape_tensor.data_ptr(), table.data_ptr(),
+        table.shape[1], centres.data_ptr(), float(half_extent), k, ids.data_ptr(), distances.data_ptr(), _threads(num),
+    )
+    if status != 0:
+        raise RuntimeError("native local-tensor lookup refused its arguments")
+    return ids, distances

@@ -15,6 +15,7 @@
    threads split the components r, so no two threads write one float and the result does not
    depend on the thread count. The factors are re-interpolated, not stored. */
 
+#include <math.h>
 #include <stdint.h>
 #include <pthread.h>
 
@@ -130,5 +131,71 @@ int tf_local_cp_backward(int64_t pairs, int64_t components, const int64_t *sampl
         j->end = components * (t + 1) / threads;
     }
     spawn(backward_job, jobs, threads);
+    return 0;
+}
+
+/* Neighbour lookup of one scale: for each point, the (at most) K tensors nearest to it among
+   those whose closed cube |p - c|_inf <= h contains it, read from the candidates of its cell
+   (table [cells, M], -1 padded, x-major cells of side `cell` from `origin`). Writes ids [S, K]
+   (-1 where fewer) and distances [S, K], nearest first. Threads split the points. */
+typedef struct {
+    const float *points, *origin, *centres;
+    const int64_t *table, *shape;
+    int64_t begin, end, width, k;
+    float cell, half;
+    int64_t *ids;
+    float *dist;
+} lookup_t;
+
+static void *lookup_job(void *arg) {
+    const lookup_t *j = (const lookup_t *)arg;
+    for (int64_t s = j->begin; s < j->end; ++s) {
+        const float *p = j->points + 3 * s;
+        int64_t *ids = j->ids + s * j->k;
+        float *dist = j->dist + s * j->k;
+        int64_t found = 0, c[3];
+        for (int64_t i = 0; i < j->k; ++i) { ids[i] = -1; dist[i] = 0.0f; }
+        int inside = 1;
+        for (int a = 0; a < 3; ++a) {
+            const float q = floorf((p[a] - j->origin[a]) / j->cell);
+            if (!(q >= 0.0f) || q >= (float)j->shape[a]) { inside = 0; break; }
+            c[a] = (int64_t)q;
+        }
+        if (!inside) continue;
+        const int64_t *candidates = j->table + ((c[0] * j->shape[1] + c[1]) * j->shape[2] + c[2]) * j->width;
+        for (int64_t m = 0; m < j->width; ++m) {
+            const int64_t t = candidates[m];
+            if (t < 0) break;
+            const float dx = p[0] - j->centres[3 * t], dy = p[1] - j->centres[3 * t + 1], dz = p[2] - j->centres[3 * t + 2];
+            if (fabsf(dx) > j->half || fabsf(dy) > j->half || fabsf(dz) > j->half) continue;
+            const float d = sqrtf(dx * dx + dy * dy + dz * dz);
+            int64_t slot = found < j->k ? found++ : j->k;  /* insertion into the sorted list */
+            if (slot == j->k) { if (d >= dist[j->k - 1]) continue; slot = j->k - 1; }
+            while (slot > 0 && dist[slot - 1] > d) { dist[slot] = dist[slot - 1]; ids[slot] = ids[slot - 1]; --slot; }
+            dist[slot] = d; ids[slot] = t;
+        }
+    }
+    return 0;
+}
+
+int tf_local_neighbours(const float *points, int64_t samples, const float *origin, float cell, const int64_t *shape,
+                        const int64_t *table, int64_t width, const float *centres, float half, int64_t k,
+                        int64_t *ids, float *dist, int threads) {
+    if (samples < 0 || k < 1 || width < 1) return 1;
+    threads = clamp_threads(threads);
+    lookup_t jobs[MAX_THREADS];
+    pthread_t handles[MAX_THREADS];
+    for (int t = 0; t < threads; ++t) {
+        lookup_t *j = &jobs[t];
+        j->points = points; j->origin = origin; j->centres = centres; j->table = table; j->shape = shape;
+        j->width = width; j->k = k; j->cell = cell; j->half = half; j->ids = ids; j->dist = dist;
+        j->begin = samples * t / threads; j->end = samples * (t + 1) / threads;
+    }
+    int started = 1;
+    for (int t = 1; t < threads; ++t, ++started)
+        if (pthread_create(&handles[t], 0, lookup_job, jobs + t) != 0) break;
+    lookup_job(jobs);
+    for (int t = 1; t < started; ++t) pthread_join(handles[t], 0);
+    for (int t = started; t < threads; ++t) lookup_job(jobs + t);
     return 0;
 }

@@ -200,6 +200,22 @@ def _compare_paths(aggregate, neighbours, lines, upstream, reference, ref_grads,
             results[name, threads] = (out, grads)
 
 
+def test_native_neighbour_lookup_matches_the_torch_lookup(monkeypatch):
+    from tensorfield.cuda import local_tensors_native
+
+    if local_tensors_native.native_library() is None:
+        pytest.skip("no C compiler: the torch path is the only one")
+    centres, _, points = random_scale(150, 3, 1, seed=5)
+    index = LocalTensorIndex.build(centres.float(), 0.25)
+    native = find_neighbours(index, points.float(), 4)
+    monkeypatch.setattr(local_tensors_native, "usable", lambda *tensors: False)
+    plain = find_neighbours(index, points.float(), 4)
+    assert native.samples.numel() > points.shape[0]  # several neighbours per sample on average
+    assert torch.equal(native.samples, plain.samples) and torch.equal(native.tensors, plain.tensors)
+    torch.testing.assert_close(native.weights, plain.weights, rtol=1e-5, atol=0)
+    torch.testing.assert_close(native.offsets, plain.offsets)
+
+
 def test_index_lists_every_tensor_whose_cube_contains_the_point():
     centres, _, points = random_scale(120, 3, 1, seed=3)
     half_extent = 0.2
