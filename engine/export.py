@@ -486,18 +486,7 @@ def write_splat_ply(
     header += [f"property float {name}" for name in names]
     header.append("end_header")
     data = ("\n".join(header) + "\n").encode("ascii") + table.astype("<f4").tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".partial")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        publish(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return _atomic_write(path, data)
 
 
 _PLY_TYPES = {
@@ -659,7 +648,7 @@ def check_output_path(path: str | os.PathLike, suffixes: tuple[str, ...] | None 
         raise ExportError(f"{path}: cannot write there: {ancestor} is a file, not a folder")
     try:
         with tempfile.TemporaryFile(dir=ancestor):
-            pass
+            pass  # creating (and at once deleting) a file is the only reliable writability test
     except OSError as error:
         raise ExportError(f"{path}: cannot write there: {ancestor} is not writable ({error.strerror or type(error).__name__})") from None
     target = path if folder else path.parent

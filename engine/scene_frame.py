@@ -104,8 +104,6 @@ def rotate_sh(sh_rest: torch.Tensor | np.ndarray, rotation: np.ndarray) -> np.nd
     return out.float().numpy()
 
 
-
-
 def splats_to_frame(matrix: np.ndarray, means, sh_rest, log_scales, quats):
     """Gaussian splats moved by the similarity ``matrix`` ``[4, 4]`` (see the module docstring).
 

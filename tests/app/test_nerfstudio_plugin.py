@@ -33,7 +33,7 @@ def _fake_nerfstudio(monkeypatch):
             self.populate_modules()
 
         def populate_modules(self):
-            pass
+            pass  # the stand-in Model builds nothing; the adapter under test overrides this
 
     @dataclass
     class Config:  # stands for every nerfstudio config dataclass the plugin builds
