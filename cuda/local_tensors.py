@@ -314,3 +314,47 @@ def box_coverage(lower: Tensor, upper: Tensor, shape: tuple[int, int, int]) -> T
         counts.view(-1).index_add_(0, flat, torch.full_like(flat, sign, dtype=torch.int32))
     counts = counts.cumsum(0).cumsum(1).cumsum(2)
     return counts[: shape[0], : shape[1], : shape[2]] > 0
+
+
+class _LocalQuery(torch.autograd.Function):
+    """The fused native query of one scale (lookup, weights, interpolation and product per
+    sample); backward scatters into the vectors from the kept ``ids`` / ``weights``."""
+
+    @staticmethod
+    def forward(ctx, reduce: bool, index: LocalTensorIndex, points: Tensor, k: int, *lines: Tensor) -> Tensor:
+        out, ids, weights = local_tensors_native.query(points, index, lines, k, DISTANCE_EPS, reduce, keep=True)
+        ctx.reduce, ctx.half_extent = reduce, index.half_extent
+        ctx.save_for_backward(points, index.centres.float().contiguous(), ids, weights, *lines)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        points, centres, ids, weights, *lines = ctx.saved_tensors
+        grads = local_tensors_native.query_backward(points, centres, ctx.half_extent, lines, ids, weights, grad, ctx.reduce, ctx.needs_input_grad[4:7])
+        return (None, None, None, None, *grads)
+
+
+def _fused_usable(index: LocalTensorIndex, points: Tensor, lines, k: int) -> bool:
+    if index.num_tensors == 0 or points.shape[0] == 0 or k > local_tensors_native.MAX_QUERY_NEIGHBOURS:
+        return False
+    if points.dtype != torch.float32 or any(line.dtype != torch.float32 for line in lines):
+        return False
+    return local_tensors_native.usable(points.detach().contiguous(), index.table, *(line.detach() for line in lines))
+
+
+def query_features(index: LocalTensorIndex, points: Tensor, lines: tuple[Tensor, Tensor, Tensor], k: int, reduce: bool = False) -> Tensor:
+    """``[S, R]`` (or, ``reduce``, ``[S]`` summed over components) features of one scale at
+    ``points [S, 3]``: :func:`find_neighbours` then :func:`aggregate_features` /
+    :func:`aggregate_sum`, the same values and gradients (to float rounding).
+
+    On contiguous float32 CPU tensors it runs as one fused native kernel per pass: no pair list,
+    no ``[P, 3]`` temporaries, memory ``S x K`` for what the backward needs (nothing kept without
+    gradients). Elsewhere (CUDA, float64, no compiler) it is the two-stage torch path.
+    """
+    if _fused_usable(index, points, lines, k):
+        if not (torch.is_grad_enabled() and any(line.requires_grad for line in lines)):
+            return local_tensors_native.query(points.detach(), index, lines, int(k), DISTANCE_EPS, bool(reduce), keep=False)[0]
+        return _LocalQuery.apply(bool(reduce), index, points.detach().contiguous(), int(k), *(line.contiguous() for line in lines))
+    neighbours = find_neighbours(index, points, k)
+    return _aggregate(neighbours, lines, index.half_extent, reduce=reduce)

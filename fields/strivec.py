@@ -57,7 +57,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tensorfield.cuda.local_tensors import LocalTensorIndex, aggregate_features, aggregate_sum, box_coverage, find_neighbours
+from tensorfield.cuda.local_tensors import LocalTensorIndex, box_coverage, query_features
 from tensorfield.cuda.raymarch import OccupancyGrid, march_rays
 from tensorfield.fields.base import BatchKind, Field, HookResult, ParamGroup, RayBatch, SceneInfo, StepOutput
 from tensorfield.fields.config import ImageMethodConfig, option
@@ -416,8 +416,7 @@ class Strivec(Field):
             return self._coarse_sample(self.coarse_density, points)[:, 0]
         total = points.new_zeros(points.shape[0])
         for level, index in enumerate(self.indices()):
-            neighbours = find_neighbours(index, points, int(self.config.neighbours))
-            total = total + aggregate_sum(neighbours, self.lines("density", level), self.half_extents[level])
+            total = total + query_features(index, points, self.lines("density", level), int(self.config.neighbours), reduce=True)
         return total
 
     def density(self, points: Tensor, times: Tensor | None = None) -> Tensor:
@@ -428,8 +427,7 @@ class Strivec(Field):
         """``[S, app_dim]`` :math:`\\sum_l B_l f^l_c` at world ``points [S, 3]``."""
         features = points.new_zeros(points.shape[0], self.config.app_dim)
         for level, index in enumerate(self.indices()):
-            neighbours = find_neighbours(index, points, int(self.config.neighbours))
-            components = aggregate_features(neighbours, self.lines("app", level), self.half_extents[level])
+            components = query_features(index, points, self.lines("app", level), int(self.config.neighbours))
             features = features + self.basis[level](components)
         return features
 

@@ -17,6 +17,7 @@ from tensorfield.cuda.local_tensors import (
     aggregate_sum,
     box_coverage,
     find_neighbours,
+    query_features,
 )
 from tensorfield.cuda.local_tensors_reference import aggregate_reference
 from tensorfield.fields.base import ExportsDensityGrid, RayBatch, RendersViews, SceneInfo
@@ -198,6 +199,44 @@ def _compare_paths(aggregate, neighbours, lines, upstream, reference, ref_grads,
             for a, b in zip(grads, ref_grads):
                 torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=2e-5)
             results[name, threads] = (out, grads)
+
+
+@pytest.mark.parametrize("reduce", [False, True], ids=["features", "sum"])
+@pytest.mark.parametrize("k", [1, 4, 9])
+def test_fused_query_matches_the_float64_reference_values_and_gradients(reduce, k, monkeypatch):
+    from tensorfield.cuda import local_tensors_native
+
+    if local_tensors_native.native_library() is None:
+        pytest.skip("no C compiler: the torch path is the only one")
+    calls = []
+    fused = local_tensors_native.query
+    monkeypatch.setattr(local_tensors_native, "query", lambda *args, **kwargs: calls.append(1) or fused(*args, **kwargs))
+    centres, lines64, points = random_scale(90, 5, 7, seed=13 + k)
+    lines = tuple(line.detach().float().requires_grad_() for line in lines64)
+    index = LocalTensorIndex.build(centres.float(), 0.35)
+    reference = aggregate_reference(points, centres, 0.35, lines64, k)
+    reference = reference.sum(1) if reduce else reference
+    upstream = torch.randn(reference.shape, generator=torch.Generator().manual_seed(4))
+    ref_grads = torch.autograd.grad((reference * upstream.double()).sum(), lines64)
+    threads_before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = query_features(index, points.float(), lines, k, reduce=reduce)
+            grads = torch.autograd.grad((out * upstream).sum(), lines)
+            torch.testing.assert_close(out.double(), reference, rtol=1e-4, atol=2e-5)
+            for a, b in zip(grads, ref_grads):
+                torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=2e-5)
+            results.append(grads)
+    finally:
+        torch.set_num_threads(threads_before)
+    assert len(calls) == 2  # the fused kernel ran (both thread counts), not the two-stage path
+    assert bool((reference != 0).float().mean() > 0.05)
+    for a, b in zip(*results):  # backward split over components: the same floats for any thread count
+        assert torch.equal(a, b)
+    with torch.no_grad():  # no gradient: nothing kept, the same values
+        torch.testing.assert_close(query_features(index, points.float(), lines, k, reduce=reduce).double(), reference, rtol=1e-4, atol=2e-5)
 
 
 def test_native_neighbour_lookup_matches_the_torch_lookup(monkeypatch):
