@@ -1,0 +1,512 @@
+"""Einstein fields: a neural tensor field that compresses a spacetime metric into an MLP.
+
+Cranganore et al., "Einstein Fields: A Neural Perspective To Computational General Relativity"
+(2025). An MLP maps coordinates ``x = (t, x, y, z)`` (or the chart's own four) to the 10
+independent components of the distortion ``Delta_ij = g_ij - eta_ij`` in the same chart
+(``target: distortion``, the default) or of ``g_ij`` itself (``target: full``); the components
+are stored in :data:`~tensorfield.datasets.einfield_data.COMPONENTS` order (upper triangle row
+by row). The inputs are normalised to the domain box, ``u = (x - centre) / half_extent``, inside
+the network, so every derivative is with respect to the chart's coordinates.
+
+Training is Sobolev (section 3 of the paper): with ``N_theta(x)`` the network,
+
+    L = w_g |N - Delta|^2 + w_J |d_k N - d_k Delta|^2 + w_H |d_l d_k N - d_l d_k Delta|^2
+
+(means over points and components), the network's derivatives by forward mode
+(:func:`torch.func.jacfwd` under :func:`torch.func.vmap`), the targets' from the analytic
+metric's exact jets (:mod:`tensorfield.fields.einfield_targets`). Christoffels, Riemann and
+Kretschmann then follow from :meth:`EinField.metric` by :mod:`tensorfield.fields.relativity`,
+the same code as for the analytic metric.
+
+Activations: SiLU (default), GELU, or SIREN (``sin(omega_0 W x + b)`` with Sitzmann et al.'s
+initialisation); optional random Fourier features ``[sin(2 pi B u), cos(2 pi B u)]``,
+``B ~ N(0, sigma^2)`` (Tancik et al. 2020) before the MLP.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from tensorfield.datasets.einfield_data import COMPONENT_NAMES, components_to_matrix
+from tensorfield.datasets.spacetimes import CHARTS, Spacetime, SpacetimeParameters
+from tensorfield.fields.base import (
+    BatchKind,
+    CoordinateBatch,
+    Field,
+    ParamGroup,
+    RenderOutput,
+    RenderRequest,
+    SceneInfo,
+    SliceRequest,
+    StepOutput,
+)
+from tensorfield.fields.config import MethodConfig, option
+from torch import Tensor, nn
+from torch.func import jacfwd, vmap
+
+ACTIVATIONS = ("silu", "gelu", "siren")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+OPTIMIZERS = ("adam", "soap")
+SCALAR_QUANTITIES = ("det", "kretschmann", "ricci_scalar")
+METRIC_QUANTITIES = tuple(f"g_{'txyz'[i]}{'txyz'[j]}" for i in range(4) for j in range(i, 4))
+"""Slice names of the metric components (``g_tt, g_tx, ..., g_zz``; the chart's own indices for
+spherical charts: ``t`` stands for index 0, ``x`` for 1 and so on)."""
+
+
+@dataclass
+class EinFieldConfig(MethodConfig):
+    """An Einstein field: the spacetime to learn, the network and the Sobolev training."""
+
+    steps: int = option(3000, "Optimisation steps.", minimum=1)
+    batch_size: int = option(
+        4096, "Training points per step (all of them when larger than the training set).", minimum=1
+    )
+    # the spacetime
+    spacetime: str = option(
+        "schwarzschild_ks",
+        "Analytic spacetime to learn (ignored with --data, except for its flat metric).",
+        group="spacetime",
+        choices=tuple(CHARTS),
+    )
+    mass: float = option(1.0, "Black-hole mass M (geometric units).", group="spacetime", above=0)
+    spin: float = option(
+        0.0, "Kerr spin a = J/M (|a| <= M).", group="spacetime", minimum=-1e3, maximum=1e3
+    )
+    amplitude: float = option(
+        0.0, "Plane wave: plus amplitude A_+.", group="spacetime", minimum=-1.0, maximum=1.0
+    )
+    cross_amplitude: float = option(
+        0.0, "Plane wave: cross amplitude A_x.", group="spacetime", minimum=-1.0, maximum=1.0
+    )
+    frequency: float = option(
+        1.0, "Plane wave: angular frequency omega.", group="spacetime", above=0
+    )
+    domain_min: list[float] = option(
+        [0.0, -3.0, -3.0, 0.1],
+        "Domain box lower corner in the chart's coordinates (t, x, y, z).",
+        group="spacetime",
+        lengths=(4,),
+    )
+    domain_max: list[float] = option(
+        [0.0, 3.0, 3.0, 3.0],
+        "Domain box upper corner (t equal to domain_min's: one time slice).",
+        group="spacetime",
+        lengths=(4,),
+    )
+    excision_radius: float = option(
+        0.0,
+        "Drop training and evaluation points with radius below this (around singularities).",
+        group="spacetime",
+        minimum=0,
+    )
+    sampling: str = option(
+        "grid",
+        "Training points: a regular grid of the box or uniform random points.",
+        group="spacetime",
+        choices=("grid", "random"),
+    )
+    grid_size: int = option(
+        32, "Grid points per spatial axis (sampling: grid).", group="spacetime", minimum=2
+    )
+    time_samples: int = option(
+        1,
+        "Grid points along time (sampling: grid; 1 for a single slice).",
+        group="spacetime",
+        minimum=1,
+    )
+    num_points: int = option(
+        32768, "Training points (sampling: random).", group="spacetime", minimum=1
+    )
+    eval_points: int = option(
+        4096,
+        "Held-out evaluation points (uniform in the box, never the training points).",
+        group="spacetime",
+        minimum=8,
+    )
+    eval_fraction: float = option(
+        0.1,
+        "User data: fraction of the samples held out for evaluation.",
+        group="spacetime",
+        above=0,
+        below=1,
+    )
+    # the network
+    target: str = option(
+        "distortion",
+        "What the network outputs: distortion g - g_flat in the chart, or the full metric.",
+        choices=("distortion", "full"),
+    )
+    hidden: int = option(128, "Hidden width of the MLP.", minimum=1)
+    layers: int = option(4, "Hidden layers of the MLP.", minimum=1)
+    activation: str = option(
+        "silu",
+        "Activation: silu, gelu or siren (sine with SIREN initialisation).",
+        choices=ACTIVATIONS,
+    )
+    siren_omega: float = option(30.0, "SIREN: frequency omega_0 of the first layer.", above=0)
+    fourier_features: int = option(
+        0, "Random Fourier features of the normalised input (0 = none).", minimum=0
+    )
+    fourier_scale: float = option(
+        1.0, "Standard deviation of the Fourier feature frequencies.", above=0
+    )
+    dtype: str = option("float32", "Network precision: float32 or float64.", choices=tuple(DTYPES))
+    # training
+    optimizer: str = option(
+        "adam",
+        "Optimiser: adam or soap (pytorch-optimizer's SOAP, as in the paper).",
+        group="training",
+        choices=OPTIMIZERS,
+    )
+    lr: float = option(1e-3, "Initial learning rate.", group="training", above=0)
+    lr_final: float = option(
+        1e-5, "Learning rate at the last step (exponential decay).", group="training", above=0
+    )
+    soap_precondition_frequency: int = option(
+        10, "SOAP: steps between eigenbasis updates.", group="training", minimum=1
+    )
+    metric_weight: float = option(
+        1.0, "Weight of the metric value loss.", group="training", minimum=0
+    )
+    jacobian_weight: float = option(
+        1.0, "Weight of the Jacobian loss (d g / d x^k).", group="training", minimum=0
+    )
+    hessian_weight: float = option(
+        0.0, "Weight of the Hessian loss (0 = off: faster steps).", group="training", minimum=0
+    )
+    # rendering (lensed views through fields.lensing)
+    render_background: str = option(
+        "stars", "Lensed render background: stars (procedural) or an image path.", group="rendering"
+    )
+    disk_inner: float = option(
+        6.0,
+        "Accretion disk inner radius (0 with disk_outer 0: no disk).",
+        group="rendering",
+        minimum=0,
+    )
+    disk_outer: float = option(
+        0.0, "Accretion disk outer radius (0 = no disk).", group="rendering", minimum=0
+    )
+    escape_radius: float = option(
+        30.0, "Rays beyond this radius have escaped to the background.", group="rendering", above=0
+    )
+    camera_distance: float = option(
+        20.0, "Distance of the default orbit camera from the origin.", group="rendering", above=0
+    )
+    render_rtol: float = option(
+        1e-5, "Geodesic integrator relative tolerance.", group="rendering", above=0
+    )
+    render_atol: float = option(
+        1e-7, "Geodesic integrator absolute tolerance.", group="rendering", above=0
+    )
+    render_max_steps: int = option(
+        2000, "Geodesic integrator step limit per ray.", group="rendering", minimum=1
+    )
+
+
+def spacetime_of(config: EinFieldConfig) -> Spacetime:
+    """The analytic spacetime the config names (its parameters from the config)."""
+    params = SpacetimeParameters(
+        config.mass, config.spin, config.amplitude, config.cross_amplitude, config.frequency
+    )
+    return Spacetime(config.spacetime, params)
+
+
+class _Sine(nn.Module):
+    def __init__(self, omega: float) -> None:
+        super().__init__()
+        self.omega = omega
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sin(self.omega * x)
+
+
+class _SiLU(nn.Module):
+    """``x sigmoid(x)`` written out: torch's fused SiLU has no forward-mode rule for its own
+    derivative, so its Hessian by ``jacfwd(jacfwd(...))`` would fail."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(x)
+
+
+class _GELU(nn.Module):
+    """``x Phi(x)`` (exact GELU) written out, for the same reason as :class:`_SiLU`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return 0.5 * x * (1.0 + torch.erf(x * (1.0 / math.sqrt(2.0))))
+
+
+def _mlp(config: EinFieldConfig, inputs: int, outputs: int) -> nn.Sequential:
+    """``layers`` hidden layers of width ``hidden`` with the configured activation."""
+    modules: list[nn.Module] = []
+    width = inputs
+    for index in range(config.layers):
+        linear = nn.Linear(width, config.hidden)
+        if config.activation == "siren":  # Sitzmann et al. 2020, section 3.2
+            omega = config.siren_omega if index == 0 else 1.0
+            bound = 1.0 / width if index == 0 else math.sqrt(6.0 / width)
+            nn.init.uniform_(linear.weight, -bound, bound)
+            modules += [linear, _Sine(omega)]
+        else:
+            modules += [linear, _SiLU() if config.activation == "silu" else _GELU()]
+        width = config.hidden
+    modules.append(nn.Linear(width, outputs))
+    return nn.Sequential(*modules)
+
+
+class EinField(Field):
+    """MLP ``(t, x, y, z) -> 10`` metric components (distortion or full), a differentiable metric.
+
+    Args:
+        config: :class:`EinFieldConfig`.
+        scene: its ``aabb`` is the spatial domain (views and orbits).
+    """
+
+    batch_kind = BatchKind.COORDINATES
+
+    def __init__(self, config: EinFieldConfig, scene: SceneInfo) -> None:
+        super().__init__()
+        self.config = config
+        self.spacetime = spacetime_of(config)
+        self.dtype = DTYPES[config.dtype]
+        self.scene = scene
+        low = torch.tensor(config.domain_min, dtype=torch.float64)
+        high = torch.tensor(config.domain_max, dtype=torch.float64)
+        if (high < low).any():
+            raise ValueError(
+                f"domain_max {list(config.domain_max)} is below domain_min {list(config.domain_min)}"
+            )
+        half = (high - low) / 2
+        self.register_buffer("center", ((high + low) / 2).to(self.dtype))
+        self.register_buffer(
+            "half_extent", torch.where(half > 0, half, torch.ones_like(half)).to(self.dtype)
+        )
+        inputs = 4
+        if config.fourier_features > 0:
+            generator = torch.Generator().manual_seed(config.seed + 7919)
+            frequencies = (
+                torch.randn(4, config.fourier_features, generator=generator, dtype=torch.float64)
+                * config.fourier_scale
+            )
+            self.register_buffer("fourier_matrix", frequencies.to(self.dtype))
+            inputs = 4 + 2 * config.fourier_features
+        else:
+            self.register_buffer("fourier_matrix", None)
+        self.net = _mlp(config, inputs, len(COMPONENT_NAMES)).to(self.dtype)
+
+    # ------------------------------------------------------------------ the field
+    def components(self, coords: Tensor) -> Tensor:
+        """``[..., 10]`` network output at ``coords [..., 4]`` (chart coordinates)."""
+        u = (coords.to(self.dtype) - self.center) / self.half_extent
+        if self.fourier_matrix is not None:
+            phase = 2 * math.pi * u @ self.fourier_matrix
+            u = torch.cat([u, torch.sin(phase), torch.cos(phase)], dim=-1)
+        return self.net(u)
+
+    def forward(self, coords: Tensor) -> Tensor:
+        return self.components(coords)
+
+    def flat_metric(self, coords: Tensor) -> Tensor:
+        """``[..., 4, 4]`` the flat metric of the chart (what the distortion is measured from)."""
+        # in float64 and cast: at zero mass the charts multiply by a Python 0.0, whose forward-mode
+        # tangent torch promotes to float64 (it would leak into a float32 network's jets)
+        return self.spacetime.flat_metric(coords.double()).to(self.dtype)
+
+    def metric(self, coords: Tensor) -> Tensor:
+        """``g [..., 4, 4]`` at ``coords [..., 4]``: flat + distortion (or the full output);
+        differentiable, so :func:`tensorfield.fields.relativity.curvature` works on it."""
+        learned = components_to_matrix(self.components(coords))
+        return learned + self.flat_metric(coords) if self.config.target == "distortion" else learned
+
+    def metric_function(self) -> Callable[[Tensor], Tensor]:
+        """``coords [B, 4] -> g [B, 4, 4]`` (also one point ``[4] -> [4, 4]``), for the physics
+        code (:mod:`~tensorfield.fields.relativity`, geodesics, the lensed renderer)."""
+        return self.metric
+
+    @property
+    def chart_is_cartesian(self) -> bool:
+        """The chart is ``(t, x, y, z)`` (the renderer's camera lives in it)."""
+        return self.spacetime.chart.cartesian
+
+    @property
+    def spacetime_parameters(self) -> SpacetimeParameters:
+        return self.spacetime.params
+
+    def horizon_radius(self) -> float:
+        """Outer horizon ``r_+`` of the configured spacetime (0 without one)."""
+        return self.spacetime.horizon_radius()
+
+    # ------------------------------------------------------------------ training
+    def param_groups(self) -> list[ParamGroup]:
+        ratio = self.config.lr_final / self.config.lr
+        return [
+            ParamGroup("net", list(self.net.parameters()), self.config.lr, ratio, self.config.steps)
+        ]
+
+    def optimizer_settings(self) -> tuple[str, dict]:
+        """The optimiser the trainer builds (:func:`tensorfield.engine.optim.build_optimizer`)."""
+        if self.config.optimizer == "soap":
+            return "soap", {
+                "betas": (0.95, 0.95),
+                "weight_decay": 0.0,
+                "precondition_frequency": self.config.soap_precondition_frequency,
+            }
+        return "adam", {}
+
+    def adam_settings(self) -> tuple[tuple[float, float], float]:
+        return (0.9, 0.999), 1e-8
+
+    def jets(self, coords: Tensor, order: int = 1) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The network's output and its coordinate derivatives by forward mode.
+
+        Args:
+            coords: ``[B, 4]``.
+            order: 1 for values and Jacobian, 2 adds the Hessian.
+
+        Returns:
+            ``values [B, 10]``, ``jacobian [B, 10, 4]`` (``d_k N_c``), ``hessian [B, 10, 4, 4]``
+            (``d_l d_k N_c``) or ``None``. Differentiable with respect to the parameters.
+        """
+
+        def first(point: Tensor) -> tuple[Tensor, Tensor]:
+            value = self.components(point)
+            return value, value
+
+        jet1 = jacfwd(first, has_aux=True)
+        coords = coords.to(self.dtype)
+        if order == 1:
+            jacobian, values = vmap(jet1)(coords)
+            return values, jacobian, None
+
+        def second(point: Tensor):
+            jacobian, value = jet1(point)
+            return jacobian, (jacobian, value)
+
+        hessian, (jacobian, values) = vmap(jacfwd(second, has_aux=True))(coords)
+        return values, jacobian, hessian
+
+    def training_step(self, batch: CoordinateBatch, step: int) -> StepOutput:
+        config = self.config
+        hessians = getattr(batch, "hessians", None)
+        use_hessian = config.hessian_weight > 0 and hessians is not None
+        use_jacobian = config.jacobian_weight > 0 and batch.jacobians is not None
+        if use_hessian:
+            values, jacobian, hessian = self.jets(batch.coordinates, order=2)
+        elif use_jacobian:
+            values, jacobian, hessian = (*self.jets(batch.coordinates, order=1)[:2], None)
+        else:
+            values, jacobian, hessian = self.components(batch.coordinates), None, None
+        metric_mse = (values - batch.values.to(self.dtype)).square().mean()
+        loss = config.metric_weight * metric_mse
+        metrics = {"metric_mse": float(metric_mse.detach())}
+        if use_jacobian:
+            jacobian_mse = (jacobian - batch.jacobians.to(self.dtype)).square().mean()
+            loss = loss + config.jacobian_weight * jacobian_mse
+            metrics["jacobian_mse"] = float(jacobian_mse.detach())
+        if use_hessian:
+            hessian_mse = (hessian - hessians.to(self.dtype)).square().mean()
+            loss = loss + config.hessian_weight * hessian_mse
+            metrics["hessian_mse"] = float(hessian_mse.detach())
+        return StepOutput(loss, metrics)
+
+    # ------------------------------------------------------------------ slices (ExportsSlices)
+    def slice_components(self) -> tuple[str, ...]:
+        names = ("kretschmann", *METRIC_QUANTITIES, "det", "ricci_scalar")
+        return names + tuple(f"error_{name}" for name in names)
+
+    def default_slice(self) -> SliceRequest:
+        """The plane through the domain's centre spanned by its first two spatial axes, at its
+        middle spatial height (the ``z`` mid-plane of the box)."""
+        center = tuple(float(v) for v in self.center.double())
+        half = [
+            float(v)
+            for v in (
+                (torch.tensor(self.config.domain_max) - torch.tensor(self.config.domain_min)) / 2
+            )
+        ]
+        return SliceRequest(
+            origin=center,
+            axis_u=(0.0, half[1], 0.0, 0.0),
+            axis_v=(0.0, 0.0, half[2], 0.0),
+            resolution=128,
+        )
+
+    def slice_time(self, time: float | None) -> float | None:
+        """Chart time of normalised ``time`` in ``[0, 1]`` over the domain's time range."""
+        if time is None:
+            return None
+        low, high = self.config.domain_min[0], self.config.domain_max[0]
+        return low + float(time) * (high - low)
+
+    def field_slice(self, request: SliceRequest) -> Tensor:
+        """``[R, R]`` values of ``request.component`` on the slice (``error_<q>``: network minus
+        analytic ``q``); ``request.time`` (normalised) sets the time coordinate."""
+        from tensorfield.fields.einfield_targets import slice_quantity
+
+        points = request.points()
+        chart_time = self.slice_time(getattr(request, "time", None))
+        if chart_time is not None:
+            points = points.clone()
+            points[..., 0] = chart_time
+        flat = points.reshape(-1, 4)
+        name = request.component or self.slice_components()[0]
+        device = self.center.device
+        if name.startswith("error_"):
+            quantity = name[len("error_") :]
+            values = slice_quantity(
+                self.metric, flat.to(device), quantity
+            ).double().cpu() - slice_quantity(self.spacetime.metric, flat, quantity)
+        else:
+            values = slice_quantity(self.metric, flat.to(device), name).double().cpu()
+        return values.reshape(request.resolution, request.resolution)
+
+    # ------------------------------------------------------------------ views (RendersViews)
+    def lensing_settings(self, time: float | None = None):
+        """:class:`tensorfield.fields.lensing.LensingSettings` from the config."""
+        from tensorfield.fields.lensing import LensingSettings
+
+        config = self.config
+        chart_time = self.slice_time(time)
+        return LensingSettings(
+            horizon_radius=self.horizon_radius(),
+            escape_radius=config.escape_radius,
+            background=config.render_background,
+            disk_inner=config.disk_inner,
+            disk_outer=config.disk_outer,
+            time=float(chart_time if chart_time is not None else config.domain_min[0]),
+            rtol=config.render_rtol,
+            atol=config.render_atol,
+            max_steps=config.render_max_steps,
+        )
+
+    def render_view(self, request: RenderRequest) -> RenderOutput:
+        """The lensed image of ``request``'s camera: null geodesics traced backwards through the
+        learned metric (:func:`tensorfield.fields.lensing.render_lensed`)."""
+        from tensorfield.fields.lensing import render_lensed
+
+        if not self.chart_is_cartesian:
+            raise ValueError(
+                f"lensed renders need a Cartesian chart; {self.config.spacetime} is not"
+            )
+        with torch.no_grad():
+            return render_lensed(
+                self.metric_function(), request, self.lensing_settings(request.camera_time)
+            )
+
+
+class TimeDependentEinField(EinField):
+    """An Einstein field of a time-dependent spacetime (the plane wave): has a time slider."""
+
+    def time_span(self) -> tuple[float, float]:
+        return (0.0, 1.0)
+
+
+def build_einfield(config: EinFieldConfig, scene: SceneInfo) -> EinField:
+    """The model: :class:`TimeDependentEinField` when the domain spans time and the spacetime
+    (or user data, ``scene.is_dynamic``) depends on it, else :class:`EinField`."""
+    spans_time = config.domain_max[0] > config.domain_min[0]
+    dynamic = spans_time and (CHARTS[config.spacetime].time_dependent or scene.is_dynamic)
+    return (TimeDependentEinField if dynamic else EinField)(config, scene)
