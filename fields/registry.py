@@ -114,6 +114,13 @@ _BUILTIN_SPECS = (
         "4D Gaussian splatting (Yang et al. 2024): space-time Gaussians sliced per frame, spherindrical harmonics.",
         "tensorfield.engine.data:image_data",
     ),
+    MethodSpec(
+        "einfield",
+        "tensorfield.fields.einfield:EinFieldConfig",
+        "tensorfield.fields.einfield:build_einfield",
+        "Einstein fields: an MLP spacetime metric with Sobolev training; curvature, slices and lensed renders from it.",
+        "tensorfield.fields.einfield_targets:einfield_data",
+    ),
 )
 
 BUILTIN: Mapping[str, MethodSpec] = MappingProxyType({spec.name: spec for spec in _BUILTIN_SPECS})
