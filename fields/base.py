@@ -200,6 +200,8 @@ class SliceRequest:
         resolution: samples per side.
         component: which scalar to show (model-defined name, e.g. ``"g_tt"`` or
             ``"kretschmann"``); empty = the model's default.
+        time: normalised time in ``[0, 1]`` (``--time``) at which a model with time
+            (:class:`HasTime`) or a time coordinate places the slice; ``None`` = the origin's own.
     """
 
     origin: tuple[float, ...]
@@ -207,6 +209,7 @@ class SliceRequest:
     axis_v: tuple[float, ...]
     resolution: int = 128
     component: str = ""
+    time: float | None = None
 
     def points(self) -> Tensor:
         """``[R, R, D]`` float64 sample coordinates."""
@@ -332,6 +335,12 @@ class Field(nn.Module, abc.ABC):
         """``(betas, eps)`` of the Adam optimiser the trainer builds over :meth:`param_groups`
         (default: TensoRF's ``(0.9, 0.99)`` and torch's ``1e-8``)."""
         return (0.9, 0.99), 1e-8
+
+    def optimizer_settings(self) -> tuple[str, dict]:
+        """``(kind, keyword arguments)`` of the optimiser the trainer builds over
+        :meth:`param_groups`: ``"adam"`` (default; betas and eps from :meth:`adam_settings`) or
+        ``"soap"`` (pytorch-optimizer's SOAP, Vyas et al. 2024, with these keyword arguments)."""
+        return "adam", {}
 
     # Hooks: defaults do nothing.
     def before_step(self, step: int) -> HookResult:
