@@ -1,4 +1,5 @@
-"""Adam over a model's parameter groups, with per-group exponential learning-rate decay.
+"""Adam (or SOAP, when a model asks for it) over a model's parameter groups, with per-group
+exponential learning-rate decay.
 
 Each :class:`~tensorfield.fields.base.ParamGroup` decays as
 
@@ -26,8 +27,10 @@ def scheduled_lr(group: ParamGroup, step: int, base_step: int) -> float:
     return group.lr * group.decay_ratio ** ((step - base_step) / max(group.decay_steps, 1))
 
 
-def build_optimizer(model: nn.Module, config) -> tuple[optim.Adam, list[ParamGroup]]:
-    """A fresh Adam over ``model.param_groups()`` (empty groups are skipped).
+def build_optimizer(model: nn.Module, config) -> tuple[optim.Optimizer, list[ParamGroup]]:
+    """A fresh Adam over ``model.param_groups()`` (empty groups are skipped), or the optimiser
+    :meth:`~tensorfield.fields.base.Field.optimizer_settings` names (``"soap"``: pytorch-optimizer's
+    SOAP with the model's keyword arguments; Einstein fields).
 
     Betas and epsilon come from the model (:meth:`~tensorfield.fields.base.Field.adam_settings`,
     by default ``(0.9, 0.99)``, TensoRF's choice, and ``1e-8``).
@@ -42,9 +45,16 @@ def build_optimizer(model: nn.Module, config) -> tuple[optim.Adam, list[ParamGro
     groups = [group for group in model.param_groups() if len(group.params) > 0]
     if not groups:
         raise ValueError(f"{type(model).__name__}.param_groups() returned no parameters to optimise")
+    kind, settings = model.optimizer_settings() if isinstance(model, Field) else Field.optimizer_settings(model)
     betas, eps = model.adam_settings() if isinstance(model, Field) else Field.adam_settings(model)
     betas, eps = tuple(float(b) for b in betas), float(eps)
     param_groups = [{"params": list(group.params), "lr": group.lr, "name": group.name} for group in groups]
+    if kind == "soap":
+        from pytorch_optimizer import SOAP
+
+        return SOAP(param_groups, **{"eps": eps, **settings}), groups
+    if kind != "adam":
+        raise ValueError(f"{type(model).__name__}.optimizer_settings(): unknown optimiser '{kind}' (use adam or soap)")
     params = [p for group in groups for p in group.params]
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     try:
