@@ -60,7 +60,8 @@ import torch.nn.functional as F
 from tensorfield.cuda.local_tensors import LocalTensorIndex, box_coverage, query_features
 from tensorfield.cuda.raymarch import OccupancyGrid, march_rays
 from tensorfield.fields.base import BatchKind, Field, HookResult, ParamGroup, RayBatch, SceneInfo, StepOutput
-from tensorfield.fields.config import ImageMethodConfig, option
+from tensorfield.fields.config import option
+from tensorfield.fields.radiance_config import RadianceFieldConfig
 from tensorfield.fields.encoding import FeatureShader
 from tensorfield.fields.factor_grids import sample_dense
 from tensorfield.fields.grid_schedule import GridSchedule, voxels_to_resolution
@@ -71,7 +72,7 @@ from torch import Tensor, nn
 
 # ================================================================================== config
 @dataclass
-class StrivecConfig(ImageMethodConfig):
+class StrivecConfig(RadianceFieldConfig):
     """Strivec options; defaults are the official lego config (``StrivecCP_hier``, "Ours-48")."""
 
     steps: int = option(35000, "Optimisation steps of the whole run: coarse phase (if any) plus 30k fine steps.")
@@ -95,31 +96,16 @@ class StrivecConfig(ImageMethodConfig):
     coarse_lr: float = option(0.1, "Adam learning rate of the coarse density and colour grids (DVGO's).", group="placement", minimum=0)
     coarse_alpha_init: float = option(1e-6, "Alpha over one voxel the coarse density grid starts at (DVGO's alpha_init; larger learns faster in a short phase).", group="placement", above=0, below=1)
     coarse_alpha_threshold: float = option(1e-4, "Coarse-grid vertices whose alpha over one voxel exceeds this seed the tensors (official 1e-4).", group="placement", minimum=0, maximum=1)
-    # shader
-    view_pe: int = option(2, "Positional-encoding frequencies of the view direction (MLP_Fea).", group="model", minimum=0)
-    feature_pe: int = option(2, "Positional-encoding frequencies of the appearance features (MLP_Fea).", group="model", minimum=0)
-    mlp_hidden: int = option(128, "Width of the shader's two hidden layers (official featureC).", group="model", minimum=1)
-    # density and marching
-    density_shift: float = option(-10.0, "Added to the density feature before softplus.", group="ray marching")
-    distance_scale: float = option(25.0, "Segment length multiplier: alpha = 1 - exp(-sigma * step * distance_scale).", group="ray marching", above=0)
+    coarse_dilation: int = option(0, "Grow the coarse geometry by this many coarse voxels (a max-pool of its alpha) before seeding, so thin or faint surfaces a short coarse phase under-fits still get tensors (official: 0).", group="placement", minimum=0)
+    # marching (shader, density and the shared options: RadianceFieldConfig)
     step_ratio: float = option(0.5, "Marching step in cells of the coarsest scale: step = 2 h_0 / cells_0 * step_ratio (official).", group="ray marching", above=0)
     max_samples: int = option(1000000, "Cap on samples per ray; the cap used is min(this, |aabb size| / step + 1).", group="ray marching", minimum=1)
-    weight_threshold: float = option(1e-4, "Colour is evaluated only where the sample weight exceeds this.", group="ray marching", minimum=0, maximum=1)
-    transmittance_threshold: float = option(1e-4, "Stop a ray once its transmittance drops below this (0 = never).", group="ray marching", minimum=0, maximum=1)
-    march_round_samples: int = option(64, "Samples per ray in the marcher's first early-termination round (speed only).", group="ray marching", minimum=1)
-    color_chunk: int = option(16384, "Run the shader in chunks of this many samples (0 = one chunk).", group="ray marching", minimum=0)
-    color_chunk_render: int = option(4096, "Shader chunk without gradients (rendering).", group="ray marching", minimum=0)
     # alpha mask
     alpha_mask_steps: list[int] = option([2000, 4000], "Fine-phase steps after which the alpha mask is rebuilt (first: shrink the box; second: filter rays).", group="alpha mask", minimum=0, ascending=True)
-    alpha_mask_threshold: float = option(1e-4, "Alpha above which a (max-pooled) grid vertex counts as occupied.", group="alpha mask", minimum=0, maximum=1)
-    alpha_mask_kernel: int = option(3, "Max-pool kernel applied to the dense alpha before thresholding.", group="alpha mask", minimum=1, odd=True)
     alpha_mask_max_voxels: int = option(16777216, "The mask (and coverage) grid has the coarsest scale's cell size, capped at this many voxels.", group="alpha mask", minimum=8)
     # optimisation
     lr_grid: float = option(0.02, "Adam learning rate of the vectors (official lr_init).", group="optimisation", minimum=0)
-    lr_network: float = option(1e-3, "Adam learning rate of the bases and the shader (official lr_basis).", group="optimisation", minimum=0)
     lr_decay_ratio: float = option(0.1, "Learning rates decay exponentially to this fraction over the fine phase.", group="optimisation", above=0, maximum=1)
-    lr_upsample_reset: bool = option(True, "Reset learning rates at each upsampling (else continue from the decayed value).", group="optimisation")
-    adam_betas: list[float] = option([0.9, 0.99], "Adam betas.", group="optimisation", minimum=0, below=1, lengths=(2,))
     l1_weight_initial: float = option(1e-5, "Weight of the L1 norm of the density vectors before the first alpha mask (official lego 1e-5).", group="optimisation", minimum=0)
     l1_weight_rest: float = option(1e-5, "Weight of the L1 norm of the density vectors after it.", group="optimisation", minimum=0)
 
@@ -508,6 +494,9 @@ class Strivec(Field):
         """``[P, 3]`` vertices of the coarse grid whose alpha over one voxel exceeds ``coarse_alpha_threshold``."""
         density = F.softplus(self.coarse_density[..., 0] + self.config.density_shift)  # [Z, Y, X]
         alpha = 1.0 - torch.exp(-density * self.unit * self.config.distance_scale)
+        grow = int(self.config.coarse_dilation)
+        if grow > 0:
+            alpha = F.max_pool3d(alpha[None, None], kernel_size=2 * grow + 1, stride=1, padding=grow)[0, 0]
         return occupied_vertices(alpha.permute(2, 1, 0), self.aabb, float(self.config.coarse_alpha_threshold))
 
     @torch.no_grad()

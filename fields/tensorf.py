@@ -84,7 +84,8 @@ from tensorfield.fields.base import (
     SceneInfo,
     StepOutput,
 )
-from tensorfield.fields.config import ImageMethodConfig, option
+from tensorfield.fields.config import option
+from tensorfield.fields.radiance_config import RadianceFieldConfig
 from tensorfield.fields.encoding import FeatureShader, positional_encoding  # noqa: F401 (re-export)
 from tensorfield.fields.grid_schedule import GridSchedule, voxel_schedule, voxels_to_resolution  # noqa: F401 (re-export)
 from tensorfield.fields.factor_grids import (
@@ -99,7 +100,7 @@ from torch import Tensor, nn
 
 # ================================================================================== config
 @dataclass
-class TensoRFConfig(ImageMethodConfig):
+class TensoRFConfig(RadianceFieldConfig):
     """TensoRF options; defaults are the paper's NeRF-Synthetic (lego) VM-192 setting."""
 
     steps: int = option(30000, "Number of optimisation steps (paper: 30k).")
@@ -116,33 +117,17 @@ class TensoRFConfig(ImageMethodConfig):
     voxels_init: int = option(2097156, "Initial voxel count (official N_voxel_init; 2097156 -> 128^3 on a cube).", group="model", minimum=1)
     voxels_final: int = option(27000000, "Voxel count after the last upsampling (300^3).", group="model", minimum=1)
     upsample_steps: list[int] = option([2000, 3000, 4000, 5500, 7000], "Steps after which the grid is upsampled (log-spaced voxel counts).", group="model", minimum=0, ascending=True)
-    # shader
-    view_pe: int = option(2, "Positional-encoding frequencies of the view direction (MLP_Fea).", group="model", minimum=0)
-    feature_pe: int = option(2, "Positional-encoding frequencies of the appearance features (MLP_Fea).", group="model", minimum=0)
-    mlp_hidden: int = option(128, "Width of the shader's two hidden layers.", group="model", minimum=1)
-    # density and marching
-    density_shift: float = option(-10.0, "Added to the density feature before softplus.", group="ray marching")
-    distance_scale: float = option(25.0, "Segment length multiplier: alpha = 1 - exp(-sigma * step * distance_scale).", group="ray marching", above=0)
+    # marching (shader, density and the shared options: RadianceFieldConfig)
     step_ratio: float = option(0.5, "Marching step in voxels: step = mean(aabb size / (reso - 1)) * step_ratio.", group="ray marching", above=0)
     max_samples: int = option(1000000, "Cap on samples per ray (official nSamples); the cap used is min(this, |reso| / step_ratio).", group="ray marching", minimum=1)
-    weight_threshold: float = option(1e-4, "Colour is evaluated only where the sample weight exceeds this.", group="ray marching", minimum=0, maximum=1)
-    transmittance_threshold: float = option(1e-4, "Stop a ray once its transmittance drops below this (0 = never, as the official code).", group="ray marching", minimum=0, maximum=1)
-    march_round_samples: int = option(64, "Ray-marching granularity of early termination: samples per ray in the first round (doubling after); speed only, not values.", group="ray marching", minimum=1)
     render_cache_mb: float = option(1024.0, "Inference only: bake the density (and, if it fits too, the basis-mixed appearance) into dense grids of at most this many MB, interpolated with 8 taps instead of every factor; 0 = off. Same values to float rounding.", group="ray marching", minimum=0)
-    color_chunk: int = option(16384, "Run the shader MLP in chunks of this many samples (smaller temporaries; 0 = one chunk).", group="ray marching", minimum=0)
-    color_chunk_render: int = option(4096, "Shader chunk without gradients (rendering): temporaries that stay in cache, ~1.3x faster than 16384 on a 2-core CPU.", group="ray marching", minimum=0)
     # alpha mask
     alpha_mask_steps: list[int] = option([2000, 4000], "Steps after which the alpha mask is rebuilt (first: shrink the box; second: filter rays).", group="alpha mask", minimum=0, ascending=True)
-    alpha_mask_threshold: float = option(1e-4, "Alpha above which a (max-pooled) grid vertex counts as occupied.", group="alpha mask", minimum=0, maximum=1)
-    alpha_mask_kernel: int = option(3, "Max-pool kernel applied to the dense alpha before thresholding.", group="alpha mask", minimum=1, odd=True)
     alpha_mask_max_voxels: int = option(16777216, "Use the current grid for the mask only below this many vertices (official 256^3); else keep the previous mask resolution.", group="alpha mask", minimum=1)
     # optimisation
     lr_grid: float = option(0.02, "Adam learning rate of the factor grids.", group="optimisation", minimum=0)
-    lr_network: float = option(1e-3, "Adam learning rate of the basis matrix and the shader MLP.", group="optimisation", minimum=0)
     lr_decay_ratio: float = option(0.1, "Learning rates decay exponentially to this fraction over lr_decay_steps.", group="optimisation", above=0, maximum=1)
     lr_decay_steps: int = option(-1, "Steps over which the learning rates decay by lr_decay_ratio (-1 = steps).", group="optimisation", minimum=1, special=(-1,))
-    lr_upsample_reset: bool = option(True, "Reset learning rates at each upsampling (else continue from lr * ratio^(step / steps)).", group="optimisation")
-    adam_betas: list[float] = option([0.9, 0.99], "Adam betas (read by the trainer).", group="optimisation", minimum=0, below=1, lengths=(2,))
     l1_weight_initial: float = option(8e-5, "Weight of the L1 norm of the density factors before the first alpha mask.", group="optimisation", minimum=0)
     l1_weight_rest: float = option(4e-5, "Weight of the L1 norm of the density factors after the first alpha mask.", group="optimisation", minimum=0)
     tv_weight_density: float = option(0.0, "Weight of the total variation of the density planes (VM) / lines (CP); decays like the lr.", group="optimisation", minimum=0)
