@@ -275,7 +275,7 @@ def cmd_export(args) -> int:
         return _export_cameras(trainer, args, to_input)
     if args.what == "splat":
         return _export_splat(model, args, to_input)
-    if args.what == "slice":
+    if args.what in ("slice", "slices"):
         return _export_slice(model, args)
     if args.what == "mesh" and isinstance(model, ExportsDensityGrid):
         mesh = extract_mesh(model, level=args.level, resolution=args.resolution, min_component_fraction=args.min_component)
@@ -338,7 +338,9 @@ def _export_cameras(trainer, args, to_input) -> int:
 
 
 def _export_slice(model, args) -> int:
-    """``export RUN slice``: a coordinate model's values on a plane, as a PNG (colour-mapped) or .npy."""
+    """``export RUN slice``: a coordinate model's values on a plane, as a PNG (colour-mapped) or .npy;
+    ``export RUN slices``: each ``--quantity`` into the folder ``--out`` as a PNG with a colour bar
+    and the ``.npy`` values. Both at ``--time`` (normalised) when given."""
     import dataclasses
 
     import imageio.v2 as imageio
@@ -348,8 +350,12 @@ def _export_slice(model, args) -> int:
 
     if not isinstance(model, ExportsSlices):
         raise CommandError(f"{args.run}: a {type(model).__name__} has no slices to export (use mesh, pointcloud or splat)")
+    if args.time is not None and not 0.0 <= args.time <= 1.0:
+        raise CommandError(f"--time {args.time}: times are normalised to [0, 1]")
     request = model.default_slice()
     changes = {"resolution": args.resolution} if args.resolution else {}
+    if args.time is not None:
+        changes["time"] = float(args.time)
     if args.component:
         changes["component"] = args.component
     for name, value in (("origin", args.origin), ("axis_u", args.axis_u), ("axis_v", args.axis_v)):
@@ -357,6 +363,8 @@ def _export_slice(model, args) -> int:
             if len(value) != len(request.origin):
                 raise CommandError(f"--{name.replace('_', '-')}: expected {len(request.origin)} numbers, got {len(value)}")
             changes[name] = tuple(float(v) for v in value)
+    if args.what == "slices":
+        return _export_slices(model, dataclasses.replace(request, **changes), args)
     request = resolve_slice(model, dataclasses.replace(request, **changes))
     out = Path(args.out)
     if out.suffix.lower() == ".npy":
@@ -366,6 +374,41 @@ def _export_slice(model, args) -> int:
     else:
         raise CommandError(f"{args.out}: slices are written as .png (colour-mapped) or .npy (values)")
     print(f"wrote {args.out}: {request.resolution}x{request.resolution} slice of {request.component}")
+    return 0
+
+
+def _export_slices(model, request, args) -> int:
+    """``export RUN slices``: ``--out`` is a folder; one ``QUANTITY.png`` (colour bar) and
+    ``QUANTITY.npy`` per ``--quantity`` (``--component`` also counts; default: the model's first)."""
+    import dataclasses
+
+    import imageio.v2 as imageio
+    import numpy as np
+    from tensorfield.engine.colormap import colorbar_figure
+    from tensorfield.engine.render import resolve_slice
+
+    quantities = list(args.quantity or []) + ([args.component] if args.component else [])
+    out = Path(args.out)
+    if out.suffix.lower() in (".png", ".npy"):
+        raise CommandError(f"{args.out}: slices writes a folder (QUANTITY.png and QUANTITY.npy per --quantity); use `slice` for one file")
+    resolved = []
+    for quantity in quantities or [""]:
+        try:
+            resolved.append(resolve_slice(model, dataclasses.replace(request, component=quantity)))
+        except RenderError as err:
+            raise CommandError(str(err)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    try:
+        for item in resolved:
+            values = model.field_slice(item).detach().double().cpu()
+            np.save(out / f"{item.component}.npy", values.numpy())
+            when = f"  time {item.time:g}" if item.time is not None else ""
+            imageio.imwrite(out / f"{item.component}.png", colorbar_figure(values, f"{item.component}{when}", log=args.log))
+            print(f"wrote {out / item.component}.png and .npy: {item.resolution}x{item.resolution} slice of {item.component}")
+    finally:
+        model.train(was_training)
     return 0
 
 
