@@ -70,6 +70,10 @@ from tensorfield.fields.tensorf import TensoRF
 from torch import Tensor, nn
 
 
+#: Placement is "dense" (a warning) above this share of the scene box's voxels at a scale.
+DENSE_PLACEMENT = 0.5
+
+
 # ================================================================================== config
 @dataclass
 class StrivecConfig(RadianceFieldConfig):
@@ -269,6 +273,15 @@ class Strivec(Field):
             raise ValueError("strivec: no geometry to place tensors on (the point cloud lies outside the scene box)")
         generator = torch.Generator().manual_seed(int(config.seed) + 2)
         counts = [c.shape[0] for c in centres]
+        box_voxels = [math.prod(max(1, math.ceil(float(side) / size)) for side in (self.aabb[1] - self.aabb[0]).tolist()) for size in self.voxel_sizes]
+        dense = [level for level in range(self.num_scales) if counts[level] > DENSE_PLACEMENT * box_voxels[level] and box_voxels[level] >= 64]
+        if dense:
+            share = max(counts[level] / box_voxels[level] for level in dense)
+            warnings.warn(
+                f"strivec: the geometry fills {share:.0%} of the scene box at scale {dense[-1]} ({counts} tensors per scale): "
+                "not sparse, so training will be slow; raise coarse_alpha_threshold or coarse_steps, or give the data an SfM point cloud",
+                stacklevel=2,
+            )
         for level, c in enumerate(centres):
             setattr(self, f"centres_{level}", c.to(device))
         for table, components in ((self.density_lines, config.density_components), (self.app_lines, config.app_components)):

@@ -346,6 +346,32 @@ def test_coarse_phase_places_tensors_on_the_grid_geometry_only():
     assert model.occupancy is not None and 0 < float(model.occupancy.mask.float().mean()) < 0.9
 
 
+def test_coarse_dilation_grows_the_seed_geometry_by_whole_voxels():
+    scene = SceneInfo(aabb=UNIT_BOX.clone(), near=2.0, far=6.0)
+    seeds = {}
+    for grow in (0, 1):
+        model = Strivec(tiny_config(coarse_steps=3, coarse_alpha_threshold=0.5, coarse_dilation=grow), scene)
+        with torch.no_grad():
+            model.coarse_density.fill_(-30.0)
+            model.coarse_density[5, 6, 7, 0] = 30.0  # one occupied vertex (z, y, x)
+        seeds[grow] = model.coarse_points()
+    assert seeds[0].shape[0] == 1 and seeds[1].shape[0] == 27  # the vertex and its 26 neighbours
+    step = (UNIT_BOX[1] - UNIT_BOX[0]) / (torch.tensor(model.coarse_density.shape[2::-1][:3]) - 1)
+    assert torch.allclose((seeds[1] - seeds[0]).abs().amax(0), step)
+
+
+def test_placement_filling_the_box_warns_that_it_is_not_sparse():
+    model = Strivec(tiny_config(), SceneInfo(aabb=UNIT_BOX.clone(), near=2.0, far=6.0))
+    everywhere = torch.rand(5000, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with pytest.warns(UserWarning, match="not sparse"):
+        model.place(everywhere)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.place(torch.rand(50, 3, generator=torch.Generator().manual_seed(1)) * 0.2)  # a small object: silent
+
+
 def test_placement_points_without_a_point_cloud_is_a_one_line_error():
     with pytest.raises(ValueError, match="placement=points"):
         Strivec(tiny_config(placement="points"), SceneInfo(aabb=UNIT_BOX.clone(), near=2.0, far=6.0))
