@@ -1,0 +1,219 @@
+"""Einstein fields (fields/einfield.py, fields/einfield_targets.py): the network's jets against
+float64 references, a tiny trained field against the analytic metric, SOAP/Adam exact resumes and
+the CLI (train, eval, export slices)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from tensorfield.app.cli import main
+from tensorfield.app.commands import packaged_config
+from tensorfield.engine.config import load_config
+from tensorfield.engine.trainer import Trainer
+from tensorfield.fields.config import option_bounds
+from tensorfield.fields.einfield import (
+    EinField,
+    EinFieldConfig,
+    TimeDependentEinField,
+    build_einfield,
+)
+from tensorfield.fields.einfield_targets import EinFieldData, einfield_data, slice_quantity
+from tensorfield.fields.relativity import christoffels_at, curvature
+from torch.autograd.functional import hessian, jacobian
+
+FREE = {"method", "data", "tensorboard", "render_background"}
+# a box outside the horizon, away from the singularity: x, y, z in [1, 2.5]
+TINY = [
+    "domain_min=[0.0,1.0,1.0,1.0]",
+    "domain_max=[0.0,2.5,2.5,2.5]",
+    "grid_size=6",
+    "dtype=float64",
+    "hidden=32",
+    "layers=2",
+    "lr=1e-2",
+    "lr_final=1e-4",
+    "eval_points=128",
+]
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: these tiny networks are dispatch-bound, and on a shared 2-core machine
+    two OpenMP threads spin-wait each other (about 10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(*overrides: str) -> EinFieldConfig:
+    return load_config(str(packaged_config("einfield_small.yaml")), [*TINY, *overrides])
+
+
+def test_every_option_declares_its_accepted_values():
+    unbounded = [f.name for f in dataclasses.fields(EinFieldConfig) if option_bounds(EinFieldConfig, f.name) is None]
+    assert sorted(set(unbounded) - FREE) == []
+
+
+@pytest.mark.parametrize("activation, fourier", [("silu", 0), ("gelu", 3), ("siren", 0)])
+def test_network_jets_equal_reverse_mode_and_finite_differences(activation, fourier):
+    config = tiny_config(f"activation={activation}", f"fourier_features={fourier}", "siren_omega=3.0")
+    model = build_einfield(config, EinFieldData(config).scene_info())
+    coords = torch.tensor([[0.0, 1.2, 1.7, 2.1], [0.0, 2.4, 1.1, 1.3]], dtype=torch.float64)
+    values, jac, hess = model.jets(coords, order=2)
+    assert values.shape == (2, 10) and jac.shape == (2, 10, 4) and hess.shape == (2, 10, 4, 4)
+    for n in range(2):
+        reference = jacobian(model.components, coords[n])  # reverse mode, [10, 4]
+        torch.testing.assert_close(jac[n], reference, rtol=1e-10, atol=1e-12)
+        for c in range(10):
+            torch.testing.assert_close(hess[n, c], hessian(lambda x: model.components(x)[c], coords[n]), rtol=1e-9, atol=1e-11)
+        # central differences, step 1e-5: error O(h^2) ~ 1e-10 of the derivatives
+        h = 1e-5
+        steps = torch.eye(4, dtype=torch.float64) * h
+        central = torch.stack([(model.components(coords[n] + e) - model.components(coords[n] - e)) / (2 * h) for e in steps], -1)
+        torch.testing.assert_close(jac[n], central, rtol=1e-6, atol=1e-8)
+
+
+def test_float32_network_jacobian_against_float64_copy():
+    config = tiny_config("dtype=float32")
+    model = build_einfield(config, EinFieldData(config).scene_info())
+    double = build_einfield(dataclasses.replace(config, dtype="float64"), EinFieldData(config).scene_info())
+    double.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    coords = torch.rand(16, 4, dtype=torch.float64) + 1
+    _, jac32, _ = model.jets(coords)
+    _, jac64, _ = double.jets(coords)
+    assert jac32.dtype == torch.float32  # the chart's flat metric must not promote the tangents
+    torch.testing.assert_close(jac32.double(), jac64, rtol=1e-4, atol=1e-5)
+
+
+def test_metric_is_flat_plus_distortion_and_feeds_the_curvature_code():
+    config = tiny_config()
+    model = build_einfield(config, EinFieldData(config).scene_info())
+    with torch.no_grad():
+        model.net[-1].weight.zero_()
+        model.net[-1].bias.zero_()
+    coords = torch.rand(5, 4, dtype=torch.float64) + 1
+    g = model.metric_function()(coords)
+    assert g.shape == (5, 4, 4)
+    torch.testing.assert_close(g, torch.diag(torch.tensor([-1.0, 1, 1, 1], dtype=torch.float64)).expand(5, 4, 4))
+    geometry = curvature(model.metric, coords)  # a zero distortion: flat space
+    assert geometry.christoffel.abs().max() == 0 and geometry.kretschmann.abs().max() == 0
+    assert model.chart_is_cartesian and model.horizon_radius() == pytest.approx(2.0)
+    full = build_einfield(dataclasses.replace(config, target="full"), EinFieldData(config).scene_info())
+    torch.testing.assert_close(full.metric(coords), full.net((coords - full.center) / full.half_extent)[..., [0, 1, 2, 3, 1, 4, 5, 6, 2, 5, 7, 8, 3, 6, 8, 9]].reshape(5, 4, 4))
+
+
+def test_training_targets_are_the_analytic_distortion_and_its_jets():
+    data = EinFieldData(tiny_config("hessian_weight=1.0"))
+    assert data.coords.shape == (216, 4) and data.values.shape == (216, 10)
+    assert data.jacobians.shape == (216, 10, 4) and data.hessians.shape == (216, 10, 4, 4)
+    x, y, z = data.coords[:, 1], data.coords[:, 2], data.coords[:, 3]
+    r = torch.sqrt(x**2 + y**2 + z**2)
+    torch.testing.assert_close(data.values[:, 0], 2 / r)  # g_tt - eta_tt = 2M/r (l_t = 1)
+    torch.testing.assert_close(data.values[:, 4], 2 * x**2 / r**3)  # 2M/r (x/r)^2
+    torch.testing.assert_close(data.jacobians[:, 0, 1], -2 * x / r**3)  # d_x (2/r)
+    torch.testing.assert_close(data.hessians[:, 0, 1, 1], -2 / r**3 + 6 * x**2 / r**5)
+
+
+def test_analytic_slice_kretschmann_is_48_m2_over_r6():
+    config = tiny_config("mass=1.5")
+    data = EinFieldData(config)
+    coords = data.held_out_points()[:32]
+    r = coords[:, 1:].norm(dim=1)
+    torch.testing.assert_close(slice_quantity(data.spacetime.metric, coords, "kretschmann"), 48 * 1.5**2 / r**6, rtol=1e-10, atol=0)
+
+
+def test_tiny_trained_field_matches_the_analytic_metric(one_thread, tmp_path):
+    """300 Adam steps (full batch of the 6^3 grid, float64, 2 x 32 SiLU, Jacobian loss; ~5 s):
+    held-out metric within 2e-2, Christoffels within 0.25, Kretschmann within 0.8 (relative L2),
+    each far below the untrained field's."""
+    config = tiny_config("steps=300", "checkpoint_every=0", "log_every=100")
+    trainer = Trainer.from_config(config, tmp_path / "run")
+    before = trainer.evaluate(save_renders=False)
+    summary = trainer.train(progress=False)
+    after = summary["eval"]
+    assert after["metric_rel_l2"] < 2e-2 and after["metric_rel_l2"] < before["metric_rel_l2"] / 10
+    assert after["christoffel_rel_l2"] < 0.25 and after["christoffel_rel_l2"] < before["christoffel_rel_l2"] / 3
+    assert after["kretschmann_rel_l2"] < 0.8
+    # the model's Christoffels at held-out points against the analytic ones, directly
+    data = trainer.data
+    coords = data.held_out_points()[:64]
+    predicted = christoffels_at(trainer.model.metric, coords)
+    truth = christoffels_at(data.spacetime.metric, coords)
+    assert float((predicted - truth).detach().norm() / truth.norm()) < 0.25
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "soap"])
+def test_resume_is_exact(optimizer, one_thread, tmp_path):
+    overrides = [f"optimizer={optimizer}", "soap_precondition_frequency=2", "steps=8", "checkpoint_every=4", "keep_checkpoints=0", "batch_size=64", "log_every=4"]
+    config = tiny_config(*overrides)
+    straight = Trainer.from_config(config, tmp_path / "straight")
+    straight.train(progress=False, final_eval=False)
+    if optimizer == "soap":
+        from pytorch_optimizer import SOAP
+
+        assert isinstance(straight.optimizer, SOAP)
+    else:
+        assert isinstance(straight.optimizer, torch.optim.Adam)
+    resumed = Trainer.from_checkpoint(tmp_path / "straight" / "checkpoints" / "step_000004.ckpt", run_dir=tmp_path / "resumed")
+    assert resumed.step == 4
+    resumed.train(progress=False, final_eval=False)
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert type(resumed.optimizer) is type(straight.optimizer)
+
+
+def test_time_dependent_spacetime_has_time_and_honours_slice_time():
+    config = tiny_config("spacetime=gw_tt", "amplitude=0.1", "frequency=2.0", "domain_min=[0.0,-1.0,-1.0,-1.0]", "domain_max=[3.0,1.0,1.0,1.0]", "target=full", "grid_size=3", "time_samples=3")
+    data = EinFieldData(config)
+    model = build_einfield(config, data.scene_info())
+    assert isinstance(model, TimeDependentEinField) and model.time_span() == (0.0, 1.0)
+    request = dataclasses.replace(model.default_slice(), resolution=4, time=0.5)
+    points = request.points()
+    truth = 1 + 0.1 * torch.cos(2.0 * (1.5 - points[..., 3]))  # h_xx = A cos(w (t - z)) at t = 0.5 * 3
+    network = model.field_slice(dataclasses.replace(request, component="g_xx"))
+    torch.testing.assert_close(model.field_slice(dataclasses.replace(request, component="error_g_xx")), network - truth)
+    earlier = model.field_slice(dataclasses.replace(request, component="g_xx", time=0.0))
+    assert not torch.allclose(earlier, network)  # the time reached the network
+    static = build_einfield(tiny_config(), EinFieldData(tiny_config()).scene_info())
+    assert type(static) is EinField and not hasattr(static, "time_span")
+
+
+def test_cli_train_eval_export_slices(one_thread, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "einfield_small", "--out", str(run), "--no-progress", "steps=20", "grid_size=5", "eval_points=64"]) == 0
+    assert (run / "eval.json").exists()
+    capsys.readouterr()
+    assert main(["eval", str(run), "--no-renders"]) == 0
+    printed = capsys.readouterr().out
+    for key in ("metric_rel_l2", "christoffel_rel_l2", "riemann_rel_l2", "kretschmann_rel_l2", "kretschmann_outside_2m_rel_l2"):
+        assert key in printed
+    stored = json.loads((run / "eval.json").read_text())
+    assert 0 < stored["metric_rel_l2"] < 10
+    out = tmp_path / "slices"
+    code = main(["export", str(run), "slices", "--quantity", "kretschmann", "--quantity", "g_tt", "--quantity", "error_g_tt", "--time", "0", "--resolution", "16", "--log", "--out", str(out)])
+    assert code == 0
+    import imageio.v2 as imageio
+
+    for name in ("kretschmann", "g_tt", "error_g_tt"):
+        values = np.load(out / f"{name}.npy")
+        assert values.shape == (16, 16) and np.isfinite(values).all()
+        figure = imageio.imread(out / f"{name}.png")
+        assert figure.shape[0] > 16 and figure.shape[1] > 16 + 16  # the map plus the colour bar
+    # g_tt's error is the network's g_tt minus -(1 - 2M/r)
+    config = load_config(str(run / "config.yaml"), [])
+    assert np.allclose(np.load(out / "error_g_tt.npy"), np.load(out / "g_tt.npy") - _analytic_g_tt(config, 16), atol=1e-5)
+    assert main(["export", str(run), "slice", "--component", "det", "--out", str(tmp_path / "det.npy")]) == 0
+    assert main(["export", str(run), "slices", "--quantity", "nope", "--out", str(out)]) != 0
+    assert "unknown slice component 'nope'" in capsys.readouterr().err
+
+
+def _analytic_g_tt(config, resolution):
+    model = build_einfield(config, einfield_data(config).scene_info())
+    points = dataclasses.replace(model.default_slice(), resolution=resolution).points()
+    r = points[..., 1:].norm(dim=-1)
+    return (-(1 - 2 * config.mass / r)).numpy()
