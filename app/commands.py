@@ -267,7 +267,8 @@ def cmd_export(args) -> int:
     from tensorfield.fields.base import ExportsDensityGrid, RendersViews
 
     # before loading the run: a bad --out must not cost a model load and an extraction
-    check_output_path(args.out, EXPORT_SUFFIXES.get(args.what))  # kinds without a list accept any name
+    if args.what != "slices":  # slices writes a folder
+        check_output_path(args.out, EXPORT_SUFFIXES.get(args.what))  # kinds without a list accept any name
     trainer = load_run(args.run, args.device, checkpoint=getattr(args, "checkpoint", None))
     model = trainer.model
     to_input = _input_frame(trainer, args)
