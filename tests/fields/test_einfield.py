@@ -70,7 +70,7 @@ def test_network_jets_equal_reverse_mode_and_finite_differences(activation, four
         reference = jacobian(model.components, coords[n])  # reverse mode, [10, 4]
         torch.testing.assert_close(jac[n], reference, rtol=1e-10, atol=1e-12)
         for c in range(10):
-            torch.testing.assert_close(hess[n, c], hessian(lambda x: model.components(x)[c], coords[n]), rtol=1e-9, atol=1e-11)
+            torch.testing.assert_close(hess[n, c], hessian(lambda x, c=c: model.components(x)[c], coords[n]), rtol=1e-9, atol=1e-11)
         # central differences, step 1e-5: error O(h^2) ~ 1e-10 of the derivatives
         h = 1e-5
         steps = torch.eye(4, dtype=torch.float64) * h
