@@ -196,6 +196,23 @@ class EinFieldConfig(MethodConfig):
     camera_distance: float = option(
         20.0, "Distance of the default orbit camera from the origin.", group="rendering", above=0
     )
+    camera_elevation: float = option(
+        10.0,
+        "Elevation of the default orbit above the z = 0 plane, in degrees.",
+        group="rendering",
+        minimum=-89.0,
+        maximum=89.0,
+    )
+    render_resolution: int = option(
+        256, "Width and height of the default cameras' images.", group="rendering", minimum=8
+    )
+    render_fov: float = option(
+        40.0,
+        "Horizontal field of view of the default cameras, in degrees.",
+        group="rendering",
+        above=0,
+        below=180,
+    )
     render_rtol: float = option(
         1e-5, "Geodesic integrator relative tolerance.", group="rendering", above=0
     )
@@ -296,6 +313,7 @@ class EinField(Field):
         else:
             self.register_buffer("fourier_matrix", None)
         self.net = _mlp(config, inputs, len(COMPONENT_NAMES)).to(self.dtype)
+        self._lensing_grid = None  # the renderer's Christoffel grid of the current weights
 
     # ------------------------------------------------------------------ the field
     def components(self, coords: Tensor) -> Tensor:
@@ -480,6 +498,8 @@ class EinField(Field):
             rtol=config.render_rtol,
             atol=config.render_atol,
             max_steps=config.render_max_steps,
+            mass=config.mass if self.horizon_radius() > 0 else 0.0,
+            christoffels="exact" if self.spacetime.chart.time_dependent else "grid",
         )
 
     def render_view(self, request: RenderRequest) -> RenderOutput:
@@ -491,10 +511,24 @@ class EinField(Field):
             raise ValueError(
                 f"lensed renders need a Cartesian chart; {self.config.spacetime} is not"
             )
-        with torch.no_grad():
-            return render_lensed(
-                self.metric_function(), request, self.lensing_settings(request.camera_time)
+        settings = self.lensing_settings(request.camera_time)
+        cache = self.allow_render_cache and not self.training
+        grid = self._lensing_grid if cache else None
+        if settings.christoffels == "grid" and grid is None:
+            from tensorfield.fields.lensing import build_christoffel_grid
+
+            grid = build_christoffel_grid(
+                self.metric_function(), settings, request.cameras.c2w.device
             )
+            if cache:
+                self._lensing_grid = grid
+        with torch.no_grad():
+            return render_lensed(self.metric_function(), request, settings, christoffel_grid=grid)
+
+    def after_step(self, step: int):
+        """The weights changed: drop the cached Christoffel grid of the lensed renderer."""
+        self._lensing_grid = None
+        return super().after_step(step)
 
 
 class TimeDependentEinField(EinField):

@@ -17,10 +17,12 @@ Christoffel symbols, the Riemann tensor and the Kretschmann scalar (also restric
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tensorfield.datasets.cameras import Cameras, orbit_poses
 from tensorfield.datasets.einfield_data import (
     COMPONENTS,
     derivative_components,
@@ -188,6 +190,25 @@ class EinFieldData:
 
     def eval_splits(self) -> tuple[str, ...]:
         return ("test",)
+
+    # CameraData: where the lensed renders look from (``render --path orbit``, the viewer)
+    def split_cameras(self) -> dict[str, Cameras]:
+        """``{"train": 8 cameras}`` on a circle of radius ``camera_distance`` around the hole at
+        the origin, ``camera_elevation`` degrees above the equatorial plane, looking at it."""
+        config = self.config
+        poses = orbit_poses(8, config.camera_distance, config.camera_elevation, up_axis=2)
+        size = config.render_resolution
+        return {"train": Cameras.from_fov(poses, size, size, math.radians(config.render_fov))}
+
+    def scene_box(self) -> Tensor:
+        """``[2, 3]`` a box centred on the origin (the hole: the orbit's centre) holding the domain."""
+        corners = torch.tensor([self.config.domain_min[1:], self.config.domain_max[1:]])
+        reach = float(corners.abs().max())
+        return torch.tensor([[-reach] * 3, [reach] * 3])
+
+    def background_color(self) -> Tensor:
+        """Black (the sky of a lensed render is the star field)."""
+        return torch.zeros(3)
 
     def held_out_points(self) -> Tensor:
         """``[eval_points, 4]`` uniform points of the box (excised), from a fixed generator."""
