@@ -8,6 +8,9 @@ orbit of viewpoints, at the preview and full resolutions, for each model family 
   40x40), from a short run (trained here unless ``--run`` names one; cached in
   ``runs/viewer_bench_lego``), and the same frames marched round by round (``round_march``,
   with the fused march's speed-up over it);
+* Strivec on lego_100 at the same resolutions and orbit, right after TensoRF (from
+  ``--strivec-run`` or a ``strivec_small.yaml`` run trained here, cached in
+  ``runs/viewer_bench_strivec``), with its frame-time ratio to TensoRF;
 * 4D Gaussians (``gaussians4d``) at 320x240 and 640x480 with ``--gaussians`` Gaussians, when the
   rasteriser (``tensorfield.cuda.rasterize``) is present; the Gaussians are the model's random
   initialisation in the scene box (no training): a volumetric cloud of overlapping, mostly
@@ -98,6 +101,32 @@ def tensorf_entry(args) -> dict:
     return entry
 
 
+def strivec_entry(args, tensorf: dict) -> dict:
+    """Strivec on lego_100 at the TensoRF entry's resolutions and orbit, right after it (same
+    host, same load), with the ratio of its full-resolution frame time to TensoRF's."""
+    from tensorfield.app.viewer.session import load_session
+    from tensorfield.engine.checkpoint import latest_checkpoint
+    from tensorfield.engine.config import load_config
+    from tensorfield.engine.trainer import Trainer
+
+    run = Path(args.strivec_run) if args.strivec_run else ROOT / "runs" / "viewer_bench_strivec"
+    if latest_checkpoint(run) is None:
+        config = load_config(ROOT / "configs" / "strivec_small.yaml", ["eval_every=0"])
+        trainer = Trainer.from_config(config, run, data_path=args.data)
+        trainer.train(progress=False, final_eval=False)
+        trainer.close()
+    session = load_session(run)
+    views = orbit_views(session)
+    full = fps(session.model, views, 160, 160, None, args.frames)
+    return {
+        "family": "strivec",
+        "scene": f"lego_100 ({session.trainer.step} steps, {sum(session.model.num_tensors)} local tensors)",
+        "full": full,
+        "preview_0.5": fps(session.model, views, 80, 80, None, args.frames),
+        "frame_time_vs_tensorf_full": round(full["ms_median"] / tensorf["full"]["ms_median"], 2),
+    }
+
+
 def random_gaussians4d(count: int, device: str):
     """The model's random initialisation: ``count`` 4D Gaussians in the box [-1, 1]^3, eval mode."""
     import torch
@@ -153,6 +182,8 @@ def main() -> None:
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--run", default=None, help="an existing TensoRF run to view (default: train one)")
     parser.add_argument("--steps", type=int, default=300, help="training steps of the TensoRF run it trains")
+    parser.add_argument("--strivec-run", default=None, help="an existing Strivec run (default: train strivec_small.yaml)")
+    parser.add_argument("--no-strivec", action="store_true", help="skip the Strivec entry")
     parser.add_argument("--frames", type=int, default=12, help="timed frames per resolution")
     parser.add_argument("--gaussians", type=int, default=100_000, help="random 4D Gaussians of the untrained scene")
     parser.add_argument("--gaussian-run", action="append", default=[], help="also a trained gaussians3d/4d run (repeatable)")
@@ -167,6 +198,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     entries = [tensorf_entry(args)]
+    if not args.no_strivec:
+        entries.append(strivec_entry(args, entries[0]))
     gaussians = gaussians_entry(args)
     entries.append(gaussians if gaussians is not None else {"family": "gaussians4d", "skipped": "tensorfield.cuda.rasterize not present yet"})
     entries += [trained_gaussians_entry(run, args.frames, args.device) for run in args.gaussian_run]
