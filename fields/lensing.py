@@ -272,8 +272,11 @@ class ChristoffelGrid:
         fp = ((phi + math.pi) / (2 * math.pi) * n_phi).clamp(0, n_phi)
         # a non-finite state (a ray at the singularity) reads node 0; the integrator rejects it
         fr, ft, fp = (torch.nan_to_num(f, nan=0.0) for f in (fr, ft, fp))
-        i0, j0, k0 = fr.floor().long(), ft.floor().long(), fp.floor().long()
-        wr, wt, wp = fr - i0, ft - j0, fp - k0
+        # lower corners clamped as integers (in float32, n - 1 - 1e-9 rounds to n - 1)
+        i0 = fr.floor().long().clamp(0, n_r - 2)
+        j0 = ft.floor().long().clamp(0, n_theta - 2)
+        k0 = fp.floor().long().clamp(0, n_phi)
+        wr, wt, wp = (fr - i0).clamp(0, 1), (ft - j0).clamp(0, 1), (fp - k0).clamp(0, 1)
         k0 = k0 % n_phi
         k1 = (k0 + 1) % n_phi
         packed = torch.zeros(
@@ -619,6 +622,16 @@ def trace_camera(
     christoffel_grid: ChristoffelGrid | None = None,
 ) -> CameraTrace:
     """Trace every pixel of ``request``'s camera (:func:`render_lensed` without the shading)."""
+    with torch.no_grad():
+        return _trace_camera(metric_fn, request, settings, christoffel_grid)
+
+
+def _trace_camera(
+    metric_fn: MetricFunction,
+    request: RenderRequest,
+    settings: LensingSettings,
+    christoffel_grid: ChristoffelGrid | None,
+) -> CameraTrace:
     settings.validate()
     positions, velocities, observer, world = camera_rays(metric_fn, request, settings)
     device = positions.device
@@ -646,6 +659,7 @@ def trace_camera(
     return CameraTrace(rays, world, velocities, observer, _metric_at(metric_fn, positions[:1])[0])
 
 
+@torch.no_grad()
 def shade(
     metric_fn: MetricFunction, camera: CameraTrace, settings: LensingSettings
 ) -> tuple[Tensor, Tensor, Tensor]:
