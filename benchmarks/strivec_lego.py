@@ -28,6 +28,24 @@ CONFIGS = {"strivec": "strivec_small.yaml", "vm": "tensorf_vm_small.yaml", "cp":
 NAMES = {"strivec": "strivec", "vm": "tensorf_vm", "cp": "tensorf_cp"}
 
 
+class StepTimer:
+    """Wall time of every training step (a trainer callback)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[int, float] = {}
+        self._tick = 0.0
+
+    def before_step(self, trainer, step: int) -> None:
+        self._tick = time.perf_counter()
+
+    def after_step(self, trainer, step: int, output) -> None:
+        self.seconds[step] = time.perf_counter() - self._tick
+
+    def mean_after(self, first: int) -> float:
+        values = [v for step, v in self.seconds.items() if step >= first]
+        return sum(values) / max(len(values), 1)
+
+
 def run_one(model: str, data: str, steps: int | None, threads: int | None, overrides: list[str]) -> dict:
     import torch
     from tensorfield.engine.config import load_config
@@ -37,10 +55,11 @@ def run_one(model: str, data: str, steps: int | None, threads: int | None, overr
         torch.set_num_threads(threads)
     extra = [f"steps={steps}"] if steps else []
     config = load_config(ROOT / "configs" / CONFIGS[model], extra + ["checkpoint_every=100000", "keep_checkpoints=1"] + overrides)
+    timer = StepTimer()
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer.from_config(config, Path(tmp) / "run", data_path=data, device="cpu")
         cpu_start = time.process_time()
-        summary = trainer.train(progress=False, final_eval=False)
+        summary = trainer.train(progress=False, final_eval=False, callbacks=[timer])
         cpu_seconds = time.process_time() - cpu_start
         evaluation = trainer.evaluate("test", save_renders=False)
         trainer.close()
@@ -54,6 +73,8 @@ def run_one(model: str, data: str, steps: int | None, threads: int | None, overr
         "train_seconds": round(summary["train_s"], 1),
         "seconds_per_step": round(summary["train_s"] / max(summary["steps"], 1), 4),
         "cpu_seconds_per_step": round(cpu_seconds / max(summary["steps"], 1), 4),
+        # the second half of the run: every model at its final size (Strivec: fine phase, vectors upsampled)
+        "seconds_per_step_second_half": round(timer.mean_after(summary["steps"] // 2), 4),
         "render_fps": round(1.0 / evaluation["render_s"], 3) if evaluation.get("render_s") else None,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "threads": torch.get_num_threads(),
@@ -99,6 +120,7 @@ def main() -> None:
             "parameter_ratio": round(strivec["parameters"] / vm["parameters"], 3),
             "seconds_per_step_ratio": round(strivec["seconds_per_step"] / vm["seconds_per_step"], 3),
             "cpu_seconds_per_step_ratio": round(strivec["cpu_seconds_per_step"] / vm["cpu_seconds_per_step"], 3),
+            "seconds_per_step_second_half_ratio": round(strivec["seconds_per_step_second_half"] / vm["seconds_per_step_second_half"], 3),
             "render_fps_ratio": round(strivec["render_fps"] / vm["render_fps"], 3) if strivec.get("render_fps") and vm.get("render_fps") else None,
         }
     print(json.dumps(record), flush=True)
