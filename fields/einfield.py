@@ -218,6 +218,12 @@ class EinFieldConfig(MethodConfig):
         above=0,
         below=180,
     )
+    render_christoffels: str = option(
+        "grid",
+        "Lensed renders of static spacetimes: Christoffels from a cached spherical grid (fast) or exact autodiff per integrator stage (time-dependent spacetimes always use exact).",
+        group="rendering",
+        choices=("grid", "exact"),
+    )
     render_rtol: float = option(
         1e-5, "Geodesic integrator relative tolerance.", group="rendering", above=0
     )
@@ -570,7 +576,9 @@ class EinField(Field):
             atol=config.render_atol,
             max_steps=config.render_max_steps,
             mass=config.mass if self.horizon_radius() > 0 else 0.0,
-            christoffels="exact" if self.spacetime.chart.time_dependent else "grid",
+            christoffels="exact"
+            if self.spacetime.chart.time_dependent
+            else config.render_christoffels,
         )
 
     def render_view(self, request: RenderRequest) -> RenderOutput:

@@ -220,3 +220,28 @@ def _analytic_g_tt(config, resolution):
     points = dataclasses.replace(model.default_slice(), resolution=resolution).points()
     r = points[..., 1:].norm(dim=-1)
     return (-(1 - 2 * config.mass / r)).numpy()
+
+
+def test_render_view_traces_the_learned_metric(one_thread):
+    """An 8 x 8 lensed view down the axis at the hole (exact Christoffels of the network): the
+    centre falls into the horizon, the corners see the sky; the default orbit circles the origin."""
+    from tensorfield.datasets.cameras import Cameras, look_at
+    from tensorfield.fields.base import RenderRequest, RendersViews
+
+    config = tiny_config("render_christoffels=exact", "render_resolution=8", "render_fov=40", "camera_distance=20")
+    data = EinFieldData(config)
+    model = build_einfield(config, data.scene_info()).eval()
+    with torch.no_grad():  # zero distortion: flat space with the configured capture radius 2M
+        model.net[-1].weight.zero_()
+        model.net[-1].bias.zero_()
+    assert isinstance(model, RendersViews)
+    cameras = data.split_cameras()["train"]
+    assert len(cameras) == 8 and torch.allclose(cameras.c2w[:, :, 3].norm(dim=-1), torch.tensor(20.0))
+    assert torch.equal(data.scene_box().mean(0), torch.zeros(3))
+    eye = torch.tensor([0.0, 0.0, 20.0])
+    c2w = look_at(eye, torch.zeros(3), torch.tensor([0.0, 1.0, 0.0]))
+    camera = Cameras.from_fov(c2w[None], 8, 8, float(np.radians(40.0)))
+    output = model.render_view(RenderRequest(camera))
+    assert output.rgb.shape == (8, 8, 3) and output.alpha.shape == (8, 8)
+    assert float(output.alpha[3:5, 3:5].max()) == 0.0  # asin(2 / 20) = 5.7 deg > the central pixels' 2.5 deg
+    assert float(output.alpha[[0, 0, -1, -1], [0, -1, 0, -1]].min()) > 0.0
