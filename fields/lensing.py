@@ -80,8 +80,9 @@ class LensingSettings:
         exposure: brightness scale of the disk.
         horizon_margin: relative safety margin of the capture radius.
         chunk_size: rays integrated together (memory bound).
-        dtype: ``"float64"`` or ``"float32"``: the dtype positions are integrated in and
-            ``metric_fn`` is called with.
+        dtype: ``"float32"`` or ``"float64"``: the dtype rays are integrated in (the Christoffel
+            grid is built from float64 points either way). float32 traced a 256^2 frame 2.4x
+            faster here, with the same steps and shadow (``benchmarks/lensing.py``).
         seed: the procedural star field's seed.
         cpu_threads: torch intra-op threads while tracing on the CPU (0 = leave as is). The
             per-ray work is many small elementwise operations; on the shared 2-core machine one
@@ -105,7 +106,7 @@ class LensingSettings:
     exposure: float = 1.0
     horizon_margin: float = 0.01
     chunk_size: int = 65536
-    dtype: str = "float64"
+    dtype: str = "float32"
     seed: int = 0
     cpu_threads: int = 1
 
@@ -230,7 +231,8 @@ class ChristoffelGrid:
         for start in range(0, points.shape[0], chunk_size):
             chunk = points[start : start + chunk_size]
             with torch.no_grad():
-                gamma = christoffels_at(metric_fn, chunk).to(dtype)
+                # float64 nodes (a float32 network casts its input itself)
+                gamma = christoffels_at(metric_fn, chunk.double()).to(dtype)
             rotation = torch.zeros(chunk.shape[0], 4, 4, dtype=dtype, device=device)
             rotation[:, 0, 0] = 1.0
             rotation[:, 1:, 1:] = self._node_rotation(
@@ -328,11 +330,10 @@ def exact_acceleration(
     """``(positions [N, 4], velocities [N, 4]) -> [N, 4]`` by autodiff Christoffels at every call."""
 
     def acceleration(positions: Tensor, velocities: Tensor) -> Tensor:
+        # in float64 like the grid: forward-mode jets of a float32 chart mix dtypes
         with torch.no_grad():
-            gamma = christoffels_at(metric_fn, positions, chunk_size=chunk_size).to(
-                velocities.dtype
-            )
-        return geodesic_acceleration(gamma, velocities)
+            gamma = christoffels_at(metric_fn, positions.double(), chunk_size=chunk_size)
+        return geodesic_acceleration(gamma.to(velocities.dtype), velocities)
 
     return acceleration
 

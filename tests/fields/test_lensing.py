@@ -62,7 +62,9 @@ def test_flat_space_renders_the_background_undistorted():
     """Minkowski: every ray escapes along its own pixel direction and shows the sky there."""
     flat = Spacetime("minkowski", SpacetimeParameters())
     request = _request((3.0, -4.0, 1.5), (0.5, 0.3, -0.2), 16, 12, 70.0)
-    settings = LensingSettings(horizon_radius=0.0, escape_radius=30.0, christoffels="exact")
+    settings = LensingSettings(
+        horizon_radius=0.0, escape_radius=30.0, christoffels="exact", dtype="float64"
+    )
     trace = trace_camera(flat.metric, request, settings)
     assert bool((trace.rays.status == RayStatus.ESCAPED).all())
     _, directions = request.cameras.generate_rays(0)
@@ -82,7 +84,12 @@ def test_thin_disk_is_hit_where_the_rays_cross_the_plane():
     flat = Spacetime("minkowski", SpacetimeParameters())
     request = _request((0.0, 0.0, 10.0), (0.0, 0.0, 0.0), 24, 24, 70.0, up=(0.0, 1.0, 0.0))
     settings = LensingSettings(
-        horizon_radius=0.0, escape_radius=40.0, disk_inner=2.0, disk_outer=5.0, christoffels="exact"
+        horizon_radius=0.0,
+        escape_radius=40.0,
+        disk_inner=2.0,
+        disk_outer=5.0,
+        christoffels="exact",
+        dtype="float64",
     )
     output = render_lensed(flat.metric, request, settings)
     _, d = request.cameras.generate_rays(0)
