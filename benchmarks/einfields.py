@@ -31,12 +31,13 @@ import time
 from pathlib import Path
 
 import torch
+from tensorfield.engine.trainer import TrainingCallback
 
 SPACETIMES = ("schwarzschild_ks", "kerr_ks")
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-class _Budget:
+class _Budget(TrainingCallback):
     """Trainer callback: stop once training time passes ``limit_s``."""
 
     def __init__(self, limit_s: float) -> None:
@@ -45,9 +46,6 @@ class _Budget:
     def before_step(self, trainer, step: int) -> None:
         if trainer.train_s > self.limit_s:
             trainer.request_stop()
-
-    def after_step(self, trainer, step: int, output) -> None:
-        pass
 
 
 def measure_step_s(config, probe_steps: int) -> float:

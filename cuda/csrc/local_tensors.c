@@ -55,6 +55,22 @@ static void *forward_job(void *arg) {
     return 0;
 }
 
+/* Backward of one (sample, tensor) pair over components [r_begin, r_end): with G = w g_r (g the
+   sample's upstream row, or its one value with reduce), dX[row, r] += G Y_r Z_r (1 - fx) and
+   dX[row + 1, r] += G Y_r Z_r fx, and so on for Y and Z (rx, ry, rz: the lower rows' offsets). */
+static inline void scatter_pair(const float *x, const float *y, const float *z, float *const dlines[3],
+                                int64_t rx, int64_t ry, int64_t rz, float fx, float fy, float fz, float w,
+                                const float *grad, int reduce, int64_t r_begin, int64_t r_end, int64_t R) {
+    for (int64_t r = r_begin; r < r_end; ++r) {
+        const float g = w * (reduce ? grad[0] : grad[r]);
+        const float X = mix(x, r, R, fx), Y = mix(y, r, R, fy), Z = mix(z, r, R, fz);
+        const float gx = g * Y * Z, gy = g * X * Z, gz = g * X * Y;
+        if (dlines[0]) { dlines[0][rx + r] += gx - gx * fx; dlines[0][rx + R + r] += gx * fx; }
+        if (dlines[1]) { dlines[1][ry + r] += gy - gy * fy; dlines[1][ry + R + r] += gy * fy; }
+        if (dlines[2]) { dlines[2][rz + r] += gz - gz * fz; dlines[2][rz + R + r] += gz * fz; }
+    }
+}
+
 static void *backward_job(void *arg) {
     const job_t *j = (const job_t *)arg;
     const int64_t P = j->pairs, R = j->components;
@@ -63,14 +79,7 @@ static void *backward_job(void *arg) {
         const float *x = j->lines[0] + rx, *y = j->lines[1] + ry, *z = j->lines[2] + rz;
         const float fx = j->frac[p], fy = j->frac[P + p], fz = j->frac[2 * P + p], w = j->weights[p];
         const int64_t s = j->samples[p];
-        for (int64_t r = j->begin; r < j->end; ++r) {
-            const float g = w * (j->reduce ? j->grad[s] : j->grad[s * R + r]);
-            const float X = mix(x, r, R, fx), Y = mix(y, r, R, fy), Z = mix(z, r, R, fz);
-            const float gx = g * Y * Z, gy = g * X * Z, gz = g * X * Y;
-            if (j->dlines[0]) { j->dlines[0][rx + r] += gx - gx * fx; j->dlines[0][rx + R + r] += gx * fx; }
-            if (j->dlines[1]) { j->dlines[1][ry + r] += gy - gy * fy; j->dlines[1][ry + R + r] += gy * fy; }
-            if (j->dlines[2]) { j->dlines[2][rz + r] += gz - gz * fz; j->dlines[2][rz + R + r] += gz * fz; }
-        }
+        scatter_pair(x, y, z, j->dlines, rx, ry, rz, fx, fy, fz, w, j->reduce ? j->grad + s : j->grad + s * R, j->reduce, j->begin, j->end, R);
     }
     return 0;
 }
@@ -147,33 +156,40 @@ typedef struct {
     float *dist;
 } lookup_t;
 
+/* The (at most) k tensors nearest to p among those whose closed cube |p - c|_inf <= half contains
+   it, read from the candidates of p's cell (table [cells, width], -1 padded, x-major cells of side
+   `cell` from `origin`): ids / dist nearest first, by insertion. Returns how many were found. */
+static int64_t nearest_containing(const float *p, const float *origin, float cell, const int64_t *shape,
+                                  const int64_t *table, int64_t width, const float *centres, float half,
+                                  int64_t k, int64_t *ids, float *dist) {
+    int64_t found = 0, c[3];
+    for (int a = 0; a < 3; ++a) {
+        const float q = floorf((p[a] - origin[a]) / cell);
+        if (!(q >= 0.0f) || q >= (float)shape[a]) return 0;
+        c[a] = (int64_t)q;
+    }
+    const int64_t *candidates = table + ((c[0] * shape[1] + c[1]) * shape[2] + c[2]) * width;
+    for (int64_t m = 0; m < width; ++m) {
+        const int64_t t = candidates[m];
+        if (t < 0) break;
+        const float dx = p[0] - centres[3 * t], dy = p[1] - centres[3 * t + 1], dz = p[2] - centres[3 * t + 2];
+        if (fabsf(dx) > half || fabsf(dy) > half || fabsf(dz) > half) continue;
+        const float d = sqrtf(dx * dx + dy * dy + dz * dz);
+        int64_t slot = found < k ? found++ : k;  /* insertion into the sorted list */
+        if (slot == k) { if (d >= dist[k - 1]) continue; slot = k - 1; }
+        while (slot > 0 && dist[slot - 1] > d) { dist[slot] = dist[slot - 1]; ids[slot] = ids[slot - 1]; --slot; }
+        dist[slot] = d; ids[slot] = t;
+    }
+    return found;
+}
+
 static void *lookup_job(void *arg) {
     const lookup_t *j = (const lookup_t *)arg;
     for (int64_t s = j->begin; s < j->end; ++s) {
-        const float *p = j->points + 3 * s;
         int64_t *ids = j->ids + s * j->k;
         float *dist = j->dist + s * j->k;
-        int64_t found = 0, c[3];
         for (int64_t i = 0; i < j->k; ++i) { ids[i] = -1; dist[i] = 0.0f; }
-        int inside = 1;
-        for (int a = 0; a < 3; ++a) {
-            const float q = floorf((p[a] - j->origin[a]) / j->cell);
-            if (!(q >= 0.0f) || q >= (float)j->shape[a]) { inside = 0; break; }
-            c[a] = (int64_t)q;
-        }
-        if (!inside) continue;
-        const int64_t *candidates = j->table + ((c[0] * j->shape[1] + c[1]) * j->shape[2] + c[2]) * j->width;
-        for (int64_t m = 0; m < j->width; ++m) {
-            const int64_t t = candidates[m];
-            if (t < 0) break;
-            const float dx = p[0] - j->centres[3 * t], dy = p[1] - j->centres[3 * t + 1], dz = p[2] - j->centres[3 * t + 2];
-            if (fabsf(dx) > j->half || fabsf(dy) > j->half || fabsf(dz) > j->half) continue;
-            const float d = sqrtf(dx * dx + dy * dy + dz * dz);
-            int64_t slot = found < j->k ? found++ : j->k;  /* insertion into the sorted list */
-            if (slot == j->k) { if (d >= dist[j->k - 1]) continue; slot = j->k - 1; }
-            while (slot > 0 && dist[slot - 1] > d) { dist[slot] = dist[slot - 1]; ids[slot] = ids[slot - 1]; --slot; }
-            dist[slot] = d; ids[slot] = t;
-        }
+        nearest_containing(j->points + 3 * s, j->origin, j->cell, j->shape, j->table, j->width, j->centres, j->half, j->k, ids, dist);
     }
     return 0;
 }
@@ -242,27 +258,7 @@ static void *query_job(void *arg) {
     float dist[64];
     for (int64_t s = j->begin; s < j->end; ++s) {
         const float *p = j->points + 3 * s;
-        int64_t found = 0, c[3];
-        int inside = 1;
-        for (int a = 0; a < 3; ++a) {
-            const float q = floorf((p[a] - j->origin[a]) / j->cell);
-            if (!(q >= 0.0f) || q >= (float)j->shape[a]) { inside = 0; break; }
-            c[a] = (int64_t)q;
-        }
-        if (inside) {
-            const int64_t *candidates = j->table + ((c[0] * j->shape[1] + c[1]) * j->shape[2] + c[2]) * j->width;
-            for (int64_t m = 0; m < j->width; ++m) {
-                const int64_t t = candidates[m];
-                if (t < 0) break;
-                const float dx = p[0] - j->centres[3 * t], dy = p[1] - j->centres[3 * t + 1], dz = p[2] - j->centres[3 * t + 2];
-                if (fabsf(dx) > j->half || fabsf(dy) > j->half || fabsf(dz) > j->half) continue;
-                const float d = sqrtf(dx * dx + dy * dy + dz * dz);
-                int64_t slot = found < K ? found++ : K;
-                if (slot == K) { if (d >= dist[K - 1]) continue; slot = K - 1; }
-                while (slot > 0 && dist[slot - 1] > d) { dist[slot] = dist[slot - 1]; ids[slot] = ids[slot - 1]; --slot; }
-                dist[slot] = d; ids[slot] = t;
-            }
-        }
+        const int64_t found = nearest_containing(p, j->origin, j->cell, j->shape, j->table, j->width, j->centres, j->half, K, ids, dist);
         float w[64], total = 0.0f;
         for (int64_t i = 0; i < found; ++i) { w[i] = 1.0f / (dist[i] + j->eps); total += w[i]; }
         const float norm = total > 1.0f ? total : 1.0f;
@@ -314,14 +310,7 @@ static void *query_backward_job(void *arg) {
             const int64_t vz = local_vertex(p[2] - j->centres[3 * t + 2], j->half, scale, j->cells, &fz);
             const int64_t rx = (t * V + vx) * R, ry = (t * V + vy) * R, rz = (t * V + vz) * R;
             const float *x = j->lines[0] + rx, *y = j->lines[1] + ry, *z = j->lines[2] + rz;
-            for (int64_t r = j->r_begin; r < j->r_end; ++r) {
-                const float g = w * (j->reduce ? j->grad[s] : j->grad[s * R + r]);
-                const float X = mix(x, r, R, fx), Y = mix(y, r, R, fy), Z = mix(z, r, R, fz);
-                const float gx = g * Y * Z, gy = g * X * Z, gz = g * X * Y;
-                if (j->dlines[0]) { j->dlines[0][rx + r] += gx - gx * fx; j->dlines[0][rx + R + r] += gx * fx; }
-                if (j->dlines[1]) { j->dlines[1][ry + r] += gy - gy * fy; j->dlines[1][ry + R + r] += gy * fy; }
-                if (j->dlines[2]) { j->dlines[2][rz + r] += gz - gz * fz; j->dlines[2][rz + R + r] += gz * fz; }
-            }
+            scatter_pair(x, y, z, j->dlines, rx, ry, rz, fx, fy, fz, w, j->reduce ? j->grad + s : j->grad + s * R, j->reduce, j->r_begin, j->r_end, R);
         }
     }
     return 0;
