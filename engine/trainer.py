@@ -417,6 +417,13 @@ class Trainer:
         self._truncate_metrics = True
 
     # ----------------------------------------------------------------------- training
+    @property
+    def schedule_groups(self) -> list:
+        """The :class:`~tensorfield.fields.base.ParamGroup` list of the current optimiser, whose
+        ``lr`` / ``decay_ratio`` / ``decay_steps`` set each step's learning rate (a callback may
+        retune ``decay_steps``, e.g. to end the decay at a wall-clock budget)."""
+        return self._groups
+
     def request_stop(self) -> None:
         """Ask :meth:`train` (from any thread) to stop before its next step, write a checkpoint
         and return (``summary["stopped"]`` is then true and there is no final evaluation)."""
