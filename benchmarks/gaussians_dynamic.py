@@ -1,23 +1,29 @@
-"""4D Gaussians vs a static 3DGS lower bound on the built-in dynamic synthetic scene.
+"""4D Gaussians vs a static 3DGS lower bound on monocular dynamic scenes: generalisation in time.
 
-The scene (``tensorfield.datasets.synthetic.make_scene(kind="dynamic")``: moving, spinning and
-appearing/disappearing objects) has training views at random times and test views from other
-directions at held-out, evenly spaced times, so the test PSNR measures both novel views and
-novel times. Both models train with the same schedule on the same frames; the static model sees
-the same images but has no time axis, so it is the lower bound a dynamic model must beat. The
-4D run also writes a time-sweep video (``time_sweep.mp4``: test camera 0, time 0 -> 1) into its
-run directory.
+Scenes (``--scenes``, :func:`tensorfield.datasets.synthetic.make_scene`): the fast-motion ones
+(``orbit``: a sphere circles the centre once over the clip, a cube turns once; ``cross``: a sphere
+crosses the scene within a fifth of the clip; ``spin``: full rotations in place; ``appear``: objects
+appearing and vanishing), textured, filmed as a monocular video (60 training frames, frame ``k`` at
+``k / 59``, each from its own random upper-hemisphere camera), and the project's older ``dynamic``
+scene (random training times). Test views lie on a held-out orbit at held-out times
+``(k + 0.5) / n``, so test PSNR measures novel views at novel times. Both models train with the
+same schedule on the same frames; the static model has no time axis, the lower bound a dynamic
+model must beat. Each scene runs at every step count of ``--steps``, so overfitting shows.
 
-``--layout n3v`` runs the same comparison on multi-view video instead: the scene filmed by a
-forward-facing rig (:func:`tensorfield.datasets.synthetic.make_video_scene`, N3V layout:
-``poses_bounds.npy`` + ``camXX.mp4``, decoded by the N3V loader), every frame of cameras 1..n-1
-for training and the held-out ``cam00`` (the end of the rig's arc: a novel view, extrapolated)
-at every frame for testing. The videos have no alpha, so both models train on white, the
-videos' background.
+Per run (one JSON line): train and test PSNR, the train - test gap, the number of Gaussians, and
+for 4D the diagnostics of issue 17: the temporal scales ``sigma_t`` (quantiles, in training-frame
+spacings), how many Gaussians are alive (temporal marginal above the render threshold) at each
+test time, and each test view's PSNR against its time's distance to the nearest training frame
+(``per_view``). A summary line per scene and step count gives 4D minus static.
 
-Prints one JSON line per model and a summary line. Usage::
+``--layout n3v`` runs the older comparison on multi-view video instead: the dynamic scene filmed by
+a forward-facing rig (:func:`tensorfield.datasets.synthetic.make_video_scene`, N3V layout), every
+frame of cameras 1..n-1 for training and the held-out ``cam00`` at every frame for testing.
 
-    python benchmarks/gaussians_dynamic.py [--steps 600] [--resolution 48] [--out runs/dynamic_bench]
+Usage::
+
+    python benchmarks/gaussians_dynamic.py                                  # 4 scenes x (1000, 2000) steps, 64^2
+    python benchmarks/gaussians_dynamic.py --scenes orbit --steps 2000 --set rigid_weight=1
     python benchmarks/gaussians_dynamic.py --layout n3v --steps 1000 --resolution 64
 """
 
@@ -29,8 +35,8 @@ import resource
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-
 from tensorfield.datasets.synthetic import make_scene, make_video_scene
 from tensorfield.engine.config import load_config
 from tensorfield.engine.render import CameraPath, apply_time, render_path
@@ -58,59 +64,103 @@ def run(method: str, data: Path, out: Path, steps: int, init_points: int, backen
     summary = trainer.train(progress=False, final_eval=False)
     seconds = time.perf_counter() - start
     evaluation = trainer.evaluate("test", save_renders=True)
+    training = trainer._evaluate("train", save_renders=False, write_json=False)
     result = {
         "benchmark": "gaussians_dynamic",
         "model": method,
         "steps": summary["steps"],
         "gaussians": int(trainer.model.means.shape[0]),
+        "train_psnr": round(training["psnr"], 3),
         "test_psnr": round(evaluation["psnr"], 3),
+        "gap_db": round(training["psnr"] - evaluation["psnr"], 3),
         "test_ssim": round(evaluation["ssim"], 4),
         "train_seconds": round(seconds, 1),
         "render_seconds_per_view": round(evaluation["render_s"], 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "backend": backend,
     }
+    if method == "gaussians4d":
+        result.update(temporal_diagnostics(trainer, evaluation))
     return result, trainer
+
+
+@torch.no_grad()
+def temporal_diagnostics(trainer: Trainer, evaluation: dict) -> dict:
+    """Issue 17's evidence: temporal scales, Gaussians alive per test time, PSNR vs time distance."""
+    model = trainer.model
+    cameras = trainer.data.split_cameras()
+    train_times = np.sort(cameras["train"].times.double().numpy())
+    test_times = cameras["test"].times.double().numpy()
+    spacing = float(np.median(np.diff(train_times))) if len(train_times) > 1 else 1.0
+    sigma_t = torch.exp(model.log_scale_t).double().numpy() / float(model.config.time_duration)
+    alive = []
+    for t in test_times:
+        marginal = torch.exp(-0.5 * ((model.times - model.scene_time(float(t))) / torch.exp(model.log_scale_t)) ** 2)
+        alive.append(int((marginal > model.config.temporal_threshold).sum()))
+    per_view = [
+        {"time": round(float(t), 4), "frames_to_nearest": round(float(np.abs(train_times - t).min() / spacing), 3), "psnr": round(record["psnr"], 2)}
+        for t, record in zip(test_times, evaluation["per_image"])
+    ]
+    quantiles = {f"q{int(q * 100)}": round(float(np.quantile(sigma_t / spacing, q)), 3) for q in (0.1, 0.25, 0.5, 0.75, 0.9)}
+    return {
+        "frame_spacing": round(spacing, 5),
+        "sigma_t_in_frames": quantiles,
+        "sigma_t_below_one_frame": round(float((sigma_t < spacing).mean()), 3),
+        "alive_per_test_time": {"min": min(alive), "median": int(np.median(alive)), "max": max(alive)},
+        "per_view": per_view,
+    }
+
+
+SCENES = ("orbit", "cross", "spin", "appear")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--resolution", type=int, default=48)
+    parser.add_argument("--scenes", nargs="+", default=list(SCENES), help=f"scenes of make_scene ({', '.join(SCENES)}, dynamic)")
+    parser.add_argument("--steps", type=int, nargs="+", default=[1000, 2000], help="step counts (each scene runs at each)")
+    parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--init-points", type=int, default=3000)
+    parser.add_argument("--models", nargs="+", default=["gaussians4d", "gaussians3d"], choices=("gaussians4d", "gaussians3d"))
     parser.add_argument("--backend", default="auto", help="rasteriser backend (auto, torch, gsplat)")
-    parser.add_argument("--layout", choices=("blender", "n3v"), default="blender", help="views at random times (D-NeRF layout) or multi-view video (N3V layout)")
+    parser.add_argument("--layout", choices=("blender", "n3v"), default="blender", help="monocular D-NeRF-layout scenes, or multi-view video (N3V layout)")
     parser.add_argument("--cameras", type=int, default=5, help="n3v: cameras of the rig (cam00 is held out)")
     parser.add_argument("--frames", type=int, default=12, help="n3v: frames per video")
+    parser.add_argument("--seed", type=int, default=0, help="scene seed (object jitter, cameras)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for both models (repeatable), e.g. rigid_weight=1.0")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--out", type=Path, default=None, help="default runs/dynamic_bench (runs/dynamic_bench_n3v)")
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     args.out = args.out or ROOT / "runs" / ("dynamic_bench" if args.layout == "blender" else "dynamic_bench_n3v")
-    if args.layout == "n3v":
-        data = make_video_scene(args.out / "data", n_cameras=args.cameras, n_frames=args.frames, resolution=args.resolution)
-        extra = ["background=white"]
-    else:
-        data = make_scene(args.out / "data", kind="dynamic", resolution=args.resolution, n_train=60, n_test=8, n_val=2)
-        extra = []
-    results = {}
-    for method in ("gaussians4d", "gaussians3d"):
-        result, trainer = run(method, data, args.out, args.steps, args.init_points, args.backend, extra + args.set)
-        result["layout"] = args.layout
-        result["overrides"] = args.set
-        results[method] = result
-        print(json.dumps(result), flush=True)
-        if method == "gaussians4d":
-            test = trainer.data.split_cameras()["test"]
-            sweep = apply_time(CameraPath(test[[0] * 30]), time_range=(0.0, 1.0))
-            render_path(trainer.model, sweep, trainer.data.background_color(), args.out / method / "time_sweep.mp4", fps=15, depth=False, progress=False)
-        trainer.close()
-    print(json.dumps({
-        "benchmark": "gaussians_dynamic",
-        "layout": args.layout,
-        "psnr_4d_minus_static": round(results["gaussians4d"]["test_psnr"] - results["gaussians3d"]["test_psnr"], 3),
-        "time_sweep": str(args.out / "gaussians4d" / "time_sweep.mp4"),
-        "torch": torch.__version__,
-    }))
+    scenes = ["n3v"] if args.layout == "n3v" else args.scenes
+    for scene in scenes:
+        if args.layout == "n3v":
+            data = make_video_scene(args.out / "data", n_cameras=args.cameras, n_frames=args.frames, resolution=args.resolution)
+            extra = ["background=white"]
+        else:
+            data = make_scene(args.out / scene / "data", kind=scene, resolution=args.resolution, n_train=60, n_test=12, n_val=2, seed=args.seed)
+            extra = []
+        for steps in args.steps:
+            results = {}
+            for method in args.models:
+                run_dir = args.out / scene / f"{steps}"
+                result, trainer = run(method, data, run_dir, steps, args.init_points, args.backend, extra + args.set)
+                result.update(scene=scene, layout=args.layout, overrides=args.set)
+                results[method] = result
+                print(json.dumps(result), flush=True)
+                if method == "gaussians4d":
+                    test = trainer.data.split_cameras()["test"]
+                    sweep = apply_time(CameraPath(test[[0] * 30]), time_range=(0.0, 1.0))
+                    render_path(trainer.model, sweep, trainer.data.background_color(), run_dir / method / "time_sweep.mp4", fps=15, depth=False, progress=False)
+                trainer.close()
+            summary = {"benchmark": "gaussians_dynamic", "scene": scene, "steps": steps, "torch": torch.__version__, "threads": torch.get_num_threads()}
+            for method, result in results.items():
+                summary[f"{method}_test_psnr"] = result["test_psnr"]
+                summary[f"{method}_gap_db"] = result["gap_db"]
+            if len(results) == 2:
+                summary["psnr_4d_minus_static"] = round(results["gaussians4d"]["test_psnr"] - results["gaussians3d"]["test_psnr"], 3)
+            print(json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":

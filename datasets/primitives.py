@@ -7,6 +7,12 @@ can compare a reconstruction or a loader against exact values.
 Motion: a primitive's centre follows a piecewise-linear path through ``path`` keyframes spread
 evenly over t in [0, 1]; its rotation is ``Rz(yaw + spin t) Rx(tilt)`` (object -> world); it exists
 only for ``visible[0] <= t <= visible[1]``. A ``time`` of ``None`` means t = 0.
+
+Texture: ``color`` everywhere, or a two-colour pattern (``color`` / ``color2``) fixed to the object's
+own frame (``R^T (p - c)``), so spinning and moving objects show their motion as a real capture does:
+``"checker"`` (boxes: 3D checks of side ``texture_scale``; spheres: ``texture_scale`` checks per
+quarter turn in longitude and latitude) or ``"stripes"`` (bands along the object's local z, in
+latitude on spheres).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import torch
 from torch import Tensor
 
 _EPS = 1e-9
+TEXTURES = ("", "checker", "stripes")
 
 
 @dataclass
@@ -58,9 +65,12 @@ class Primitive:
         path: ``[K][3]`` centre keyframes at times ``k / (K - 1)`` (one keyframe = static).
         radius: sphere radius.
         half_size: box half extents along its own axes.
-        yaw, spin, tilt: rotation ``Rz(yaw + spin t) Rx(tilt)`` in radians (boxes).
+        yaw, spin, tilt: rotation ``Rz(yaw + spin t) Rx(tilt)`` in radians (boxes, textured spheres).
         visible: ``(t0, t1)`` time interval during which the primitive exists.
         name: label for humans.
+        texture: ``""`` (uniform ``color``), ``"checker"`` or ``"stripes"`` (see module docstring).
+        color2: the pattern's second albedo.
+        texture_scale: check size (boxes, world units) or checks per quarter turn (spheres).
     """
 
     kind: str
@@ -73,6 +83,13 @@ class Primitive:
     tilt: float = 0.0
     visible: tuple[float, float] = (0.0, 1.0)
     name: str = ""
+    texture: str = ""
+    color2: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    texture_scale: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.texture not in TEXTURES:
+            raise ValueError(f"texture must be one of {TEXTURES}, got {self.texture!r}")
 
     # ------------------------------------------------------------------ motion
     def center(self, time: float | None = None) -> np.ndarray:
@@ -191,6 +208,26 @@ class Primitive:
         normal[rows, axis] = np.sign(local[rows, axis])
         return normal @ rotation.T
 
+    def albedo(self, points: np.ndarray, time: float | None = None) -> np.ndarray:
+        """``[N, 3]`` albedo at surface ``points [N, 3]`` (numpy, float64), from the texture."""
+        base = np.broadcast_to(np.asarray(self.color, dtype=np.float64), points.shape).copy()
+        if not self.texture or points.shape[0] == 0:
+            return base
+        local = (points - self.center(time)) @ self.rotation(time)  # object frame
+        scale = float(self.texture_scale)
+        if self.kind == "sphere":
+            unit = local / np.maximum(np.linalg.norm(local, axis=-1, keepdims=True), 1e-12)
+            longitude = np.arctan2(unit[:, 1], unit[:, 0])
+            latitude = np.arcsin(np.clip(unit[:, 2], -1.0, 1.0))
+            cells = (longitude, latitude) if self.texture == "checker" else (latitude,)
+            index = sum(np.floor(c * scale / (0.5 * math.pi)) for c in cells)
+        else:
+            cells = local.T if self.texture == "checker" else local[:, 2:].T
+            index = sum(np.floor(c / scale) for c in cells)
+        second = (index.astype(np.int64) % 2) == 1
+        base[second] = np.asarray(self.color2, dtype=np.float64)
+        return base
+
     # ------------------------------------------------------------------ serialisation
     def to_json(self) -> dict:
         out = {
@@ -201,9 +238,13 @@ class Primitive:
         }
         if self.kind == "sphere":
             out["radius"] = self.radius
+            if self.texture:  # a textured sphere's rotation shows
+                out.update(yaw=self.yaw, spin=self.spin, tilt=self.tilt)
         else:
             out.update(half_size=list(self.half_size), yaw=self.yaw, spin=self.spin, tilt=self.tilt)
         out["visible"] = list(self.visible)
+        if self.texture:
+            out.update(texture=self.texture, color2=list(self.color2), texture_scale=self.texture_scale)
         return out
 
     @classmethod
@@ -219,6 +260,9 @@ class Primitive:
             tilt=float(data.get("tilt", 0.0)),
             visible=tuple(float(v) for v in data.get("visible", (0.0, 1.0))),
             name=str(data.get("name", "")),
+            texture=str(data.get("texture", "")),
+            color2=tuple(float(c) for c in data.get("color2", (1.0, 1.0, 1.0))),
+            texture_scale=float(data.get("texture_scale", 2.0)),
         )
 
 
@@ -277,16 +321,15 @@ def render_rays(
         best = np.where(closer, t, best)
         index[closer] = k
     normal = np.zeros((n, 3))
+    albedo = np.zeros((n, 3))
     for k, primitive in enumerate(primitives):
         rows = np.flatnonzero(index == k)
         if rows.size:
             row_origins = origins[rows] if origins.shape[0] > 1 else origins
             points = row_origins + directions[rows] * best[rows, None]
             normal[rows] = primitive.normal(points, time)
+            albedo[rows] = primitive.albedo(points, time)
     hit = index >= 0
-    albedo = np.zeros((n, 3))
-    if primitives:
-        albedo[hit] = np.asarray([p.color for p in primitives], dtype=np.float64)[index[hit]]
     to_light = np.asarray(light.direction, dtype=np.float64)
     to_light = to_light / np.linalg.norm(to_light)
     lambert = np.maximum(normal @ to_light, 0.0)

@@ -20,6 +20,15 @@ elevation. Dynamic scenes (``kind="dynamic"``, D-NeRF layout): a sphere moves al
 spins, a sphere bobs up and down and another exists only for t in [0.35, 0.75]; training and
 validation views get random times, test views evenly spaced held-out times ``(k + 0.5) / n``.
 
+Fast-motion scenes (:data:`FAST_KINDS`, D-NeRF layout, textured objects on a checkered ground)
+are filmed as a monocular video is: training frame ``k`` of ``n`` at time ``k / (n - 1)``, each
+from its own random camera in the upper hemisphere; validation at random times, test views on the
+held-out orbit at the held-out times ``(k + 0.5) / n``. ``"orbit"``: a sphere circles the centre
+once over the clip, a cube turns once, a sphere drifts; ``"cross"``: a sphere crosses the whole
+scene between t = 0.4 and 0.6 (a fifth of the clip) beside two static objects; ``"spin"``: a box
+and a sphere each turn a full revolution in place; ``"appear"``: a cube appears at t = 0.5, a
+sphere vanishes after t = 0.3, another moves across.
+
 :func:`make_video_scene` renders the dynamic scene as multi-view video in the N3V layout
 (``poses_bounds.npy`` + ``camXX.mp4``, :mod:`.n3v`) from a fixed forward-facing rig.
 
@@ -29,6 +38,7 @@ analytically for tests.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -65,7 +75,10 @@ __all__ = [
     "video_rig_poses",
 ]
 
-KINDS = ("static", "dynamic")
+#: fast-motion monocular scenes (textured objects; D-NeRF-style capture: one random
+#: upper-hemisphere camera per frame, frames evenly spaced in time)
+FAST_KINDS = ("orbit", "cross", "spin", "appear")
+KINDS = ("static", "dynamic", *FAST_KINDS)
 #: the scene fits in this box (written to scene.json, used by the Blender loader)
 SCENE_AABB = ((-1.0, -1.0, -1.0), (1.0, 1.0, 1.0))
 TEST_ELEVATION_DEG = 25.0
@@ -77,7 +90,7 @@ def scene_primitives(kind: str = "static", seed: int = 0) -> list[Primitive]:
     """The primitives of a generated scene (all inside [-0.9, 0.9]^3 at all times).
 
     Args:
-        kind: ``"static"`` or ``"dynamic"``.
+        kind: one of :data:`KINDS` (module docstring).
         seed: jitters the horizontal placement of the objects by up to 0.04.
     """
     if kind not in KINDS:
@@ -88,6 +101,9 @@ def scene_primitives(kind: str = "static", seed: int = 0) -> list[Primitive]:
     ground = Primitive(
         "box", (0.80, 0.78, 0.74), [(0.0, 0.0, -0.72)], half_size=(0.85, 0.85, 0.06), name="ground"
     )
+    if kind in FAST_KINDS:
+        ground = dataclasses.replace(ground, texture="checker", color2=(0.66, 0.64, 0.60), texture_scale=0.25)
+        return [ground, *_fast_primitives(kind, jitter, shift)]
     if kind == "static":
         return [
             ground,
@@ -113,26 +129,77 @@ def scene_primitives(kind: str = "static", seed: int = 0) -> list[Primitive]:
     ]  # fmt: skip
 
 
+def _circle(center, radius: float, z: float, turns: float, start: float = 0.0, keys: int = 49) -> list[tuple[float, float, float]]:
+    """Keyframes of a horizontal circle about ``center`` (``turns`` turns over the clip)."""
+    angles = start + 2.0 * math.pi * turns * np.linspace(0.0, 1.0, keys)
+    return [(center[0] + radius * math.cos(a), center[1] + radius * math.sin(a), z) for a in angles]
+
+
+def _fast_primitives(kind: str, jitter, shift) -> list[Primitive]:
+    """The objects of the fast-motion scenes (:data:`FAST_KINDS`), ground excluded."""
+    checker = {"texture": "checker", "texture_scale": 2.0}
+    if kind == "orbit":  # issue 17's user scene: an orbit once over the clip, a spinning cube, a slow sphere
+        return [
+            Primitive("sphere", (0.90, 0.20, 0.15), _circle(jitter(), 0.55, -0.40, 1.0), radius=0.24,
+                      color2=(0.98, 0.85, 0.30), name="red sphere (orbits the centre once)", **checker),
+            Primitive("box", (0.20, 0.55, 0.85), [shift((0.0, 0.0, -0.42), jitter())], half_size=(0.2, 0.2, 0.24),
+                      spin=2.0 * math.pi, color2=(0.92, 0.92, 0.95), texture="checker", texture_scale=0.1,
+                      name="blue cube (one full turn)"),
+            Primitive("sphere", (0.25, 0.70, 0.30), [shift(p, d) for d in [jitter()] for p in ((-0.55, 0.45, -0.45), (0.45, 0.55, -0.45))],
+                      radius=0.2, color2=(0.95, 0.95, 0.80), name="green sphere (slow drift)", texture="stripes", texture_scale=3.0),
+        ]  # fmt: skip
+    if kind == "cross":  # crosses the scene between t = 0.4 and 0.6
+        path, d = [(-0.6, -0.5, -0.38)] * 3 + [(0.6, 0.5, -0.38)] * 3, jitter()
+        return [
+            Primitive("sphere", (0.90, 0.20, 0.15), [shift(p, d) for p in path], radius=0.26, spin=math.pi,
+                      color2=(0.98, 0.85, 0.30), name="red sphere (crosses within a fifth of the clip)", **checker),
+            Primitive("box", (0.20, 0.55, 0.85), [shift((0.45, -0.40, -0.44), jitter())], half_size=(0.22, 0.22, 0.22),
+                      yaw=0.4, color2=(0.92, 0.92, 0.95), texture="checker", texture_scale=0.11, name="blue cube (static)"),
+            Primitive("sphere", (0.25, 0.70, 0.30), [shift((-0.40, 0.45, -0.46), jitter())], radius=0.2,
+                      color2=(0.95, 0.95, 0.80), name="green sphere (static)", texture="stripes", texture_scale=3.0),
+        ]  # fmt: skip
+    if kind == "spin":  # full rotations in place
+        return [
+            Primitive("box", (0.20, 0.55, 0.85), [shift((0.30, 0.25, -0.38), jitter())], half_size=(0.28, 0.2, 0.28),
+                      spin=2.0 * math.pi, color2=(0.92, 0.92, 0.95), texture="checker", texture_scale=0.1,
+                      name="blue box (one full turn)"),
+            Primitive("sphere", (0.90, 0.20, 0.15), [shift((-0.40, -0.30, -0.38), jitter())], radius=0.28, spin=-2.0 * math.pi,
+                      tilt=0.3, color2=(0.98, 0.85, 0.30), name="red sphere (spins once, backwards)", **checker),
+        ]  # fmt: skip
+    # appear: one object appears half way and stays, one vanishes, one moves across
+    return [
+        Primitive("box", (0.20, 0.55, 0.85), [shift((0.40, 0.35, -0.44), jitter())], half_size=(0.22, 0.22, 0.22), yaw=0.3,
+                  visible=(0.5, 1.0), color2=(0.92, 0.92, 0.95), texture="checker", texture_scale=0.11,
+                  name="blue cube (appears at t = 0.5)"),
+        Primitive("sphere", (0.25, 0.70, 0.30), [shift((-0.40, 0.40, -0.46), jitter())], radius=0.22, visible=(0.0, 0.3),
+                  color2=(0.95, 0.95, 0.80), texture="stripes", texture_scale=3.0, name="green sphere (vanishes after t = 0.3)"),
+        Primitive("sphere", (0.90, 0.20, 0.15), [shift(p, d) for d in [jitter()] for p in ((-0.5, -0.45, -0.40), (0.55, -0.35, -0.40))],
+                  radius=0.24, spin=math.pi, color2=(0.98, 0.85, 0.30), name="red sphere (moves across)", **checker),
+    ]  # fmt: skip
+
+
 def camera_poses(
-    n: int, radius: float, rng: np.random.Generator | None = None, orbit_offset: float = 0.5
+    n: int, radius: float, rng: np.random.Generator | None = None, orbit_offset: float = 0.5, below: float = 0.2
 ) -> Tensor:
     """``[n, 3, 4]`` OpenCV camera-to-world poses on a sphere of ``radius``, looking at the origin.
 
     Args:
         n: number of cameras.
         radius: distance to the origin.
-        rng: random directions when given: 80% at elevation 10-70 degrees, 20% at -30 to -5;
-            ``None``: an orbit at 25 degrees, azimuths ``2 pi (k + orbit_offset) / n``.
+        rng: random directions when given: a fraction ``1 - below`` at elevation 10-70 degrees,
+            ``below`` at -30 to -5; ``None``: an orbit at 25 degrees, azimuths
+            ``2 pi (k + orbit_offset) / n``.
         orbit_offset: phase of the orbit, in steps.
+        below: the share of random cameras below the ground's plane.
     """
     if rng is None:
         azimuth = 2.0 * np.pi * (np.arange(n) + orbit_offset) / max(n, 1)
         elevation = np.full(n, np.radians(TEST_ELEVATION_DEG))
     else:
         azimuth = rng.uniform(0.0, 2.0 * np.pi, size=n)
-        below = rng.uniform(size=n) < 0.2
+        under = rng.uniform(size=n) < below
         elevation = np.radians(
-            np.where(below, rng.uniform(-30.0, -5.0, size=n), rng.uniform(10.0, 70.0, size=n))
+            np.where(under, rng.uniform(-30.0, -5.0, size=n), rng.uniform(10.0, 70.0, size=n))
         )
     up = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
     poses = []
@@ -213,7 +280,7 @@ def make_scene(
 
     Args:
         out_dir: folder to write (created; existing files of the same names are overwritten).
-        kind: ``"static"`` or ``"dynamic"``.
+        kind: one of :data:`KINDS` (module docstring).
         resolution: square image size in pixels.
         n_train, n_test, n_val: views per split (``n_train`` >= 1).
         seed: camera directions, times and object jitter; output is identical for equal arguments.
@@ -235,7 +302,8 @@ def make_scene(
     reach = max(p.bounding_radius() for p in primitives)
     camera_angle_x = 2.0 * math.asin(min(1.03 * reach / radius, 0.95))
     focal = 0.5 * resolution / math.tan(0.5 * camera_angle_x)
-    dynamic = kind == "dynamic"
+    dynamic = kind != "static"
+    monocular = kind in FAST_KINDS  # one camera per frame, frames evenly spaced, upper hemisphere
 
     views = {
         "train": (n_train, np.random.default_rng([seed, 2])),
@@ -245,13 +313,14 @@ def make_scene(
     for split, (count, rng) in views.items():
         if count == 0:  # an absent split, not an empty one
             continue
-        poses = camera_poses(count, radius, rng)
+        poses = camera_poses(count, radius, rng, below=0.0 if monocular else 0.2)
         if dynamic:
-            times = (
-                rng.uniform(0.0, 1.0, size=count)
-                if rng is not None
-                else (np.arange(count) + 0.5) / max(count, 1)
-            )
+            if rng is None:  # test: held-out times, between the training frames
+                times = (np.arange(count) + 0.5) / max(count, 1)
+            elif monocular and split == "train":  # a video: frame k at k / (n - 1)
+                times = np.linspace(0.0, 1.0, count) if count > 1 else np.zeros(1)
+            else:
+                times = rng.uniform(0.0, 1.0, size=count)
         else:
             times = [None] * count
         (out / split).mkdir(exist_ok=True)

@@ -219,3 +219,51 @@ def test_times_outside_unit_interval_are_normalised_over_all_splits(ds_dynamic_s
     for split, times in raw.items():
         expected = (torch.tensor(times, dtype=torch.float64) - low) / (high - low)
         assert torch.allclose(scene.split(split).cameras.times.double(), expected, atol=1e-6)
+
+
+def test_textures_follow_the_object_frame():
+    """A checker is fixed to the object: turning the object by one check moves the pattern with it."""
+    cube = Primitive("box", (1.0, 0.0, 0.0), [(0.0, 0.0, 0.0)], half_size=(0.5, 0.5, 0.5), spin=math.pi / 2,
+                     texture="checker", color2=(0.0, 0.0, 1.0), texture_scale=0.25)  # fmt: skip
+    face = np.array([[0.5, 0.1, 0.1], [0.5, 0.3, 0.1], [0.5, -0.1, 0.1]])  # +x face
+    before = cube.albedo(face, time=0.0)
+    # index = floor(0.5/0.25) + floor(y/0.25) + floor(0.1/0.25) = 2 + (0, 1, -1): red, blue, blue
+    assert np.allclose(before, [[1, 0, 0], [0, 0, 1], [0, 0, 1]])
+    # a quarter turn later the same object points sit on the +y face: rotate the points with it
+    turned = face @ cube.rotation(1.0).T
+    assert np.allclose(cube.albedo(turned, time=1.0), before)
+    sphere = Primitive("sphere", (1.0, 0.0, 0.0), [(0.0, 0.0, 0.0)], radius=1.0, texture="stripes",
+                       color2=(0.0, 1.0, 0.0), texture_scale=2.0)  # fmt: skip
+    # latitude bands of pi/4: 10 and 50 degrees lie in neighbouring bands
+    points = np.array([[math.cos(math.radians(a)), 0.0, math.sin(math.radians(a))] for a in (10.0, 50.0)])
+    colours = sphere.albedo(points)
+    assert not np.allclose(colours[0], colours[1])
+    assert Primitive.from_json(sphere.to_json()) == sphere and Primitive.from_json(cube.to_json()) == cube
+    with pytest.raises(ValueError, match="texture must be one of"):
+        Primitive("sphere", (1.0, 0.0, 0.0), [(0.0, 0.0, 0.0)], radius=1.0, texture="marble")
+
+
+@pytest.mark.parametrize("kind", ["orbit", "cross", "spin", "appear"])
+def test_fast_motion_scenes_are_monocular_videos(tmp_path, kind):
+    out = make_scene(tmp_path / kind, kind=kind, resolution=16, n_train=11, n_test=4, n_val=1)
+    scene = load_scene(out)
+    assert scene.is_dynamic
+    train = scene.split("train").cameras
+    assert np.allclose(np.sort(train.times.numpy()), np.linspace(0.0, 1.0, 11), atol=1e-6)  # frame k at k / (n - 1)
+    assert bool((train.c2w[:, 2, 3] > 0).all())  # every training camera above the ground's plane
+    test_times = np.sort(scene.split("test").cameras.times.numpy())
+    assert np.allclose(test_times, (np.arange(4) + 0.5) / 4, atol=1e-6)
+    primitives = load_primitives(out)
+    assert all(p.texture for p in primitives)
+    moving = [p for p in primitives if len(p.path) > 1 or p.spin != 0.0 or p.visible != (0.0, 1.0)]
+    assert moving  # something changes over the clip
+
+
+def test_cross_scene_crosses_within_a_fifth_of_the_clip():
+    mover = scene_primitives("cross")[1]
+    start, end = mover.center(0.4), mover.center(0.6)
+    assert np.allclose(mover.center(0.0), start) and np.allclose(mover.center(1.0), end)
+    assert np.linalg.norm(end - start) > 1.5  # across the scene within t in [0.4, 0.6]
+    orbit = scene_primitives("orbit")[1]
+    assert np.allclose(orbit.center(0.0), orbit.center(1.0), atol=1e-9)  # one full orbit
+    assert np.linalg.norm(orbit.center(0.5) - orbit.center(0.0)) > 1.0
