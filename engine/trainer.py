@@ -601,13 +601,16 @@ class Trainer:
             raise TrainingError(f"the data has no '{split}' split to evaluate (has: {', '.join(known) or 'none'})")
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         out_dir = self.run_dir / "renders" / split if save_renders else None
-        was_training = self.model.training
+        was_training, allowed = self.model.training, self.model.allow_render_cache
         self.model.eval()
+        if not self.model.render_cache_exact:
+            self.model.allow_render_cache = False  # score the model, not an approximation of it
         try:
             with torch.random.fork_rng(devices=devices), torch.no_grad():
                 metrics = self.data.evaluate(self.model, split, out_dir, max_items=self.config.eval_max_images)
         finally:
             self.model.train(was_training)
+            self.model.allow_render_cache = allowed
         result = {"split": split, "step": self.step, **metrics}
         if write_json:
             self.run_dir.mkdir(parents=True, exist_ok=True)

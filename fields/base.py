@@ -319,6 +319,10 @@ class Field(nn.Module, abc.ABC):
     #: this is True. Worth it for a model rendered many times (viewer, ``render``, evaluation);
     #: the live viewer's training snapshots, each rendered a few times, turn it off.
     allow_render_cache: bool = True
+    #: Whether the inference cache renders what the model itself renders (TensoRF's grids, to
+    #: float rounding). Evaluation turns an approximate one (Strivec's baked density) off, so
+    #: scores are of the model, not of its cache.
+    render_cache_exact: ClassVar[bool] = True
     #: A model that draws random numbers of its own (Gaussian splits, TensoRF's sample jitter)
     #: draws them from this generator, which the trainer checkpoints for exact resumes.
     generator: torch.Generator | None = None

@@ -21,7 +21,7 @@ from tensorfield.cuda.local_tensors import (
 )
 from tensorfield.cuda.local_tensors_reference import aggregate_reference
 from tensorfield.fields.base import ExportsDensityGrid, RayBatch, RendersViews, SceneInfo
-from tensorfield.fields.strivec import Strivec, StrivecConfig, length_schedule
+from tensorfield.fields.strivec import Strivec, StrivecConfig, length_schedule, vertices_near_cells
 from tensorfield.fields.strivec_placement import place_tensors, voxel_centres
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -429,6 +429,82 @@ def test_psnr_goes_up_on_an_analytic_ball_scene():
     assert sum(losses[-10:]) < 0.5 * sum(losses[:10])
 
 
+# ------------------------------------------------------------------------------ render cache
+def test_vertices_near_cells_keeps_each_occupied_cells_corners_grown_by_one_vertex():
+    cells = torch.zeros(6, 5, 4, dtype=torch.bool)
+    cells[2, 1, 3] = True
+    kept = vertices_near_cells(cells)
+    assert kept.shape == (7, 6, 5)
+    expected = torch.zeros(7, 6, 5, dtype=torch.bool)
+    expected[1:5, 0:4, 2:5] = True  # corners 2..3 / 1..2 / 3..4, one more each side, clipped
+    assert torch.equal(kept, expected)
+    assert not vertices_near_cells(torch.zeros(3, 3, 3, dtype=torch.bool)).any()
+
+
+def _render_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return -10 * math.log10(max(float(((a - b) ** 2).mean()), 1e-20))
+
+
+def test_render_cache_approximates_the_exact_render_and_follows_parameter_changes():
+    model = Strivec(tiny_config(l1_weight_rest=0.0), scene_with_points())
+    rays = ball_rays(1024, seed=1)
+    train(model, range(40), rays)  # past both upsamplings and alpha masks
+    origins, directions, _ = ball_rays(400, seed=6)
+    model.eval()
+
+    def render(cache_mb: float, subdivision: int = 6):
+        model.config.render_cache_mb = cache_mb
+        model.config.render_cache_subdivision = subdivision
+        return model.render_rays(origins, directions, background=torch.ones(3))
+
+    exact = render(0)
+    assert float(exact.alpha.mean()) > 0.2 and float(exact.rgb.std()) > 0.05  # a scene worth comparing
+    with torch.no_grad():
+        assert model.render_cache() is None
+    coarse = render(1024, subdivision=1)
+    cached = render(1024)  # this tiny field is sharp for its cells: lego_100 gets 43 dB at the default 2
+    with torch.no_grad():
+        cache = model.render_cache()
+    assert cache is not None and cache.subdivision == 6
+    resolution = model.occupancy.resolution
+    assert cache.density.shape == tuple(n * 6 + 1 for n in reversed(resolution))
+    assert _render_psnr(cached.rgb, exact.rgb) >= 40.0
+    assert _render_psnr(cached.rgb, exact.rgb) > _render_psnr(coarse.rgb, exact.rgb) + 5.0
+    assert float((cached.alpha - exact.alpha).abs().mean()) < 0.01
+    with torch.no_grad():
+        assert model.render_cache() is cache  # reused while nothing changes
+
+    # an in-place update (an optimiser step) rebuilds it; the render follows the new field
+    with torch.no_grad():
+        model.density_lines[0].mul_(0.3)
+    changed_exact = render(0)
+    changed = render(1024)
+    with torch.no_grad():
+        assert model.render_cache() is not cache
+    assert float((changed_exact.alpha - exact.alpha).abs().max()) > 1e-2
+    assert _render_psnr(changed.rgb, changed_exact.rgb) >= 40.0
+
+    # a budget too small for the finer grid drops the subdivision; one too small for any: no cache
+    vertices = math.prod(n + 1 for n in resolution)
+    model.config.render_cache_mb = 1.5 * vertices * 4 / 2**20
+    model.config.render_cache_subdivision = 2
+    with torch.no_grad():
+        assert model.render_cache().subdivision == 1
+    model.config.render_cache_mb = 0.5 * vertices * 4 / 2**20
+    with torch.no_grad():
+        assert model.render_cache() is None
+
+    # training never uses it and a training step frees it
+    model.config.render_cache_mb = 1024
+    with torch.no_grad():
+        assert model.render_cache() is not None
+    model.train()
+    with torch.no_grad():
+        assert model.render_cache() is None
+    model.training_step(batch_of(rays, torch.arange(64)), 40)
+    assert model._render_cache is None
+
+
 def _round_trip(model: Strivec, config: StrivecConfig, scene: SceneInfo) -> Strivec:
     buffer = io.BytesIO()
     torch.save({"model": model.state_dict(), "shape_state": json.dumps(model.shape_state())}, buffer)
@@ -489,6 +565,13 @@ def test_resume_through_the_trainer_is_bit_exact(tmp_path):
     assert not straight.model.in_coarse_phase and straight.model.shape_state() == resumed.model.shape_state()
     for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
+
+    # evaluation scores the exact model: the approximate render cache stays off and unbuilt
+    straight.evaluate(save_renders=False)
+    assert straight.model._render_cache is None and straight.model.allow_render_cache
+    straight.model.eval()
+    with torch.no_grad():
+        assert straight.model.render_cache() is not None  # what the viewer and `render` use
 
 
 # ------------------------------------------------------------------------------ configs
