@@ -17,6 +17,7 @@ Christoffel symbols, the Riemann tensor and the Kretschmann scalar (also restric
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from tensorfield.datasets.errors import DatasetError
 from tensorfield.datasets.spacetimes import Spacetime, sample_points
 from tensorfield.fields.base import CoordinateBatch, Field, SceneInfo, StatelessSource
 from tensorfield.fields.einfield import METRIC_QUANTITIES, EinFieldConfig, spacetime_of
-from tensorfield.fields.relativity import curvature, metric_jets
+from tensorfield.fields.relativity import Curvature, curvature, metric_jets
 from torch import Tensor
 
 EVAL_SEED = 20250917
@@ -225,38 +226,79 @@ class EinFieldData:
 
     def evaluate(self, model: Field, split: str, out_dir: Path | None, max_items: int = 0) -> dict:
         """Relative L2 errors of the metric, Jacobian, Christoffels, Riemann and Kretschmann on
-        the held-out points (see the module docstring)."""
+        the held-out points (see the module docstring and :func:`curvature_errors`)."""
         coords = self.held_out_points()
         device = model.center.device
         predicted, true = [], []
         for chunk in coords.split(CHUNK):
             predicted.append(curvature(model.metric, chunk.to(device=device, dtype=model.dtype)))
             true.append(curvature(self.spacetime.metric, chunk))
+        return curvature_errors(
+            predicted, true, coords, self.spacetime, self.config.mass, self.config.target
+        )
 
-        def gather(parts, name):
-            return torch.cat([getattr(part, name).detach().double().cpu() for part in parts])
 
-        outside = self.spacetime.radius(coords) > 2 * self.config.mass
-        result = {"num_points": int(coords.shape[0])}
-        for name, key in (
-            ("metric", "metric"),
-            ("jacobian", "jacobian"),
-            ("christoffel", "christoffel"),
-            ("riemann", "riemann"),
-            ("kretschmann", "kretschmann"),
-        ):
-            result[f"{key}_rel_l2"] = relative_l2(gather(predicted, name), gather(true, name))
-        if self.config.target == "distortion":
-            flat = self.spacetime.flat_metric(coords)
-            result["distortion_rel_l2"] = relative_l2(
-                gather(predicted, "metric") - flat, gather(true, "metric") - flat
+RADIUS_BANDS = (0.0, 0.5, 1.0, 2.0, math.inf)
+"""Edges of the radius bands of :func:`curvature_errors` (``r < 0.5``, ``0.5 <= r < 1``, ...)."""
+
+
+def curvature_errors(
+    predicted: list[Curvature],
+    true: list[Curvature],
+    coords: Tensor,
+    spacetime: Spacetime,
+    mass: float,
+    target: str = "distortion",
+) -> dict:
+    """The held-out errors of a field against the analytic metric.
+
+    Args:
+        predicted: the field's :class:`~tensorfield.fields.relativity.Curvature`, in chunks.
+        true: the analytic metric's, the same chunks.
+        coords: ``[N, 4]`` the points (their radius picks the bands).
+        spacetime: the analytic spacetime (its flat metric and radius).
+        mass: ``M`` (the ``r > 2M`` restriction of the Kretschmann error).
+        target: ``"distortion"`` adds the error of ``g - g_flat``.
+
+    Returns:
+        ``{quantity}_rel_l2 = |q_net - q| / |q|`` over all points and components for the metric,
+        Jacobian, Christoffels, Riemann and Kretschmann; ``kretschmann_outside_2m_rel_l2``;
+        per radius band ``[lo, hi)`` of :data:`RADIUS_BANDS`, ``band_r{lo}-{hi}_num_points`` and
+        ``band_r{lo}-{hi}_{metric,jacobian,christoffel}_rel_l2`` (the relative L2 error within
+        the band), which shows where in the box the error lives.
+    """
+
+    def gather(parts, name):
+        return torch.cat([getattr(part, name).detach().double().cpu() for part in parts])
+
+    radius = spacetime.radius(coords)
+    outside = radius > 2 * mass
+    result = {"num_points": int(coords.shape[0])}
+    fields = {}
+    for name in ("metric", "jacobian", "christoffel", "riemann", "kretschmann"):
+        fields[name] = (gather(predicted, name), gather(true, name))
+        result[f"{name}_rel_l2"] = relative_l2(*fields[name])
+    if target == "distortion":
+        flat = spacetime.flat_metric(coords)
+        result["distortion_rel_l2"] = relative_l2(
+            fields["metric"][0] - flat, fields["metric"][1] - flat
+        )
+    if outside.any():
+        result["kretschmann_outside_2m_rel_l2"] = relative_l2(
+            fields["kretschmann"][0][outside], fields["kretschmann"][1][outside]
+        )
+        result["num_points_outside_2m"] = int(outside.sum())
+    for low, high in itertools.pairwise(RADIUS_BANDS):
+        inside = (radius >= low) & (radius < high)
+        if not inside.any():
+            continue
+        band = f"band_r{low:g}-{high:g}"
+        result[f"{band}_num_points"] = int(inside.sum())
+        for name in ("metric", "jacobian", "christoffel"):
+            result[f"{band}_{name}_rel_l2"] = relative_l2(
+                fields[name][0][inside], fields[name][1][inside]
             )
-        if outside.any():
-            result["kretschmann_outside_2m_rel_l2"] = relative_l2(
-                gather(predicted, "kretschmann")[outside], gather(true, "kretschmann")[outside]
-            )
-            result["num_points_outside_2m"] = int(outside.sum())
-        return result
+    return result
 
 
 class MetricSampleData:

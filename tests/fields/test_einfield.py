@@ -245,3 +245,36 @@ def test_render_view_traces_the_learned_metric(one_thread):
     assert output.rgb.shape == (8, 8, 3) and output.alpha.shape == (8, 8)
     assert float(output.alpha[3:5, 3:5].max()) == 0.0  # asin(2 / 20) = 5.7 deg > the central pixels' 2.5 deg
     assert float(output.alpha[[0, 0, -1, -1], [0, -1, 0, -1]].min()) > 0.0
+
+
+def test_held_out_errors_by_radius_band_locate_a_local_error():
+    """A metric that is wrong only inside r < 1 shows its error in the bands below 1 and
+    nowhere else; the band sizes add up to the held-out points."""
+    from tensorfield.fields.einfield_targets import RADIUS_BANDS, curvature_errors
+
+    config = tiny_config("mass=0.05")
+    data = EinFieldData(config)
+    g = torch.Generator().manual_seed(3)
+    directions = torch.nn.functional.normalize(torch.randn(400, 3, generator=g, dtype=torch.float64), dim=1)
+    radii = 0.3 + 2.7 * torch.rand(400, 1, generator=g, dtype=torch.float64)
+    coords = torch.cat([torch.zeros(400, 1, dtype=torch.float64), radii * directions], dim=1)
+    radius = data.spacetime.radius(coords)
+    assert bool((radius < 1).any()) and bool((radius >= 1).any())
+
+    def wrong_inside(points):
+        g = data.spacetime.metric(points)
+        r = points[..., 1:].norm(dim=-1)
+        bump = torch.where(r < 1, 1e-3 * (1 - r).clamp_min(0) ** 3, torch.zeros_like(r))  # C^2 at r = 1
+        return g + bump[..., None, None] * torch.eye(4, dtype=g.dtype)
+
+    true = [curvature(data.spacetime.metric, coords)]
+    predicted = [curvature(wrong_inside, coords)]
+    errors = curvature_errors(predicted, true, coords, data.spacetime, config.mass, config.target)
+    bands = [(lo, hi) for lo, hi in zip(RADIUS_BANDS[:-1], RADIUS_BANDS[1:]) if ((radius >= lo) & (radius < hi)).any()]
+    assert sum(errors[f"band_r{lo:g}-{hi:g}_num_points"] for lo, hi in bands) == coords.shape[0]
+    for lo, hi in bands:
+        value = errors[f"band_r{lo:g}-{hi:g}_metric_rel_l2"]
+        assert (value > 1e-6) if hi <= 1 else (value == 0.0), (lo, hi, value)
+    assert errors["metric_rel_l2"] > 0 and errors["num_points"] == coords.shape[0]
+    same = curvature_errors(true, true, coords, data.spacetime, config.mass, config.target)
+    assert same["christoffel_rel_l2"] == 0.0 and same["kretschmann_rel_l2"] == 0.0
