@@ -576,6 +576,7 @@ class EinField(Field):
             atol=config.render_atol,
             max_steps=config.render_max_steps,
             mass=config.mass if self.horizon_radius() > 0 else 0.0,
+            spin=self.spacetime.params.spin if self.horizon_radius() > 0 else 0.0,
             christoffels="exact"
             if self.spacetime.chart.time_dependent
             else config.render_christoffels,

@@ -23,10 +23,13 @@ Cartesian chart (analytic or a network); the camera's world frame is that chart'
 3. **Integration.** A per-ray adaptive Dormand-Prince 5(4) integrator (:func:`trace_rays`): each
    ray has its own step size from its own error estimate (``rtol``, ``atol``), finished rays are
    removed from the batch after every step, and rays are integrated in chunks.
-4. **What a ray sees.** A ray stops at the horizon (``radius <= horizon_radius``: black), on the
-   thin disk in ``z = 0`` between ``disk_inner`` and ``disk_outer`` (crossing located on the
-   step's cubic Hermite interpolant; colour :func:`tensorfield.fields.sky.disk_colour` with the
-   redshift ``g = (k . u_obs) / (k . u_emit)`` of a Keplerian emitter), or beyond
+4. **What a ray sees.** A ray stops at the horizon (Kerr-Schild radius ``r <= horizon_radius``,
+   :func:`~tensorfield.datasets.spacetimes.kerr_schild_radius` with ``spin``: the Euclidean radius
+   at ``a = 0``, an oblate surface for Kerr; black), on the thin disk in ``z = 0`` between the
+   radii ``disk_inner`` and ``disk_outer`` (``r = sqrt(rho^2 - a^2)`` in the plane; crossing located
+   on the step's cubic Hermite interpolant; colour :func:`tensorfield.fields.sky.disk_colour` with
+   the redshift ``g = (k . u_obs) / (k . u_emit)`` of an emitter on the circular equatorial
+   geodesic, :func:`disk_angular_velocity`), or beyond
    ``escape_radius`` moving outwards (the sky in its final direction,
    :mod:`tensorfield.fields.sky`).
 
@@ -44,6 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from tensorfield.datasets.spacetimes import kerr_schild_radius
 from tensorfield.fields.base import RenderOutput, RenderRequest
 from tensorfield.fields.geodesics import geodesic_acceleration, metric_norm
 from tensorfield.fields.relativity import MetricFunction, christoffels_at
@@ -58,13 +62,14 @@ class LensingSettings:
     """How :func:`render_lensed` traces and shades a frame (geometric units, ``G = c = 1``).
 
     Attributes:
-        horizon_radius: rays whose Euclidean coordinate radius falls to
+        horizon_radius: rays whose Kerr-Schild radius (see ``spin``) falls to
             ``horizon_radius * (1 + horizon_margin)`` are captured (black).
         escape_radius: rays beyond this radius moving outwards show the sky; the camera must be
             inside it.
         background: ``"stars"`` (procedural :class:`~tensorfield.fields.sky.StarField`) or the
             path of an equirectangular image.
-        disk_inner: inner (cylindrical) radius of the thin disk in ``z = 0``.
+        disk_inner: inner radius of the thin disk in ``z = 0`` (the Kerr-Schild / Boyer-Lindquist
+            ``r = sqrt(rho^2 - a^2)`` of the plane's cylindrical ``rho``; ``rho`` at ``a = 0``).
         disk_outer: its outer radius; 0 = no disk.
         time: the coordinate time ``t`` of the camera event.
         rtol: per-step relative error tolerance of the integrator.
@@ -74,8 +79,9 @@ class LensingSettings:
             use it for time-dependent spacetimes).
         grid_resolution: ``(radius, polar, azimuth)`` nodes of the Christoffel grid.
         grid_inner_radius: the grid's innermost radius (0 = ``0.8 horizon_radius``).
-        mass: the mass whose Keplerian angular velocity ``sqrt(M / r^3)`` moves the disk
-            (0 = ``horizon_radius / 2``).
+        mass: the mass whose circular orbits move the disk (0 = ``horizon_radius / 2``).
+        spin: Kerr's ``a`` of a Kerr-Schild chart with its axis along ``z`` (0: Schwarzschild or
+            no hole): the capture surface and the disk's radii and angular velocity follow it.
         doppler: shift the disk's colour and brightness by the redshift factor ``g``.
         exposure: brightness scale of the disk.
         horizon_margin: relative safety margin of the capture radius.
@@ -102,6 +108,7 @@ class LensingSettings:
     grid_resolution: tuple[int, int, int] = (96, 24, 48)
     grid_inner_radius: float = 0.0
     mass: float = 0.0
+    spin: float = 0.0
     doppler: bool = True
     exposure: float = 1.0
     horizon_margin: float = 0.01
@@ -120,6 +127,8 @@ class LensingSettings:
             raise ValueError(
                 f"need 0 <= disk_inner < disk_outer, got {self.disk_inner} and {self.disk_outer}"
             )
+        if self.horizon_radius > 0 and abs(self.spin) >= self.horizon_radius:
+            raise ValueError(f"need |spin| < horizon_radius, got {self.spin} and {self.horizon_radius}")
         if self.rtol <= 0 or self.atol <= 0 or self.max_steps < 1:
             raise ValueError("rtol and atol must be positive and max_steps at least 1")
         if self.christoffels not in ("grid", "exact"):
@@ -138,6 +147,22 @@ class LensingSettings:
     @property
     def disk_mass(self) -> float:
         return self.mass if self.mass > 0 else 0.5 * self.horizon_radius
+
+
+def disk_radius(rho: Tensor, spin: float) -> Tensor:
+    """The Kerr-Schild ``r`` of points of the plane ``z = 0`` at cylindrical radius ``rho``:
+    ``sqrt(rho^2 - a^2)`` (0 inside the ring singularity ``rho < |a|``)."""
+    return torch.sqrt((rho * rho - spin * spin).clamp_min(0.0))
+
+
+def disk_angular_velocity(radius: Tensor, mass: float, spin: float) -> Tensor:
+    """``Omega = d phi / dt`` of the circular equatorial geodesic at Boyer-Lindquist / Kerr-Schild
+    radius ``r`` moving in ``+phi`` (Bardeen, Press and Teukolsky 1972):
+    ``sqrt(M) / (r^(3/2) + a sqrt(M))``; prograde for ``a > 0``, Kepler's ``sqrt(M / r^3)`` at
+    ``a = 0``. In Kerr-Schild Cartesian coordinates such an orbit turns rigidly about ``z``:
+    ``dx/dt = -Omega y``, ``dy/dt = Omega x``."""
+    root = math.sqrt(mass)
+    return root / (radius**1.5 + spin * root)
 
 
 # ------------------------------------------------------------------------------ local frames
@@ -423,6 +448,7 @@ def trace_rays(
     steps = torch.zeros(n, dtype=torch.int64, device=device)
     capture = settings.horizon_radius * (1 + settings.horizon_margin)
     disk = settings.disk_outer > 0
+    spin = float(settings.spin)
 
     def rhs(y: Tensor) -> Tensor:
         return torch.cat([y[:, 4:], acceleration(y[:, :4], y[:, 4:])], dim=-1)
@@ -478,14 +504,15 @@ def trace_rays(
                         dz.abs() > 0, s - z / torch.where(dz.abs() > 0, dz, torch.ones_like(dz)), s
                     ).clamp(0, 1)
                 hit = _hermite(y, y_new, k1, k_new, h, s)
-                rho = hit[:, 1:3].norm(dim=-1)
-                on_disk = crossing & (rho >= settings.disk_inner) & (rho <= settings.disk_outer)
+                r_disk = disk_radius(hit[:, 1:3].norm(dim=-1), spin)
+                on_disk = crossing & (r_disk >= settings.disk_inner) & (r_disk <= settings.disk_outer)
                 finished |= on_disk
                 ended_status = torch.where(on_disk, int(RayStatus.DISK), ended_status)
                 ended_state = torch.where(on_disk[:, None], hit, ended_state)
                 ended_lam = torch.where(on_disk, lam + s * h, ended_lam)
         radius = y_acc[:, 1:4].norm(dim=-1)
-        captured = accept & ~finished & ((radius <= capture) | ~torch.isfinite(y_acc).all(-1))
+        horizon = kerr_schild_radius(y_acc, spin) if spin else radius
+        captured = accept & ~finished & ((horizon <= capture) | ~torch.isfinite(y_acc).all(-1))
         outward = (y_acc[:, 1:4] * y_acc[:, 5:8]).sum(-1) > 0
         escaped = accept & ~finished & ~captured & (radius >= settings.escape_radius) & outward
         ended_status = torch.where(captured, int(RayStatus.CAPTURED), ended_status)
@@ -679,13 +706,13 @@ def shade(
     on_disk = trace.status == RayStatus.DISK
     if bool(on_disk.any()):
         x, u = trace.positions[on_disk], trace.velocities[on_disk]
-        rho = x[:, 1:3].norm(dim=-1)
+        rho = disk_radius(x[:, 1:3].norm(dim=-1), float(settings.spin))
         redshift = torch.ones_like(rho)
         if settings.doppler:
             # g = (k . u_obs) / (k . u_emit) with k = -u (constant factors cancel)
             at_camera = camera.initial[on_disk] @ (camera.camera_metric @ camera.observer)
             g_hit = _metric_at(metric_fn, x)
-            omega = math.sqrt(settings.disk_mass) * rho ** (-1.5)
+            omega = disk_angular_velocity(rho, settings.disk_mass, float(settings.spin))
             emitter = torch.stack(
                 [torch.ones_like(rho), -omega * x[:, 2], omega * x[:, 1], torch.zeros_like(rho)], -1
             )

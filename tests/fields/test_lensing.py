@@ -206,3 +206,57 @@ def test_per_ray_integrator_matches_torchdiffeq():
         )[-1, 0]
         torch.testing.assert_close(trace.positions[ray], reference[:4], atol=1e-4, rtol=0)
         torch.testing.assert_close(trace.velocities[ray], reference[4:], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("spin", [0.0, 0.6, -0.9])
+def test_disk_emitters_move_on_circular_equatorial_geodesics(spin):
+    """At r = 4M .. 20M in Kerr-Schild coordinates, x(t) = R(Omega t) x0 with the disk's angular
+    velocity satisfies the geodesic equation in coordinate time,
+    d2x^i/dt2 = -Gamma^i_ab v^a v^b + Gamma^0_ab v^a v^b v^i (v = dx/dt), i.e. its centripetal
+    acceleration -Omega^2 (x, y, 0); Kepler's law at a = 0."""
+    from tensorfield.fields.lensing import disk_angular_velocity, disk_radius
+    from tensorfield.fields.relativity import christoffels_at
+
+    mass = 1.0
+    spacetime = Spacetime("kerr_ks", SpacetimeParameters(mass=mass, spin=spin)) if spin else Spacetime("schwarzschild_ks", SpacetimeParameters(mass=mass))
+    r = torch.tensor([4.0, 6.0, 9.0, 20.0], dtype=F64)
+    phi = torch.tensor([0.3, 1.7, -2.0, 4.0], dtype=F64)
+    rho = torch.sqrt(r * r + spin * spin)  # cylindrical radius of the ring r in z = 0
+    torch.testing.assert_close(disk_radius(rho, spin), r, rtol=1e-12, atol=0)
+    x, y = rho * torch.cos(phi), rho * torch.sin(phi)
+    coords = torch.stack([torch.zeros_like(r), x, y, torch.zeros_like(r)], -1)
+    omega = disk_angular_velocity(r, mass, spin)
+    if spin == 0.0:
+        torch.testing.assert_close(omega, torch.sqrt(mass / r**3), rtol=1e-12, atol=0)
+    v = torch.stack([torch.ones_like(r), -omega * y, omega * x, torch.zeros_like(r)], -1)
+    gamma = christoffels_at(spacetime.metric, coords)  # [N, a, b, c] Gamma^a_bc
+    quad = torch.einsum("nabc,nb,nc->na", gamma, v, v)
+    acceleration = -quad[:, 1:] + quad[:, :1] * v[:, 1:]
+    expected = torch.stack([-omega**2 * x, -omega**2 * y, torch.zeros_like(r)], -1)
+    torch.testing.assert_close(acceleration, expected, rtol=1e-9, atol=1e-12)
+    if spin:  # the other sense of rotation is not a geodesic: the formula knows the hole's spin
+        wrong = disk_angular_velocity(r, mass, -spin)
+        v_wrong = torch.stack([torch.ones_like(r), -wrong * y, wrong * x, torch.zeros_like(r)], -1)
+        quad = torch.einsum("nabc,nb,nc->na", gamma, v_wrong, v_wrong)
+        residual = -quad[:, 1:] + quad[:, :1] * v_wrong[:, 1:] + wrong[:, None] ** 2 * coords[:, 1:]
+        assert float((residual.norm(dim=-1) / (omega**2 * rho))[0]) > 1e-2  # at r = 4M
+
+
+def test_kerr_rays_are_captured_at_the_oblate_kerr_schild_horizon():
+    """a = 0.9 M: the horizon r_+ = 1.436 M is the Kerr-Schild radius, an oblate surface reaching
+    Euclidean radius sqrt(r_+^2 + a^2) = 1.694 M in the equator. Straight tangential rays (no
+    acceleration) from Euclidean radius 1.6 M: in the equator (inside the horizon) captured at
+    once; over the pole (outside it) they fly off to the sky."""
+    spin, mass = 0.9, 1.0
+    r_plus = mass + math.sqrt(mass**2 - spin**2)
+    settings = LensingSettings(horizon_radius=r_plus, escape_radius=20.0, spin=spin, dtype="float64")
+    positions = torch.tensor([[0.0, 1.6, 0.0, 0.0], [0.0, 0.0, 0.0, 1.6]], dtype=F64)
+    velocities = torch.tensor([[-1.0, 0.0, 1.0, 0.0], [-1.0, 1.0, 0.0, 0.0]], dtype=F64)
+    trace = trace_rays(lambda x, u: torch.zeros_like(u), positions, velocities, settings)
+    assert trace.status.tolist() == [int(RayStatus.CAPTURED), int(RayStatus.ESCAPED)]
+    assert int(trace.steps[0]) == 1 and float(trace.positions[0, 1:].norm()) < 1.7
+    euclidean = LensingSettings(horizon_radius=r_plus, escape_radius=20.0, dtype="float64")  # a = 0
+    trace = trace_rays(lambda x, u: torch.zeros_like(u), positions, velocities, euclidean)
+    assert trace.status.tolist() == [int(RayStatus.ESCAPED)] * 2
+    with pytest.raises(ValueError, match="spin"):
+        LensingSettings(horizon_radius=1.0, spin=1.0).validate()
