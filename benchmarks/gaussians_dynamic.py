@@ -14,7 +14,12 @@ Per run (one JSON line): train and test PSNR, the train - test gap, the number o
 for 4D the diagnostics of issue 17: the temporal scales ``sigma_t`` (quantiles, in training-frame
 spacings), how many Gaussians are alive (temporal marginal above the render threshold) at each
 test time, and each test view's PSNR against its time's distance to the nearest training frame
-(``per_view``). A summary line per scene and step count gives 4D minus static.
+(``per_view``); the colour ablation (test PSNR with the view-dependent SH bands, then the
+temporal Fourier colour terms, switched off: ``test_psnr_sh0``, ``test_psnr_time0``); and, on
+the generator's scenes, two probes whose ground truth the generator renders: training cameras at
+unseen times (``probe_novel_time_psnr``) and test cameras at the nearest training time
+(``probe_novel_view_psnr``), which say whether the gap comes from novel views or novel times. A
+summary line per scene and step count gives 4D minus static.
 
 ``--layout n3v`` runs the older comparison on multi-view video instead: the dynamic scene filmed by
 a forward-facing rig (:func:`tensorfield.datasets.synthetic.make_video_scene`, N3V layout), every
@@ -41,6 +46,7 @@ from tensorfield.datasets.synthetic import make_scene, make_video_scene
 from tensorfield.engine.config import load_config
 from tensorfield.engine.render import CameraPath, apply_time, render_path
 from tensorfield.engine.trainer import Trainer
+from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,6 +87,9 @@ def run(method: str, data: Path, out: Path, steps: int, init_points: int, backen
     }
     if method == "gaussians4d":
         result.update(temporal_diagnostics(trainer, evaluation))
+        result.update(colour_ablation(trainer))
+    if (data / "scene.json").exists() and json.loads((data / "scene.json").read_text())["kind"] != "static":
+        result.update(probe_views(trainer, data))
     return result, trainer
 
 
@@ -109,6 +118,80 @@ def temporal_diagnostics(trainer: Trainer, evaluation: dict) -> dict:
         "alive_per_test_time": {"min": min(alive), "median": int(np.median(alive)), "max": max(alive)},
         "per_view": per_view,
     }
+
+
+@torch.no_grad()
+def colour_ablation(trainer: Trainer) -> dict:
+    """Test PSNR with the view-dependent SH bands and the temporal Fourier colour terms switched off.
+
+    If the held-out views get *better* without a colour term, the model used that term to fit
+    each training camera rather than the scene (each instant is seen from one camera only).
+    """
+    model = trainer.model
+    sh, td = model.active_sh_degree, model.active_time_degree
+    out = {}
+    try:
+        for name, (degree, time_degree) in {"test_psnr_sh0": (0, td), "test_psnr_time0": (sh, 0)}.items():
+            model.active_sh_degree, model.active_time_degree = degree, time_degree
+            out[name] = round(trainer._evaluate("test", save_renders=False, write_json=False)["psnr"], 3)
+    finally:
+        model.active_sh_degree, model.active_time_degree = sh, td
+    return out
+
+
+@torch.no_grad()
+def probe_views(trainer: Trainer, data: Path, count: int = 12) -> dict:
+    """Separate novel *views* from novel *times*: PSNR of ``count`` extra views, ground truth
+    rendered by the scene generator (:func:`tensorfield.datasets.synthetic.render_view`).
+
+    * ``probe_novel_time``: training camera ``k`` at the time half a frame after its own
+      (before, for the last frame): a seen viewpoint at an unseen time.
+    * ``probe_novel_view``: test camera ``j`` at the training frame's time nearest to its own: an
+      unseen viewpoint at a seen time.
+
+    With train PSNR (seen view, seen time) and test PSNR (unseen both), this says which of the two
+    the train - test gap comes from.
+    """
+    from tensorfield.datasets.primitives import Light, Primitive
+    from tensorfield.datasets.synthetic import render_view
+    from tensorfield.engine.metrics import psnr
+    from tensorfield.fields.base import RenderRequest
+
+    description = json.loads((data / "scene.json").read_text())
+    primitives = [Primitive.from_json(item) for item in description["primitives"]]
+    light = Light.from_json(description["light"])
+    resolution = int(description["resolution"])
+    focal = 0.5 * resolution / np.tan(0.5 * float(description["camera_angle_x"]))
+    background = trainer.data.background_color()
+    cameras = trainer.data.split_cameras()
+    frames = {split: json.loads((data / f"transforms_{split}.json").read_text())["frames"] for split in ("train", "test")}
+    train_times = np.array([frame["time"] for frame in frames["train"]])
+    spacing = float(np.median(np.diff(np.sort(train_times))))
+    flip = np.diag([1.0, -1.0, -1.0, 1.0])  # OpenGL <-> OpenCV (its own inverse)
+
+    def truth(split: str, index: int, time: float) -> Tensor:
+        pose = torch.as_tensor((np.array(frames[split][index]["transform_matrix"]) @ flip)[:3], dtype=torch.float64)
+        rgba, _ = render_view(primitives, pose, resolution, focal, time, light)
+        rgba = np.round(np.clip(rgba, 0.0, 1.0) * 255.0) / 255.0  # as the PNGs
+        return torch.as_tensor(rgba[..., :3] * rgba[..., 3:] + background.double().numpy() * (1.0 - rgba[..., 3:])).float()
+
+    def score(split: str, index: int, time: float) -> float:
+        output = trainer.model.render_view(RenderRequest(cameras[split], index, background, time=time))
+        return psnr(output.rgb.float().clamp(0.0, 1.0).cpu(), truth(split, index, time))
+
+    loaded = trainer.data.split("test").images[0].float().cpu()
+    mismatch = float((truth("test", 0, float(frames["test"][0]["time"])) - loaded).abs().max())
+    if mismatch > 2.0 / 255.0:  # the probes' ground truth must be the data's own rendering
+        raise RuntimeError(f"{data}: probe ground truth differs from test image 0 by {mismatch:.3f}")
+
+    novel_time, novel_view = [], []
+    for k in np.unique(np.round(np.linspace(0, len(train_times) - 1, count)).astype(int)):
+        shifted = train_times[k] + (0.5 if k + 1 < len(train_times) else -0.5) * spacing
+        novel_time.append(score("train", int(k), float(shifted)))
+    test_times = np.array([frame["time"] for frame in frames["test"]])
+    for j, t in enumerate(test_times[:count]):
+        novel_view.append(score("test", j, float(train_times[np.abs(train_times - t).argmin()])))
+    return {"probe_novel_time_psnr": round(float(np.mean(novel_time)), 3), "probe_novel_view_psnr": round(float(np.mean(novel_view)), 3)}
 
 
 SCENES = ("orbit", "cross", "spin", "appear")
