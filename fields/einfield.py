@@ -26,6 +26,7 @@ initialisation); optional random Fourier features ``[sin(2 pi B u), cos(2 pi B u
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,6 +41,7 @@ from tensorfield.fields.base import (
     RenderOutput,
     RenderRequest,
     SceneInfo,
+    SliceDomain,
     SliceRequest,
     StepOutput,
 )
@@ -224,6 +226,18 @@ class EinFieldConfig(MethodConfig):
         group="rendering",
         choices=("grid", "exact"),
     )
+    render_outside: str = option(
+        "network",
+        "The metric lensed renders use outside the training domain (rays from a camera at camera_distance cross it): network (extrapolate the learned field; a one-line warning says so), analytic (blend to the config's analytic spacetime over render_blend_width beyond the box) or flat (blend to the chart's flat metric).",
+        group="rendering",
+        choices=("network", "analytic", "flat"),
+    )
+    render_blend_width: float = option(
+        1.0,
+        "Width (coordinate units, per axis) of the C2 blend from the learned metric at the domain's spatial faces to render_outside's metric.",
+        group="rendering",
+        above=0,
+    )
     render_rtol: float = option(
         1e-5, "Geodesic integrator relative tolerance.", group="rendering", above=0
     )
@@ -233,6 +247,17 @@ class EinFieldConfig(MethodConfig):
     render_max_steps: int = option(
         2000, "Geodesic integrator step limit per ray.", group="rendering", minimum=1
     )
+
+
+def domain_window(coords: Tensor, low: Tensor, high: Tensor, width: float) -> Tensor:
+    """``[...]`` weight of the learned metric at ``coords [..., 4]``: 1 inside the spatial box
+    ``[low, high]`` (``[3]`` each), falling to 0 at ``width`` beyond each face as the product over
+    axes of ``1 - smootherstep(excess / width)`` (``6u^5 - 15u^4 + 10u^3``), so the blended
+    metric stays C2 (its Christoffels and curvature are continuous across the faces)."""
+    spatial = coords[..., 1:]
+    excess = (low - spatial).clamp_min(0) + (spatial - high).clamp_min(0)
+    u = (excess / width).clamp(max=1.0)
+    return (1 - u**3 * (10 - 15 * u + 6 * u * u)).prod(dim=-1)
 
 
 def spacetime_of(config: EinFieldConfig) -> Spacetime:
@@ -310,6 +335,7 @@ class EinField(Field):
     """
 
     batch_kind = BatchKind.COORDINATES
+    render_cache_required = True  # the Christoffel grid: built for every frame if not kept
 
     def __init__(self, config: EinFieldConfig, scene: SceneInfo) -> None:
         super().__init__()
@@ -370,6 +396,44 @@ class EinField(Field):
         """``coords [B, 4] -> g [B, 4, 4]`` (also one point ``[4] -> [4, 4]``), for the physics
         code (:mod:`~tensorfield.fields.relativity`, geodesics, the lensed renderer)."""
         return self.metric
+
+    def render_metric(self) -> Callable[[Tensor], Tensor]:
+        """The metric lensed renders trace: the learned one, blended outside the training domain
+        to the analytic or flat metric as ``render_outside`` says (:func:`domain_window`)."""
+        mode = self.config.render_outside
+        if mode == "network":
+            return self.metric
+        low = torch.tensor(self.config.domain_min[1:], dtype=torch.float64)
+        high = torch.tensor(self.config.domain_max[1:], dtype=torch.float64)
+        width = float(self.config.render_blend_width)
+
+        def blended(coords: Tensor) -> Tensor:
+            weight = domain_window(coords, low.to(coords), high.to(coords), width)[..., None, None]
+            outside = self.spacetime.metric(coords) if mode == "analytic" else self.flat_metric(coords)
+            learned = self.metric(coords)
+            # lerp is exact at both ends: the network itself inside the box, the other metric beyond
+            return torch.lerp(outside.to(learned.dtype), learned, weight.to(learned.dtype))
+
+        return blended
+
+    def _warn_if_extrapolating(self, request: RenderRequest, settings) -> None:
+        """One warning when a lensed render with ``render_outside: network`` reaches outside the
+        training box (the camera or the escape sphere lies beyond it)."""
+        if self.config.render_outside != "network" or getattr(self, "_warned_outside", False):
+            return
+        low, high = self.config.domain_min[1:], self.config.domain_max[1:]
+        eye = request.cameras.c2w[request.index, :3, 3].tolist()
+        inside = all(lo <= e <= hi for lo, e, hi in zip(low, eye, high))
+        reach = max(max(abs(v) for v in low), max(abs(v) for v in high))
+        if inside and settings.escape_radius <= reach:
+            return
+        self._warned_outside = True
+        warnings.warn(
+            f"einfield: the lensed render traces rays outside the training domain {list(low)}..{list(high)} "
+            f"(camera at {[round(e, 2) for e in eye]}, escape radius {settings.escape_radius}), where the network "
+            "extrapolates; render_outside=analytic (or flat) blends to that metric outside the box",
+            stacklevel=3,
+        )
 
     @property
     def chart_is_cartesian(self) -> bool:
@@ -529,6 +593,15 @@ class EinField(Field):
             resolution=128,
         )
 
+    def slice_domain(self) -> SliceDomain:
+        """The domain box in the chart's coordinates (time: axis 0), for the viewer's planes."""
+        return SliceDomain(
+            tuple(self.spacetime.chart.coordinates),
+            tuple(float(v) for v in self.config.domain_min),
+            tuple(float(v) for v in self.config.domain_max),
+            time_axis=0,
+        )
+
     def slice_time(self, time: float | None) -> float | None:
         """Chart time of normalised ``time`` in ``[0, 1]`` over the domain's time range."""
         if time is None:
@@ -592,18 +665,19 @@ class EinField(Field):
                 f"lensed renders need a Cartesian chart; {self.config.spacetime} is not"
             )
         settings = self.lensing_settings(request.camera_time)
+        self._warn_if_extrapolating(request, settings)
         cache = self.allow_render_cache and not self.training
         grid = self._lensing_grid if cache else None
         if settings.christoffels == "grid" and grid is None:
             from tensorfield.fields.lensing import build_christoffel_grid
 
             grid = build_christoffel_grid(
-                self.metric_function(), settings, request.cameras.c2w.device
+                self.render_metric(), settings, request.cameras.c2w.device
             )
             if cache:
                 self._lensing_grid = grid
         with torch.no_grad():
-            return render_lensed(self.metric_function(), request, settings, christoffel_grid=grid)
+            return render_lensed(self.render_metric(), request, settings, christoffel_grid=grid)
 
     def after_step(self, step: int):
         """The weights changed: drop the cached Christoffel grid of the lensed renderer."""

@@ -278,3 +278,63 @@ def test_held_out_errors_by_radius_band_locate_a_local_error():
     assert errors["metric_rel_l2"] > 0 and errors["num_points"] == coords.shape[0]
     same = curvature_errors(true, true, coords, data.spacetime, config.mass, config.target)
     assert same["christoffel_rel_l2"] == 0.0 and same["kretschmann_rel_l2"] == 0.0
+
+
+def test_domain_window_is_one_inside_zero_beyond_the_blend_and_c2_at_the_faces():
+    from tensorfield.fields.einfield import domain_window
+
+    low, high = torch.tensor([-1.0, -2.0, 0.5], dtype=torch.float64), torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+
+    def at(x, y, z):
+        return float(domain_window(torch.tensor([0.0, x, y, z], dtype=torch.float64), low, high, 0.5))
+
+    assert at(0.0, 0.0, 1.0) == 1.0 and at(1.0, -2.0, 3.0) == 1.0  # inside and on the faces
+    assert at(1.5, 0.0, 1.0) == 0.0 and at(0.0, 0.0, 0.0) == 0.0 and at(3.0, 5.0, 9.0) == 0.0
+    assert at(1.25, 0.0, 1.0) == pytest.approx(0.5)  # smootherstep's midpoint
+    assert at(1.25, 2.25, 1.0) == pytest.approx(0.25)  # a product over the axes
+    # C2 at the face x = 1: value 1, first and second derivatives 0 from both sides
+    for x0 in (1.0 - 1e-9, 1.0 + 1e-9):
+        point = torch.tensor([0.0, x0, 0.0, 1.0], dtype=torch.float64)
+        grad = jacobian(lambda p: domain_window(p, low, high, 0.5), point)
+        second = hessian(lambda p: domain_window(p, low, high, 0.5), point)
+        assert float(grad.abs().max()) < 1e-12 and float(second.abs().max()) < 1e-6
+
+
+@pytest.mark.parametrize("outside", ["analytic", "flat"])
+def test_render_metric_is_the_network_inside_and_the_chosen_metric_beyond_the_blend(outside):
+    config = tiny_config(f"render_outside={outside}", "render_blend_width=0.5")
+    data = EinFieldData(config)
+    model = build_einfield(config, data.scene_info()).eval()
+    metric = model.render_metric()
+    inside = torch.tensor([[0.0, 1.5, 2.0, 1.2], [0.0, 2.5, 1.0, 1.0]], dtype=torch.float64)
+    far = torch.tensor([[0.0, 10.0, -4.0, 7.0], [0.0, 1.5, 1.5, 2.6]], dtype=torch.float64)
+    torch.testing.assert_close(metric(inside), model.metric(inside), rtol=0, atol=0)
+    expected = data.spacetime.metric(far) if outside == "analytic" else model.flat_metric(far)
+    torch.testing.assert_close(metric(far[:1]), expected[:1].to(torch.float64), rtol=1e-12, atol=1e-12)
+    between = metric(far[1:])  # 0.1 beyond the z face: mostly the network, not all of it
+    assert not torch.equal(between, model.metric(far[1:])) and not torch.equal(between, expected[1:])
+
+
+def test_lensed_render_warns_once_when_the_network_is_extrapolated(monkeypatch):
+    import tensorfield.fields.lensing as lensing
+    from tensorfield.datasets.cameras import Cameras, look_at
+    from tensorfield.fields.base import RenderRequest
+
+    traced = []  # the trace itself is tested in test_lensing.py; here only which metric it gets
+    monkeypatch.setattr(lensing, "render_lensed", lambda metric, request, settings, christoffel_grid=None: traced.append(metric))
+
+    eye = torch.tensor([0.0, 0.0, 20.0])
+    camera = Cameras.from_fov(look_at(eye, torch.zeros(3), torch.tensor([0.0, 1.0, 0.0]))[None], 4, 4, 0.5)
+    for outside, warns in (("network", True), ("analytic", False)):
+        config = tiny_config("render_christoffels=exact", f"render_outside={outside}")
+        model = build_einfield(config, EinFieldData(config).scene_info()).eval()
+        import warnings as warnings_module
+
+        with warnings_module.catch_warnings(record=True) as caught:
+            warnings_module.simplefilter("always")
+            model.render_view(RenderRequest(camera))
+            model.render_view(RenderRequest(camera))
+        messages = [str(w.message) for w in caught if "training domain" in str(w.message)]
+        assert len(messages) == (1 if warns else 0), messages
+        assert len(traced) == 2 and (traced[-1] == model.metric) == warns  # analytic: the blended metric
+        traced.clear()
