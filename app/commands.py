@@ -386,7 +386,7 @@ def _export_slices(model, request, args) -> int:
     import imageio.v2 as imageio
     import numpy as np
     from tensorfield.engine.colormap import colorbar_figure
-    from tensorfield.engine.render import resolve_slice
+    from tensorfield.engine.render import resolve_slice, slice_title
 
     quantities = list(args.quantity or []) + ([args.component] if args.component else [])
     out = Path(args.out)
@@ -405,8 +405,7 @@ def _export_slices(model, request, args) -> int:
         for item in resolved:
             values = model.field_slice(item).detach().double().cpu()
             np.save(out / f"{item.component}.npy", values.numpy())
-            when = f"  time {item.time:g}" if item.time is not None else ""
-            imageio.imwrite(out / f"{item.component}.png", colorbar_figure(values, f"{item.component}{when}", log=args.log))
+            imageio.imwrite(out / f"{item.component}.png", colorbar_figure(values, slice_title(item), log=args.log))
             print(f"wrote {out / item.component}.png and .npy: {item.resolution}x{item.resolution} slice of {item.component}")
     finally:
         model.train(was_training)

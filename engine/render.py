@@ -248,13 +248,27 @@ def resolve_slice(model, request: SliceRequest) -> SliceRequest:
     return request if request.component else dataclasses.replace(request, component=components[0])
 
 
-def render_slice(model, request: SliceRequest) -> np.ndarray:
+def slice_title(request: SliceRequest) -> str:
+    """The caption of a slice figure: the component, and its time when it has one (what
+    ``export RUN slices`` and the viewer write above the map)."""
+    return f"{request.component}  time {request.time:g}" if request.time is not None else request.component
+
+
+def render_slice(model, request: SliceRequest, log: bool = False, colorbar: bool = False) -> np.ndarray:
     """A coordinate model's slice (:class:`~tensorfield.fields.base.ExportsSlices`) as a
-    colour-mapped ``[R, R, 3]`` uint8 image (the turbo ramp of :func:`colorize_depth`, min to max).
+    colour-mapped uint8 image: the turbo ramp of :func:`colorize_depth`, minimum to maximum.
+
+    Args:
+        log: colour ``log10 |value|`` (:func:`tensorfield.engine.colormap.display_values`).
+        colorbar: the figure of :func:`tensorfield.engine.colormap.colorbar_figure` (the map, a
+            colour bar with value labels and :func:`slice_title` above) instead of the bare
+            ``[R, R, 3]`` map.
 
     Raises:
         RenderError: the model has no slices, or an unknown component.
     """
+    from tensorfield.engine.colormap import colorbar_figure, display_values
+
     request = resolve_slice(model, request)
     was_training = model.training
     model.eval()
@@ -262,7 +276,13 @@ def render_slice(model, request: SliceRequest) -> np.ndarray:
         values = model.field_slice(request).detach().double().cpu()
     finally:
         model.train(was_training)
-    return colorize_depth(values)
+    if colorbar:
+        return colorbar_figure(values, slice_title(request), log=log)
+    if not log:
+        return colorize_depth(values)
+    shown, _ = display_values(values, log=True)
+    finite = torch.isfinite(shown)
+    return colorize_depth(torch.where(finite, shown, torch.zeros_like(shown)), alpha=finite.double())
 
 
 def to_uint8(image: Tensor) -> np.ndarray:

@@ -323,6 +323,10 @@ class Field(nn.Module, abc.ABC):
     #: float rounding). Evaluation turns an approximate one (Strivec's baked density) off, so
     #: scores are of the model, not of its cache.
     render_cache_exact: ClassVar[bool] = True
+    #: Whether rendering without the cache builds it anyway, for every frame (the Einstein
+    #: field's Christoffel grid, which its lensed renders interpolate): the live viewer's
+    #: snapshots then keep ``allow_render_cache``, so each snapshot builds it once, not per frame.
+    render_cache_required: ClassVar[bool] = False
     #: A model that draws random numbers of its own (Gaussian splits, TensoRF's sample jitter)
     #: draws them from this generator, which the trainer checkpoints for exact resumes.
     generator: torch.Generator | None = None
@@ -434,6 +438,51 @@ class ExportsSlices(Protocol):
 
     def field_slice(self, request: SliceRequest) -> Tensor:
         """``[R, R]`` float values of ``request.component`` on the slice."""
+
+
+@dataclass(frozen=True)
+class SliceDomain:
+    """The coordinate box a model's slices may lie in.
+
+    Attributes:
+        coordinates: the ``D`` coordinate names (e.g. ``("t", "x", "y", "z")``).
+        low, high: ``[D]`` the box's corners.
+        time_axis: the coordinate that :attr:`SliceRequest.time` sets (not a plane axis), or ``None``.
+    """
+
+    coordinates: tuple[str, ...]
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    time_axis: int | None = None
+
+    def axis_aligned(self, normal: int, offset: float, resolution: int = 128) -> SliceRequest:
+        """The slice through the box's centre spanned by the two other non-time axes, at
+        coordinate ``offset`` along axis ``normal`` (``u`` the lower-numbered axis, ``v`` the
+        other); every other coordinate at the box's centre.
+
+        Raises:
+            ValueError: ``normal`` is the time axis or out of range, or fewer than three
+                non-time axes.
+        """
+        axes = [i for i in range(len(self.coordinates)) if i != self.time_axis]
+        if normal not in axes or len(axes) != 3:
+            raise ValueError(f"slice normal {normal} is not one of the spatial axes {axes} of {self.coordinates}")
+        u_axis, v_axis = (i for i in axes if i != normal)
+        origin = [(lo + hi) / 2 for lo, hi in zip(self.low, self.high)]
+        origin[normal] = float(offset)
+        axis_u, axis_v = [0.0] * len(origin), [0.0] * len(origin)
+        axis_u[u_axis] = (self.high[u_axis] - self.low[u_axis]) / 2
+        axis_v[v_axis] = (self.high[v_axis] - self.low[v_axis]) / 2
+        return SliceRequest(tuple(origin), tuple(axis_u), tuple(axis_v), resolution)
+
+
+@runtime_checkable
+class HasSliceDomain(Protocol):
+    """A model whose slices can be placed anywhere in a coordinate box (the viewer's plane
+    chooser: normal axis and offset)."""
+
+    def slice_domain(self) -> SliceDomain:
+        """The box, its coordinate names and which coordinate is time."""
 
 
 @dataclass

@@ -5,13 +5,38 @@ Every model is viewed through the same render service (one
 controls (camera, render mode, background) are always there; the time slider appears for models
 with :class:`~tensorfield.fields.base.HasTime` (the window checks it through the session), and
 models with :class:`~tensorfield.fields.base.HasIdentities` (avatars) get an identity and a
-frame chooser (:class:`IdentityControls`), whose values go into every request. Nothing here
+frame chooser (:class:`IdentityControls`), whose values go into every request. Coordinate models
+with :class:`~tensorfield.fields.base.ExportsSlices` (Einstein fields) get a slice mode
+(:class:`SliceControls`): the frame is then the slice's colour map with a colour bar (a
+:class:`~tensorfield.app.viewer.worker.SliceView` in the frame request), following the time slider;
+models that also render views (the lensed black hole) switch between the two. Nothing here
 looks at a method's name: a new family gets its controls by implementing the protocols.
+
+A family's controls also say how its frames should start (:class:`ViewDefaults`): models whose
+frames cost seconds on a CPU (lensed renders, curvature slices) start at a smaller full
+resolution with the automatic preview scale.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+
+from tensorfield.app.viewer.worker import SliceView
+
+
+@dataclass(frozen=True)
+class ViewDefaults:
+    """How the window starts on a family's model.
+
+    Attributes:
+        height: full-resolution height in pixels (``None``: the dataset cameras').
+        auto_preview: start with the automatic preview scale (the largest that keeps the
+            window's preview rate at the measured cost per pixel) instead of the fixed 0.25x.
+    """
+
+    height: int | None = None
+    auto_preview: bool = False
 
 
 class FamilyControls:
@@ -37,6 +62,14 @@ class FamilyControls:
     def frame(self) -> int | None:
         """The pose / frame to render (``None``: the model has none)."""
         return None
+
+    def slice_view(self) -> SliceView | None:
+        """The slice to show instead of the camera's view (``None``: the camera's view)."""
+        return None
+
+    def view_defaults(self) -> ViewDefaults:
+        """The resolution and preview settings to start with."""
+        return ViewDefaults()
 
 
 class IdentityControls(FamilyControls):
@@ -81,8 +114,163 @@ class IdentityControls(FamilyControls):
         return panel
 
 
+SHOW_VIEW, SHOW_SLICE = "camera view", "slice"
+OFFSET_STEPS = 200  # the offset slider's resolution across the box
+
+
+class SliceControls(FamilyControls):
+    """Slice mode for a coordinate model (:class:`~tensorfield.fields.base.ExportsSlices`).
+
+    The quantity is any of the model's ``slice_components()`` (for Einstein fields the same names
+    as ``export RUN slices``: metric components, ``det``, ``kretschmann``, ``ricci_scalar``,
+    ``error_*``), optionally as ``log10 |value|``. The plane is the model's ``default_slice()``
+    or, for models with :class:`~tensorfield.fields.base.HasSliceDomain`, the box's axis-aligned
+    plane normal to the chosen axis at the chosen offset (:meth:`SliceDomain.axis_aligned`). Its
+    resolution is the frame's height, so slices refine like camera views; its time is the time
+    slider's.
+    """
+
+    title = "Field"
+
+    def __init__(self, session) -> None:
+        from tensorfield.fields.base import HasSliceDomain, RendersViews
+
+        super().__init__(session)
+        model = session.model
+        self.components = tuple(model.slice_components())
+        self.default = model.default_slice()
+        self.component = self.default.component or self.components[0]
+        self.log = False
+        self.renders_views = isinstance(model, RendersViews)
+        self.showing = SHOW_VIEW if self.renders_views else SHOW_SLICE
+        self.domain = model.slice_domain() if isinstance(model, HasSliceDomain) else None
+        self.normal: int | None = None
+        self.offset = 0.0
+        if self.domain is not None:
+            spatial = self.spatial_axes()
+            self.normal = spatial[-1]
+            self.offset = float(self.default.origin[self.normal])
+
+    # ------------------------------------------------------------------ state (no Qt)
+    def spatial_axes(self) -> list[int]:
+        """The axes a plane can be normal to (every coordinate but time)."""
+        if self.domain is None:
+            return []
+        return [i for i in range(len(self.domain.coordinates)) if i != self.domain.time_axis]
+
+    def set_showing(self, showing: str) -> None:
+        if showing not in (SHOW_VIEW, SHOW_SLICE) or (showing == SHOW_VIEW and not self.renders_views):
+            raise ValueError(f"cannot show '{showing}' for this model")
+        self.showing = showing
+
+    def set_component(self, name: str) -> None:
+        if name not in self.components:
+            raise ValueError(f"unknown slice component '{name}' (has: {', '.join(self.components)})")
+        self.component = name
+
+    def set_log(self, log: bool) -> None:
+        self.log = bool(log)
+
+    def offset_range(self) -> tuple[float, float]:
+        """The chosen normal axis' extent in the box."""
+        return float(self.domain.low[self.normal]), float(self.domain.high[self.normal])
+
+    def set_normal(self, axis: int) -> None:
+        """Slice normal to coordinate ``axis``, through the box's centre."""
+        if axis not in self.spatial_axes():
+            raise ValueError(f"axis {axis} is not a spatial axis of the slice domain")
+        self.normal = int(axis)
+        low, high = self.offset_range()
+        self.offset = (low + high) / 2
+
+    def set_offset(self, value: float) -> None:
+        """The plane's coordinate along the normal axis (clamped to the box)."""
+        low, high = self.offset_range()
+        self.offset = min(max(float(value), low), high)
+
+    def slice_request(self):
+        """The :class:`~tensorfield.fields.base.SliceRequest` of the current choices."""
+        import dataclasses
+
+        plane = self.default if self.domain is None else self.domain.axis_aligned(self.normal, self.offset)
+        return dataclasses.replace(plane, component=self.component)
+
+    def slice_view(self) -> SliceView | None:
+        if self.showing != SHOW_SLICE:
+            return None
+        return SliceView(self.slice_request(), self.log)
+
+    def view_defaults(self) -> ViewDefaults:
+        """Curvature slices (second derivatives of the network) and lensed renders (geodesics
+        through it) take seconds per frame at 256 pixels on a CPU: start at 128 with the
+        automatic preview scale."""
+        return ViewDefaults(height=128, auto_preview=True)
+
+    # ------------------------------------------------------------------ widgets
+    def widget(self, on_change: Callable[[], None]):
+        from PyQt6.QtCore import Qt
+        from PyQt6.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLabel, QSlider, QWidget
+
+        panel = QWidget()
+        form = QFormLayout(panel)
+        self.show_combo = QComboBox()
+        self.show_combo.addItems([SHOW_VIEW, SHOW_SLICE] if self.renders_views else [SHOW_SLICE])
+        self.show_combo.setCurrentText(self.showing)
+        self.show_combo.currentTextChanged.connect(lambda text: (self.set_showing(text), on_change()))
+        form.addRow("Show", self.show_combo)
+        self.quantity_combo = QComboBox()
+        self.quantity_combo.addItems(list(self.components))
+        self.quantity_combo.setCurrentText(self.component)
+        self.quantity_combo.currentTextChanged.connect(lambda text: (self.set_component(text), on_change()))
+        form.addRow("Quantity", self.quantity_combo)
+        self.log_check = QCheckBox("log10 |value|")
+        self.log_check.toggled.connect(lambda checked: (self.set_log(checked), on_change()))
+        form.addRow(self.log_check)
+        if self.domain is not None:
+            names = self.domain.coordinates
+            self.normal_combo = QComboBox()
+            for axis in self.spatial_axes():
+                others = [names[i] for i in self.spatial_axes() if i != axis]
+                self.normal_combo.addItem(f"{names[axis]} ({'-'.join(others)} plane)", axis)
+            self.normal_combo.setCurrentIndex(self.spatial_axes().index(self.normal))
+            self.offset_slider = QSlider(Qt.Orientation.Horizontal)
+            self.offset_slider.setRange(0, OFFSET_STEPS)
+            self.offset_label = QLabel()
+
+            def sync_offset() -> None:
+                low, high = self.offset_range()
+                fraction = 0.5 if high <= low else (self.offset - low) / (high - low)
+                self.offset_slider.blockSignals(True)
+                self.offset_slider.setValue(int(round(fraction * OFFSET_STEPS)))
+                self.offset_slider.blockSignals(False)
+                self.offset_label.setText(f"{names[self.normal]} = {self.offset:.4g}")
+
+            def normal_chosen(index: int) -> None:
+                self.set_normal(self.normal_combo.itemData(index))
+                sync_offset()
+                on_change()
+
+            def offset_moved(value: int) -> None:
+                low, high = self.offset_range()
+                self.set_offset(low + (high - low) * value / OFFSET_STEPS)
+                sync_offset()
+                on_change()
+
+            self.normal_combo.currentIndexChanged.connect(normal_chosen)
+            self.offset_slider.valueChanged.connect(offset_moved)
+            sync_offset()
+            form.addRow("Normal", self.normal_combo)
+            form.addRow(self.offset_label, self.offset_slider)
+        return panel
+
+
 def controls_for(session) -> FamilyControls:
     """The controls of the session's model, from the protocols it implements."""
-    from tensorfield.fields.base import HasIdentities
+    from tensorfield.fields.base import ExportsSlices, HasIdentities
 
-    return IdentityControls(session) if isinstance(session.model, HasIdentities) else FamilyControls(session)
+    model = session.model
+    if isinstance(model, HasIdentities):
+        return IdentityControls(session)
+    if isinstance(model, ExportsSlices):
+        return SliceControls(session)
+    return FamilyControls(session)

@@ -41,11 +41,14 @@ def snapshot_model(model):
     """A deep copy of ``model`` for rendering, in eval mode.
 
     Snapshots are replaced every ``snapshot_interval``, so building an inference cache for each
-    (TensoRF's dense grids, ~0.7 s on lego) would cost more than it saves: it is turned off.
+    (TensoRF's dense grids, ~0.7 s on lego) would cost more than it saves: it is turned off,
+    except for models that would build it for every frame without it
+    (:attr:`~tensorfield.fields.base.Field.render_cache_required`: the Einstein field's
+    Christoffel grid), which then build it once per snapshot.
     """
     clone = copy.deepcopy(model)
     clone.eval()
-    clone.allow_render_cache = False
+    clone.allow_render_cache = bool(type(clone).render_cache_required)
     return clone
 
 

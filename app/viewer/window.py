@@ -415,6 +415,7 @@ class ViewerWindow(QMainWindow):
         if not session.is_dynamic:
             self.set_playing(False)
         self._install_family_controls()
+        self._apply_view_defaults(self.family.view_defaults())
         self._set_controls_enabled(True)
         self.keyframes = []
         self._update_keyframe_label()
@@ -431,6 +432,20 @@ class ViewerWindow(QMainWindow):
         if widget is not None:
             self.family_box.setTitle(self.family.title or "Model")
             self.family_layout.addWidget(widget)
+
+    def _apply_view_defaults(self, defaults) -> None:
+        """The family's starting resolution and preview scale (:class:`ViewDefaults`)."""
+        if defaults.height is not None:
+            self.height_spin.blockSignals(True)
+            self.height_spin.setValue(defaults.height)
+            self.height_spin.blockSignals(False)
+            width0, height0 = self.session.resolution
+            self.full_size = (max(1, int(round(defaults.height * width0 / height0))), int(defaults.height))
+        if defaults.auto_preview:
+            self.preview_combo.blockSignals(True)
+            self.preview_combo.setCurrentIndex(self.preview_combo.count() - 1)  # "auto", the last item
+            self.preview_combo.blockSignals(False)
+            self.preview_scale = AUTO_PREVIEW
 
     # ================================================================== view state
     def set_camera(self, camera: ViewCamera) -> None:
@@ -578,6 +593,7 @@ class ViewerWindow(QMainWindow):
             generation=self._generation,
             level=level,
             final=level == len(levels) - 1,
+            slice=self.family.slice_view() if self.family is not None else None,
         )
 
     def request_frame(self) -> None:

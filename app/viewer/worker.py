@@ -11,6 +11,7 @@ rendering videos. The UI thread only posts requests and receives results through
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -23,8 +24,21 @@ from typing import Any
 import numpy as np
 import torch
 from tensorfield.app.viewer.camera import ViewCamera
-from tensorfield.engine.render import render_image
-from tensorfield.fields.base import RenderRequest
+from tensorfield.engine.render import render_image, render_slice
+from tensorfield.fields.base import RenderRequest, SliceRequest
+
+
+@dataclass(frozen=True)
+class SliceView:
+    """A frame that shows a field slice instead of a camera view (coordinate models).
+
+    Attributes:
+        request: the plane and component; its resolution and time are the frame's.
+        log: colour ``log10 |value|``.
+    """
+
+    request: SliceRequest
+    log: bool = False
 
 
 @dataclass(frozen=True)
@@ -42,6 +56,8 @@ class FrameRequest:
         generation: the view's change counter when requested (results of older generations are stale).
         level: refinement level (0 = preview; the last level is full resolution).
         final: whether this is the full-resolution frame.
+        slice: show this field slice (``height`` samples per side, at ``time``) as a colour map
+            with a colour bar instead of the camera's view; ``None``: the camera's view.
     """
 
     camera: ViewCamera
@@ -55,6 +71,7 @@ class FrameRequest:
     generation: int = 0
     level: int = 0
     final: bool = True
+    slice: SliceView | None = None
 
     def cameras(self):
         return self.camera.cameras(self.width, self.height, self.time)
@@ -64,6 +81,12 @@ class FrameRequest:
         time_value = self.time if self.time is not None and math.isfinite(self.time) else None
         background = torch.tensor(self.background, dtype=torch.float32)
         return RenderRequest(self.cameras(), 0, background, time_value, self.identity, self.frame, self.mode)
+
+    def slice_request(self) -> SliceRequest:
+        """The engine's slice request of a slice frame: ``height`` samples per side, at the
+        frame's time (``None`` for static models)."""
+        time_value = self.time if self.time is not None and math.isfinite(self.time) else None
+        return dataclasses.replace(self.slice.request, resolution=self.height, time=time_value)
 
 
 @dataclass
@@ -75,7 +98,11 @@ class FrameResult:
 
 
 def render_request(model, request: FrameRequest) -> np.ndarray:
-    """The image of ``request`` through the engine's render service (what the CLI uses)."""
+    """The image of ``request`` through the engine's render service (what the CLI uses): the
+    camera's view, or a slice frame's figure (:func:`~tensorfield.engine.render.render_slice`
+    with its colour bar)."""
+    if request.slice is not None:
+        return render_slice(model, request.slice_request(), log=request.slice.log, colorbar=True)
     return render_image(model, request.render_request())
 
 
