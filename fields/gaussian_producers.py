@@ -206,9 +206,21 @@ class GaussianProducer(abc.ABC):
     def export(self, params: Params, time: float) -> SplatExport:
         """The slice at model time ``time`` in the 3DGS PLY parametrisation."""
 
-    def extra_losses(self, params: Params, step: int, rigidity_loss: Callable[[Tensor, int], Tensor]) -> list[ExtraLoss]:
-        """Regularisers beyond the photometric loss (``rigidity_loss(velocity, step)`` from the model)."""
-        return []
+    def extra_losses(
+        self,
+        params: Params,
+        step: int,
+        rigidity_loss: Callable[[Tensor, int], Tensor],
+        consistency_loss: Callable[[Tensor, int], Tensor] | None = None,
+    ) -> list[ExtraLoss]:
+        r"""Regularisers beyond the photometric loss (``rigidity_loss(velocity, step)`` and
+        ``consistency_loss(velocity, step)`` from the model): here the opacity entropy
+        (``entropy_weight``; 4D-Rotor GS, Duan et al. 2024) :math:`\frac1N \sum_i -o_i \log o_i`."""
+        weight = float(getattr(self.config, "entropy_weight", 0.0))
+        if weight <= 0:
+            return []
+        opacity = torch.sigmoid(params["opacity_logits"])
+        return [("entropy", weight, -(opacity * torch.log(opacity.clamp_min(1e-10))).mean())]
 
 
 class StaticProducer(GaussianProducer):
@@ -367,17 +379,21 @@ class SpacetimeProducer(GaussianProducer):
         )
         return SplatExport(gaussians.means, logit(gaussians.opacities.clamp(1e-7, 1 - 1e-7)), scales.log(), quats, table)
 
-    def extra_losses(self, params, step, rigidity_loss):
-        """Official rigidity (``rigid_weight``) and motion (``motion_weight``) losses."""
+    def extra_losses(self, params, step, rigidity_loss, consistency_loss=None):
+        """Official rigidity (``rigid_weight``) and motion (``motion_weight``) losses, the 4D
+        consistency loss (``consistency_weight``), then the base class's opacity entropy."""
         config = self.config
         losses: list[ExtraLoss] = []
-        if config.rigid_weight > 0 or config.motion_weight > 0:
+        consistency = float(getattr(config, "consistency_weight", 0.0)) if consistency_loss is not None else 0.0
+        if config.rigid_weight > 0 or config.motion_weight > 0 or consistency > 0:
             velocity = mean_velocity(self.scales_4d(params), params["quats"], params["quats_right"], 0.1)
             if config.rigid_weight > 0:
                 losses.append(("rigid", config.rigid_weight, rigidity_loss(velocity, step)))
             if config.motion_weight > 0:
                 losses.append(("motion", config.motion_weight, velocity.norm(dim=1).mean()))
-        return losses
+            if consistency > 0:
+                losses.append(("consistency", consistency, consistency_loss(velocity, step)))
+        return losses + super().extra_losses(params, step, rigidity_loss, consistency_loss)
 
 
 def make_producer(config, dim: int) -> GaussianProducer:

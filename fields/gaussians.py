@@ -159,6 +159,12 @@ class GaussianConfig(ImageMethodConfig):
     rigid_neighbours: int = option(20, "4D rigidity loss: nearest Gaussians by mean (itself included) each one is compared with (official k = 20).", group="optimisation", minimum=1)
     rigid_knn_interval: int = option(1, "4D rigidity loss: recompute the neighbours every N steps and after densification (official: every step); weights always use the current distances.", group="optimisation", minimum=1)
     motion_weight: float = option(0.0, "4D: weight of the official motion loss (lambda_motion): the mean speed of the Gaussians.", group="optimisation", minimum=0)
+    consistency_weight: float = option(0.0, "4D: weight of the 4D consistency loss (4D-Rotor GS, Duan et al. SIGGRAPH 2024, Sec. 3.4): each Gaussian's velocity against the mean velocity of its nearest Gaussians in space-time (L1).", group="optimisation", minimum=0)
+    consistency_neighbours: int = option(8, "4D consistency loss: nearest Gaussians by space-time mean (x, y, z, t), itself excluded.", group="optimisation", minimum=1)
+    consistency_knn_interval: int = option(10, "4D consistency loss: recompute the neighbours every N steps and after densification (also after a resume).", group="optimisation", minimum=1)
+    entropy_weight: float = option(0.0, "Weight of the opacity entropy loss mean(-o log o) (4D-Rotor GS, Duan et al. SIGGRAPH 2024, Sec. 3.4): opacities go to 0 or 1, so faint floaters fade and are pruned.", group="optimisation", minimum=0)
+    time_jitter: float = option(0.0, "4D: each training view is rendered at its normalised time plus N(0, s^2) noise, s = this x (1 - step / time_jitter_steps), for monocular video (annealed smooth training, Deformable 3DGS, Yang et al. CVPR 2024, Sec. 3.3; 0 = off).", group="optimisation", minimum=0)
+    time_jitter_steps: int = option(-1, "4D: steps over which time_jitter decays linearly to 0 (-1 = steps).", group="optimisation", minimum=1, special=(-1,))
     # densification
     densify_from: int = option(500, "First step whose statistics can trigger densification.", group="densification", minimum=0)
     densify_until: int = option(15000, "Densify / reset opacity only before this step.", group="densification", minimum=0)
@@ -273,6 +279,7 @@ class GaussianSplatting(Field):
         self.active_time_degree = 0
         self.generator = torch.Generator().manual_seed(int(config.seed) + 1)
         self._records: list[ScreenRecord] = []
+        self._consistency_neighbours: Tensor | None = None  # [N, k] space-time neighbours (consistency loss)
 
         init = torch.Generator().manual_seed(int(config.seed))
         aabb = scene.aabb.detach().float().cpu().reshape(2, 3)
@@ -427,10 +434,9 @@ class GaussianSplatting(Field):
         cameras = batch.cameras
         renders = []
         self._records = []
+        times = self.training_times(cameras.times, step)
         for i in range(len(cameras)):
-            output, raster, gaussians = self._rasterize_camera(
-                cameras, i, self.scene_time(float(cameras.times[i])), batch.background
-            )
+            output, raster, gaussians = self._rasterize_camera(cameras, i, self.scene_time(times[i]), batch.background)
             renders.append(output.rgb)
             if raster is not None and raster.means2d.requires_grad:
                 raster.means2d.retain_grad()
@@ -441,10 +447,33 @@ class GaussianSplatting(Field):
         loss, l1, structural = photometric_loss(prediction, batch.images, self.config.ssim_weight)
         mse = F.mse_loss(prediction.detach(), batch.images)
         metrics = {"mse": float(mse), "l1": float(l1.detach()), "ssim": float(structural.detach()), "num_gaussians": float(self.num_gaussians)}
-        for name, weight, value in self.producer.extra_losses(self.params(), step, self.rigidity_loss):
+        for name, weight, value in self.producer.extra_losses(self.params(), step, self.rigidity_loss, self.consistency_loss):
             loss = loss + weight * value
             metrics[name] = float(value.detach())
         return StepOutput(loss, metrics)
+
+    def training_times(self, times: Tensor, step: int) -> list[float]:
+        r"""The normalised times the batch's views are rendered at in training step ``step``.
+
+        Without ``time_jitter`` (and for static models) the cameras' own times. With it, each
+        time plus :math:`\epsilon \sim N(0, s^2)`, :math:`s = \text{time\_jitter}
+        \cdot \max(0, 1 - \text{step} / \text{time\_jitter\_steps})`: Deformable 3DGS's annealed
+        smooth training (Yang et al., CVPR 2024, Sec. 3.3: noise on the time input, decaying
+        linearly), here on the 4D slice time. With one camera per instant, a training image must
+        then be explained by the Gaussians alive around its time, which other cameras see too.
+        The noise comes from a generator seeded by ``seed`` and ``step``, so resumed runs draw the same.
+        """
+        values = [float(t) for t in times]
+        config = self.config
+        if self.dim != 4 or config.time_jitter <= 0:
+            return values
+        horizon = config.time_jitter_steps if config.time_jitter_steps > 0 else max(int(config.steps), 1)
+        scale = float(config.time_jitter) * max(0.0, 1.0 - step / horizon)
+        if scale <= 0:
+            return values
+        generator = torch.Generator().manual_seed(int(config.seed) * 1_000_003 + int(step) + 7)
+        noise = torch.randn(len(values), generator=generator, dtype=torch.float64) * scale
+        return [t + float(e) if math.isfinite(t) else t for t, e in zip(values, noise)]
 
     def rigidity_loss(self, velocity: Tensor, step: int) -> Tensor:
         r"""Official 4DGS rigidity loss: neighbouring Gaussians move alike.
@@ -470,6 +499,34 @@ class GaussianSplatting(Field):
             weight = torch.exp(-100.0 * (self.means[index] - self.means[:, None]).norm(dim=-1))
         spread = (velocity[index] - velocity[:, None]).norm(dim=-1)
         return (weight * spread).sum() / max(k, 1) / max(count, 1)
+
+    def consistency_loss(self, velocity: Tensor, step: int) -> Tensor:
+        r"""4D consistency loss of 4D-Rotor GS (Duan et al., SIGGRAPH 2024, Sec. 3.4):
+
+        .. math:: L_{c} = \frac{1}{N} \sum_i \Big\| v_i - \frac{1}{K} \sum_{j \in \Omega_i} v_j \Big\|_1
+
+        with :math:`\Omega_i` the ``consistency_neighbours`` nearest other Gaussians by space-time
+        mean :math:`(\mu_{xyz}, \mu_t)` and :math:`v` the velocity of :meth:`rigidity_loss`
+        (its ``velocity`` argument, ``[N, 3]``). Unlike the rigidity loss the neighbours are found in
+        4D, so a Gaussian is tied to those that coexist with it, not to those at the same place at
+        another time. Neighbours are kept for ``consistency_knn_interval`` steps (an attribute,
+        not checkpointed: a resumed run finds them anew).
+        """
+        count = self.num_gaussians
+        k = min(int(self.config.consistency_neighbours), count - 1)
+        if k <= 0:
+            return velocity.sum() * 0.0
+        interval = max(int(self.config.consistency_knn_interval), 1)
+        cached = self._consistency_neighbours
+        if cached is None or cached.shape != (count, k) or step % interval == 0:
+            space_time = torch.cat([self.means.detach(), self.times.detach()[:, None]], dim=1)
+            candidates = nearest_neighbours(space_time, k + 1).to(self.means.device)
+            itself = candidates == torch.arange(count, device=candidates.device)[:, None]
+            # drop the Gaussian itself (not always first: clones share its mean), else the farthest
+            order = torch.argsort(itself.to(torch.int8), dim=1, stable=True)
+            cached = candidates.gather(1, order)[:, :k]
+            self._consistency_neighbours = cached
+        return (velocity - velocity[cached].mean(dim=1)).abs().sum(dim=1).mean()
 
     def adam_settings(self) -> tuple[tuple[float, float], float]:
         """Adam with the config's betas and eps (3DGS: 0.9 / 0.999, 1e-15)."""
@@ -545,6 +602,7 @@ class GaussianSplatting(Field):
         self.grad_count = torch.zeros(count, device=device)
         self.max_radii = torch.zeros(count, device=device)
         self.rigid_neighbours = torch.zeros(count, 0, dtype=torch.long, device=device)
+        self._consistency_neighbours = None
         return tuple(surgery)
 
     # ------------------------------------------------------------------ export
