@@ -150,7 +150,9 @@ def probe_views(trainer: Trainer, data: Path, count: int = 12) -> dict:
       unseen viewpoint at a seen time.
 
     With train PSNR (seen view, seen time) and test PSNR (unseen both), this says which of the two
-    the train - test gap comes from.
+    the train - test gap comes from. ``{train,test}_psnr_{moving,static}_pixels`` split the error
+    of ``count`` views of each split between the pixels of objects that move, turn, appear or
+    vanish (their silhouettes at the view's time, grown by one pixel) and the rest.
     """
     from tensorfield.datasets.primitives import Light, Primitive
     from tensorfield.datasets.synthetic import render_view
@@ -184,6 +186,33 @@ def probe_views(trainer: Trainer, data: Path, count: int = 12) -> dict:
     if mismatch > 2.0 / 255.0:  # the probes' ground truth must be the data's own rendering
         raise RuntimeError(f"{data}: probe ground truth differs from test image 0 by {mismatch:.3f}")
 
+    def moving(item: Primitive) -> bool:
+        return len(item.path) > 1 or item.spin != 0.0 or tuple(item.visible) != (0.0, 1.0)
+
+    movers = [item for item in primitives if moving(item)]
+
+    def region_errors(split: str, index: int, time: float) -> tuple[float, float, int]:
+        """Squared-error sums on pixels of moving objects (their silhouette grown by a pixel) and
+        on the rest, and the moving pixel count, of camera ``index`` of ``split`` at its own time."""
+        pose = torch.as_tensor((np.array(frames[split][index]["transform_matrix"]) @ flip)[:3], dtype=torch.float64)
+        alpha = render_view(movers, pose, resolution, focal, time, light)[0][..., 3] if movers else np.zeros((resolution, resolution))
+        mask = torch.as_tensor(alpha > 0.0)
+        mask = torch.nn.functional.max_pool2d(mask[None, None].float(), 3, 1, 1)[0, 0] > 0
+        output = trainer.model.render_view(RenderRequest(cameras[split], index, background, time=time))
+        error = ((output.rgb.float().clamp(0.0, 1.0).cpu() - trainer.data.split(split).images[index].float().cpu()) ** 2).mean(-1)
+        return float(error[mask].sum()), float(error[~mask].sum()), int(mask.sum())
+
+    regions = {}
+    for split in ("train", "test"):
+        indices = np.unique(np.round(np.linspace(0, len(frames[split]) - 1, count)).astype(int))
+        totals = np.zeros(3)
+        for index in indices:
+            totals += region_errors(split, int(index), float(frames[split][index]["time"]))
+        pixels = len(indices) * resolution * resolution
+        regions[f"{split}_psnr_moving_pixels"] = round(float(-10 * np.log10(totals[0] / max(totals[2], 1))), 3)
+        regions[f"{split}_psnr_static_pixels"] = round(float(-10 * np.log10(totals[1] / max(pixels - totals[2], 1))), 3)
+    regions["moving_pixel_fraction"] = round(float(totals[2] / pixels), 4)
+
     novel_time, novel_view = [], []
     for k in np.unique(np.round(np.linspace(0, len(train_times) - 1, count)).astype(int)):
         shifted = train_times[k] + (0.5 if k + 1 < len(train_times) else -0.5) * spacing
@@ -191,7 +220,7 @@ def probe_views(trainer: Trainer, data: Path, count: int = 12) -> dict:
     test_times = np.array([frame["time"] for frame in frames["test"]])
     for j, t in enumerate(test_times[:count]):
         novel_view.append(score("test", j, float(train_times[np.abs(train_times - t).argmin()])))
-    return {"probe_novel_time_psnr": round(float(np.mean(novel_time)), 3), "probe_novel_view_psnr": round(float(np.mean(novel_view)), 3)}
+    return {"probe_novel_time_psnr": round(float(np.mean(novel_time)), 3), "probe_novel_view_psnr": round(float(np.mean(novel_view)), 3), **regions}
 
 
 SCENES = ("orbit", "cross", "spin", "appear")
