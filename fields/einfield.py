@@ -184,6 +184,13 @@ class EinFieldConfig(MethodConfig):
     hessian_weight: float = option(
         0.0, "Weight of the Hessian loss (0 = off: faster steps).", group="training", minimum=0
     )
+    sample_weight_power: float = option(
+        0.0,
+        "Per-sample loss weights (|target|^2 + mean |target|^2)^-p, normalised to mean 1, separately for the values, Jacobian and Hessian terms: 0 = plain MSE (the official loss); 0.5 weighs errors relative to each sample's magnitude, so the few samples near a singularity (distortion ~ 2M/r, Jacobian ~ 2M/r^2) stop dominating the batch.",
+        group="training",
+        minimum=0,
+        maximum=1,
+    )
     # rendering (lensed views through fields.lensing)
     render_background: str = option(
         "stars", "Lensed render background: stars (procedural) or an image path.", group="rendering"
@@ -558,15 +565,25 @@ class EinField(Field):
             values, jacobian, hessian = (*self.jets(batch.coordinates, order=1)[:2], None)
         else:
             values, jacobian, hessian = self.components(batch.coordinates), None, None
-        metric_mse = (values - batch.values.to(self.dtype)).square().mean()
+        power = config.sample_weight_power
+
+        def mse(prediction: Tensor, target: Tensor) -> Tensor:
+            error = (prediction - target.to(self.dtype)).square().flatten(1)
+            if power == 0:
+                return error.mean()
+            size = target.to(self.dtype).square().flatten(1).mean(dim=1)
+            weight = (size + size.mean()).pow(-power)
+            return (error.mean(dim=1) * (weight / weight.mean())).mean()
+
+        metric_mse = mse(values, batch.values)
         loss = config.metric_weight * metric_mse
         metrics = {"metric_mse": float(metric_mse.detach())}
         if use_jacobian:
-            jacobian_mse = (jacobian - batch.jacobians.to(self.dtype)).square().mean()
+            jacobian_mse = mse(jacobian, batch.jacobians)
             loss = loss + config.jacobian_weight * jacobian_mse
             metrics["jacobian_mse"] = float(jacobian_mse.detach())
         if use_hessian:
-            hessian_mse = (hessian - hessians.to(self.dtype)).square().mean()
+            hessian_mse = mse(hessian, hessians)
             loss = loss + config.hessian_weight * hessian_mse
             metrics["hessian_mse"] = float(hessian_mse.detach())
         return StepOutput(loss, metrics)

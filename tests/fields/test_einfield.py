@@ -338,3 +338,28 @@ def test_lensed_render_warns_once_when_the_network_is_extrapolated(monkeypatch):
         assert len(messages) == (1 if warns else 0), messages
         assert len(traced) == 2 and (traced[-1] == model.metric) == warns  # analytic: the blended metric
         traced.clear()
+
+
+@pytest.mark.parametrize("power", [0.0, 0.5, 1.0])
+def test_sample_weighted_sobolev_loss_equals_a_per_sample_loop(power):
+    config = tiny_config(f"sample_weight_power={power}", "jacobian_weight=0.7", "hessian_weight=0.3")
+    data = EinFieldData(config)
+    model = build_einfield(config, data.scene_info())
+    batch = data.batch_source(model, torch.device("cpu")).sample(7, torch.Generator().manual_seed(3))
+    assert batch.hessians is not None and batch.jacobians is not None
+    loss = model.training_step(batch, 0).loss
+    values, jac, hess = (t.detach() for t in model.jets(batch.coordinates, order=2))
+
+    def term(prediction, target):  # the documented weights, one sample at a time
+        sizes = [float((target[i].double() ** 2).mean()) for i in range(target.shape[0])]
+        weights = [(s + sum(sizes) / len(sizes)) ** -power for s in sizes]
+        weights = [w * len(weights) / sum(weights) for w in weights]
+        errors = [float(((prediction[i].double() - target[i].double()) ** 2).mean()) for i in range(target.shape[0])]
+        return sum(w * e for w, e in zip(weights, errors)) / len(errors)
+
+    expected = term(values, batch.values) + 0.7 * term(jac, batch.jacobians) + 0.3 * term(hess, batch.hessians)
+    assert float(loss) == pytest.approx(expected, rel=1e-9)
+    if power > 0:  # the weights do change the loss: the samples differ in magnitude
+        plain = build_einfield(tiny_config("jacobian_weight=0.7", "hessian_weight=0.3"), data.scene_info())
+        plain.load_state_dict(model.state_dict())
+        assert float(plain.training_step(batch, 0).loss) != pytest.approx(float(loss), rel=1e-6)
