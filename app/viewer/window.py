@@ -610,10 +610,27 @@ class ViewerWindow(QMainWindow):
         self._requested_level = level
         self.worker.request(self.frame_request(level))
 
+    def _next_level(self, request: FrameRequest) -> int:
+        """The level to refine a shown preview ``request`` to: the first of the current levels
+        with more rows. The levels follow the auto preview scale, which the frame that arrived
+        has just re-measured, so they may have changed since ``request`` was made (a cheap frame
+        collapses them to full resolution only): the index ``request.level + 1`` may not exist."""
+        levels = self._levels()
+        for index, scale in enumerate(levels):
+            if scale >= 1.0 or int(round(self.full_size[1] * scale)) > request.height:
+                return index
+        return len(levels) - 1
+
     def _on_settled(self) -> None:
         self._moving = False
-        if self._requested_level == self._arrived_level and self._arrived_level < len(self._levels()) - 1:
-            self._submit(self._arrived_level + 1)
+        shown = self.last_result.request if self.last_result is not None else None
+        if (
+            shown is not None
+            and shown.generation == self._generation
+            and not shown.final
+            and self._requested_level == self._arrived_level
+        ):
+            self._submit(self._next_level(shown))
 
     def _on_frame(self, result: FrameResult) -> None:
         if self._closing:
@@ -645,7 +662,7 @@ class ViewerWindow(QMainWindow):
         if request.generation == self._generation:
             self._arrived_level = request.level
             if not self._moving and not request.final and self._requested_level == request.level:
-                self._submit(request.level + 1)
+                self._submit(self._next_level(request))
 
     def wait_idle(self) -> bool:
         """Whether the current view is shown at full resolution (for tests and scripts)."""
