@@ -11,6 +11,13 @@ recorded even when another fails:
    Gaussians: the issue's GPU case, 1M at 1280x720 (target 60 FPS), and 100k at 640x480.
 4. ``train_*``: tiny 3DGS, 4DGS, TensoRF-VM and (on the GPU) Strivec runs on the built-in synthetic scenes on that
    device: steps/s and test PSNR.
+5. ``einfield``: the Schwarzschild Kerr-Schild Einstein field trained on the device (steps/s,
+   held-out relative errors of metric, Christoffels and Kretschmann) and its lensed render at
+   256x256 (seconds per frame, the Christoffel grid built once and timed on its own).
+6. ``monocular_4d``: a fast-motion monocular scene of the generator (``orbit``, D-NeRF layout;
+   64x64 on the CPU dry run, 400x400 on the GPU as issue 17 asks) trained by 4DGS at the
+   packaged defaults and with the monocular options (time jitter, consistency loss): train and
+   test PSNR and the gap.
 
 Prints one JSON line per part and writes them all to ``--out/gpu_check.json``. ``--device cpu``
 runs the same script on the CPU (gsplat parts are skipped; the native rasteriser stands in), so
@@ -60,7 +67,15 @@ def _import_tree() -> None:
     spec.loader.exec_module(module)
 
 
+_OUT: Path | None = None  # where main() writes gpu_check.json (rewritten after every part)
+
+
+_ONLY: set[str] | None = None  # the parts main() runs (None: all)
+
+
 def _part(name: str, results: list, fn, *args) -> None:
+    if _ONLY is not None and name not in _ONLY and name != "environment":
+        return
     start = time.perf_counter()
     try:
         record = {"part": name, **fn(*args)}
@@ -69,6 +84,8 @@ def _part(name: str, results: list, fn, *args) -> None:
     record["seconds"] = round(time.perf_counter() - start, 2)
     results.append(record)
     print(json.dumps(record), flush=True)
+    if _OUT is not None:
+        (_OUT / "gpu_check.json").write_text(json.dumps(results, indent=1))
 
 
 def environment(device: str) -> dict:
@@ -198,17 +215,91 @@ def _train(device: str, method: str, kind: str, steps: int, out: Path, extra: li
     return {"method": method, "steps": steps, "it_per_s": round(steps / seconds, 2), "test_psnr": round(evaluation["psnr"], 3), "render_s": round(evaluation["render_s"], 4)}
 
 
+def einfield(device: str, quick: bool, out: Path) -> dict:
+    import torch
+
+    from tensorfield.datasets.cameras import Cameras
+    from tensorfield.engine.config import load_config
+    from tensorfield.engine.trainer import Trainer
+    from tensorfield.fields.base import RenderRequest
+
+    steps = 40 if quick or device == "cpu" else 3000
+    config = load_config(ROOT / "configs" / "einfield_schwarzschild_ks.yaml", [f"steps={steps}", "checkpoint_every=0", "log_every=1000"])
+    trainer = Trainer.from_config(config, out / "run_einfield", device=device)
+    start = time.perf_counter()
+    trainer.train(progress=False, final_eval=False)
+    seconds = time.perf_counter() - start
+    evaluation = trainer.evaluate(save_renders=False)
+    model = trainer.model.eval()
+    size = 16 if device == "cpu" else 256
+    cameras = trainer.data.split_cameras()["train"]
+    request = RenderRequest(Cameras.from_fov(cameras.c2w[:1], size, size, math.radians(config.render_fov)), 0)
+
+    def frame():
+        with torch.no_grad():
+            model.render_view(request.on(torch.device(device)))
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    tick = time.perf_counter()
+    frame()  # builds the Christoffel grid of the static spacetime
+    first_s = time.perf_counter() - tick
+    tick = time.perf_counter()
+    frame()
+    frame_s = time.perf_counter() - tick
+    keys = ("metric_rel_l2", "christoffel_rel_l2", "kretschmann_rel_l2", "kretschmann_outside_2m_rel_l2")
+    return {"steps": steps, "it_per_s": round(steps / seconds, 2), **{k: evaluation[k] for k in keys if k in evaluation},
+            "render_size": size, "first_frame_s": round(first_s, 3), "frame_s": round(frame_s, 3)}
+
+
+def monocular_4d(device: str, quick: bool, out: Path) -> dict:
+    from tensorfield.datasets.synthetic import make_scene
+    from tensorfield.engine.config import load_config
+    from tensorfield.engine.trainer import Trainer
+
+    cpu = device == "cpu"
+    resolution = 32 if cpu else 400
+    steps = 40 if quick or cpu else 3000
+    data = out / f"data_orbit_{resolution}"
+    tick = time.perf_counter()
+    if not (data / "transforms_train.json").exists():
+        make_scene(data, kind="orbit", resolution=resolution, n_train=12 if cpu else 60, n_test=4 if cpu else 12, n_val=0)
+    result = {"resolution": resolution, "steps": steps, "scene_s": round(time.perf_counter() - tick, 1)}
+    schedule = [f"steps={steps}", "eval_every=0", f"checkpoint_every={steps}", "keep_checkpoints=1", "eval_max_images=0",
+                f"densify_from={steps // 8}", f"densify_until={steps * 3 // 4}", f"densify_interval={max(steps // 30, 1)}",
+                f"sh_increase_interval={max(steps // 6, 1)}", f"opacity_reset_interval={steps * 10}",
+                *(["init_points=2000", "max_gaussians=20000"] if cpu else [])]
+    variants = {"defaults": [], "monocular": ["time_jitter=0.1", "consistency_weight=0.01"]}
+    for name, extra in variants.items():
+        config = load_config(ROOT / "configs" / "gaussians4d_small.yaml", [*schedule, *extra])
+        trainer = Trainer.from_config(config, out / f"run_orbit_{name}", data_path=data, device=device)
+        start = time.perf_counter()
+        trainer.train(progress=False, final_eval=False)
+        seconds = time.perf_counter() - start
+        test = trainer.evaluate("test", save_renders=False)
+        train = trainer._evaluate("train", save_renders=False, write_json=False)
+        result[name] = {"it_per_s": round(steps / seconds, 2), "gaussians": int(trainer.model.means.shape[0]),
+                        "train_psnr": round(train["psnr"], 3), "test_psnr": round(test["psnr"], 3),
+                        "gap_db": round(train["psnr"] - test["psnr"], 3)}
+        trainer.close()
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=None, help="cuda (default where present) or cpu (a dry run)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "gpu_check")
     parser.add_argument("--quick", action="store_true", help="fewer frames and steps")
+    parser.add_argument("--only", nargs="+", default=None, metavar="PART", help="run only these parts (environment always runs)")
     args = parser.parse_args()
     _import_tree()
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.out.mkdir(parents=True, exist_ok=True)
+    global _OUT, _ONLY
+    _OUT = args.out
+    _ONLY = set(args.only) if args.only else None
     steps = 60 if args.quick or device == "cpu" else 400
     small = ["init_points=2000", "max_gaussians=20000", f"densify_from={steps // 8}", f"densify_until={steps // 2}", f"densify_interval={max(steps // 20, 1)}", f"sh_increase_interval={max(steps // 4, 1)}"]
     results: list[dict] = []
@@ -221,6 +312,8 @@ def main() -> None:
     if device != "cpu":  # on the CPU the test suite trains Strivec; a 60-step dry run here would take minutes
         fine = steps - steps // 4  # Strivec's schedule counts from the end of its coarse phase
         _part("train_strivec", results, _train, device, "strivec", "static", steps, args.out, [f"coarse_steps={steps // 4}", f"upsample_steps=[{fine // 6},{fine // 3}]", f"alpha_mask_steps=[{fine // 4},{fine // 2}]"])
+    _part("einfield", results, einfield, device, args.quick, args.out)
+    _part("monocular_4d", results, monocular_4d, device, args.quick, args.out)
     (args.out / "gpu_check.json").write_text(json.dumps(results, indent=1))
     failed = [r["part"] for r in results if "error" in r]
     print(json.dumps({"benchmark": "gpu_check", "device": device, "failed": failed}))
