@@ -46,25 +46,29 @@ from tensorfield.datasets.synthetic import make_scene, make_video_scene
 from tensorfield.engine.config import load_config
 from tensorfield.engine.render import CameraPath, apply_time, render_path
 from tensorfield.engine.trainer import Trainer
+from tensorfield.fields.gaussian_math import temporal_variance
 from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def overrides(steps: int, init_points: int) -> list[str]:
-    """One schedule for both models, scaled to ``steps``."""
+def overrides(steps: int, init_points: int, schedule: str = "scaled") -> list[str]:
+    """One schedule for both models: ``scaled`` to ``steps`` (the benchmark's), or the ``config``'s
+    own (``configs/gaussians*_small.yaml`` with only ``steps`` set: what a CLI user gets)."""
+    bookkeeping = [f"checkpoint_every={steps}", "keep_checkpoints=1", "log_every=50", "eval_max_images=0"]
+    if schedule == "config":
+        return [f"steps={steps}", *bookkeeping]
     return [
         f"steps={steps}", f"init_points={init_points}", "batch_size=2",
         f"sh_increase_interval={max(steps // 6, 1)}",
         f"densify_from={steps // 8}", f"densify_until={steps * 3 // 4}", f"densify_interval={max(steps // 30, 1)}",
-        f"opacity_reset_interval={steps * 10}", "max_gaussians=30000",
-        f"checkpoint_every={steps}", "keep_checkpoints=1", "log_every=50", "eval_max_images=0",
+        f"opacity_reset_interval={steps * 10}", "max_gaussians=30000", *bookkeeping,
     ]
 
 
-def run(method: str, data: Path, out: Path, steps: int, init_points: int, backend: str, extra: list[str]) -> tuple[dict, Trainer]:
+def run(method: str, data: Path, out: Path, steps: int, init_points: int, backend: str, extra: list[str], schedule: str = "scaled") -> tuple[dict, Trainer]:
     config_file = ROOT / "configs" / ("gaussians4d_small.yaml" if method == "gaussians4d" else "gaussians3d_small.yaml")
-    config = load_config(config_file, overrides(steps, init_points) + [f"backend={backend}", *extra])
+    config = load_config(config_file, overrides(steps, init_points, schedule) + [f"backend={backend}", *extra])
     trainer = Trainer.from_config(config, out / method, data_path=data, device="cpu")
     start = time.perf_counter()
     summary = trainer.train(progress=False, final_eval=False)
@@ -101,10 +105,13 @@ def temporal_diagnostics(trainer: Trainer, evaluation: dict) -> dict:
     train_times = np.sort(cameras["train"].times.double().numpy())
     test_times = cameras["test"].times.double().numpy()
     spacing = float(np.median(np.diff(train_times))) if len(train_times) > 1 else 1.0
-    sigma_t = torch.exp(model.log_scale_t).double().numpy() / float(model.config.time_duration)
+    params = model.params()
+    # the marginal temporal spread sqrt(Sigma_tt) of the rotated 4D covariance (not the scale exp(log_scale_t))
+    std_t = temporal_variance(model.producer.scales_4d(params), params["quats"], params["quats_right"]).sqrt()
+    sigma_t = std_t.double().numpy() / float(model.config.time_duration)
     alive = []
     for t in test_times:
-        marginal = torch.exp(-0.5 * ((model.times - model.scene_time(float(t))) / torch.exp(model.log_scale_t)) ** 2)
+        marginal = torch.exp(-0.5 * ((model.times - model.scene_time(float(t))) / std_t) ** 2)
         alive.append(int((marginal > model.config.temporal_threshold).sum()))
     per_view = [
         {"time": round(float(t), 4), "frames_to_nearest": round(float(np.abs(train_times - t).min() / spacing), 3), "psnr": round(record["psnr"], 2)}
@@ -232,6 +239,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[1000, 2000], help="step counts (each scene runs at each)")
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--init-points", type=int, default=3000)
+    parser.add_argument("--schedule", choices=("scaled", "config"), default="scaled", help="scaled: the benchmark's schedule scaled to --steps (init points, densification window, no opacity reset, 30k Gaussians at most); config: the small configs' own, only steps set")
     parser.add_argument("--models", nargs="+", default=["gaussians4d", "gaussians3d"], choices=("gaussians4d", "gaussians3d"))
     parser.add_argument("--backend", default="auto", help="rasteriser backend (auto, torch, gsplat)")
     parser.add_argument("--layout", choices=("blender", "n3v"), default="blender", help="monocular D-NeRF-layout scenes, or multi-view video (N3V layout)")
@@ -257,8 +265,8 @@ def main() -> None:
             results = {}
             for method in args.models:
                 run_dir = args.out / scene / f"{steps}"
-                result, trainer = run(method, data, run_dir, steps, args.init_points, args.backend, extra + args.set)
-                result.update(scene=scene, layout=args.layout, overrides=args.set)
+                result, trainer = run(method, data, run_dir, steps, args.init_points, args.backend, extra + args.set, args.schedule)
+                result.update(scene=scene, layout=args.layout, overrides=args.set, schedule=args.schedule)
                 results[method] = result
                 print(json.dumps(result), flush=True)
                 if method == "gaussians4d":

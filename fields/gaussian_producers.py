@@ -379,6 +379,22 @@ class SpacetimeProducer(GaussianProducer):
         )
         return SplatExport(gaussians.means, logit(gaussians.opacities.clamp(1e-7, 1 - 1e-7)), scales.log(), quats, table)
 
+    def lifespan_loss(self, params: Params, floor: float) -> Tensor:
+        r"""Lifespan loss: :math:`\frac1N \sum_i \max(0, \log f - \log \sigma_{t,i})^2`, with
+        :math:`\sigma_{t,i} = \sqrt{\Sigma_{44}} / T` the marginal temporal standard deviation of
+        Gaussian :math:`i` as a fraction of the clip and :math:`f` = ``lifespan_floor``.
+
+        In a monocular video every instant is seen by one camera; a Gaussian that lives for a frame
+        or two is constrained by one or two views and can fit them without agreeing with the
+        others (measured: the 4D model's train - test gap on the *static* pixels, which a static
+        3DGS does not show). Zero for Gaussians at or above the floor, so long-lived and static
+        Gaussians are untouched; its gradient reaches the temporal scale and the 4D rotation.
+        """
+        variance = temporal_variance(self.scales_4d(params), params["quats"], params["quats_right"])
+        duration = float(self.config.time_duration)
+        log_sigma = 0.5 * torch.log(variance.clamp_min(1e-30)) - math.log(duration)
+        return F.relu(math.log(floor) - log_sigma).square().mean()
+
     def extra_losses(self, params, step, rigidity_loss, consistency_loss=None):
         """Official rigidity (``rigid_weight``) and motion (``motion_weight``) losses, the 4D
         consistency loss (``consistency_weight``), then the base class's opacity entropy."""
@@ -393,6 +409,9 @@ class SpacetimeProducer(GaussianProducer):
                 losses.append(("motion", config.motion_weight, velocity.norm(dim=1).mean()))
             if consistency > 0:
                 losses.append(("consistency", consistency, consistency_loss(velocity, step)))
+        floor = float(getattr(config, "lifespan_floor", 0.0))
+        if floor > 0 and config.lifespan_weight > 0:
+            losses.append(("lifespan", config.lifespan_weight, self.lifespan_loss(params, floor)))
         return losses + super().extra_losses(params, step, rigidity_loss, consistency_loss)
 
 

@@ -163,6 +163,8 @@ class GaussianConfig(ImageMethodConfig):
     consistency_neighbours: int = option(8, "4D consistency loss: nearest Gaussians by space-time mean (x, y, z, t), itself excluded.", group="optimisation", minimum=1)
     consistency_knn_interval: int = option(10, "4D consistency loss: recompute the neighbours every N steps and after densification (also after a resume).", group="optimisation", minimum=1)
     entropy_weight: float = option(0.0, "Weight of the opacity entropy loss mean(-o log o) (4D-Rotor GS, Duan et al. SIGGRAPH 2024, Sec. 3.4): opacities go to 0 or 1, so faint floaters fade and are pruned.", group="optimisation", minimum=0)
+    lifespan_floor: float = option(0.0, "4D: shortest temporal standard deviation sqrt(Sigma_tt) the lifespan loss tolerates, as a fraction of the clip (0 = off); e.g. 0.05 = 3 frames of 60.", group="optimisation", minimum=0)
+    lifespan_weight: float = option(1.0, "4D: weight of the lifespan loss mean(relu(log floor - log sigma_t)^2): Gaussians living shorter than lifespan_floor are pushed to live longer, so each is seen by several of a monocular video's cameras.", group="optimisation", minimum=0)
     time_jitter: float = option(0.0, "4D: each training view is rendered at its normalised time plus N(0, s^2) noise, s = this x (1 - step / time_jitter_steps), for monocular video (annealed smooth training, Deformable 3DGS, Yang et al. CVPR 2024, Sec. 3.3; 0 = off).", group="optimisation", minimum=0)
     time_jitter_steps: int = option(-1, "4D: steps over which time_jitter decays linearly to 0 (-1 = steps).", group="optimisation", minimum=1, special=(-1,))
     # densification

@@ -162,3 +162,56 @@ def test_entropy_loss_value_and_gradient():
         assert torch.allclose(model.opacity_logits.grad, closed, rtol=1e-10, atol=1e-15)
     off = model_with(4, count=5)
     assert off.producer.extra_losses(off.params(), 0, off.rigidity_loss, off.consistency_loss) == []
+
+
+# ------------------------------------------------------------------------------ lifespan
+def test_lifespan_loss_against_a_float64_loop():
+    """mean(relu(log f - log sigma_t)^2), sigma_t = sqrt(Sigma_44) / T of the full 4D covariance,
+    Gaussian by Gaussian; values and gradients (scales, both quaternions); zero above the floor."""
+    model = model_with(4, count=30, lifespan_floor=0.08, lifespan_weight=0.7, time_duration=2.0).double()
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        model.quats_right.copy_(torch.randn(30, 4, generator=g, dtype=torch.float64))
+        model.quats.copy_(torch.randn(30, 4, generator=g, dtype=torch.float64))
+        model.log_scale_t.copy_(torch.log(torch.linspace(0.01, 0.5, 30, dtype=torch.float64)))
+        model.log_scales.copy_(torch.log(torch.rand(30, 3, generator=g, dtype=torch.float64) * 0.3 + 0.01))
+    losses = {name: (w, v) for name, w, v in model.producer.extra_losses(model.params(), 0, model.rigidity_loss, model.consistency_loss)}
+    weight, value = losses["lifespan"]
+    assert weight == 0.7
+    value.backward()
+    names = ("log_scales", "log_scale_t", "quats", "quats_right")
+    got = {name: getattr(model, name).grad.clone() for name in names}
+
+    leaves = {name: getattr(model, name).detach().clone().requires_grad_(True) for name in names}
+    scales4 = torch.exp(torch.cat([leaves["log_scales"], leaves["log_scale_t"][:, None]], dim=1))
+    terms = []
+    for i in range(30):
+        cov = covariance_4d(scales4[i : i + 1], leaves["quats"][i : i + 1], leaves["quats_right"][i : i + 1])[0]
+        sigma = torch.sqrt(cov[3, 3]) / 2.0
+        gap = math.log(0.08) - torch.log(sigma)
+        terms.append(gap.square() if float(gap.detach()) > 0 else gap * 0.0)
+    expected = torch.stack(terms).mean()
+    expected.backward()
+    short = sum(1 for term in terms if float(term.detach()) > 0)
+    assert 0 < short < 30  # both sides of the floor are exercised
+    assert torch.allclose(value, expected, rtol=1e-10, atol=0)
+    for name, grad in got.items():
+        assert torch.allclose(grad, leaves[name].grad, rtol=1e-8, atol=1e-14), name
+
+
+def test_lifespan_loss_lengthens_only_short_lived_gaussians():
+    """Without rotation sigma_t = exp(log_scale_t) / T: the gradient pushes the temporal scale up
+    below the floor and is exactly zero above it; floor 0 adds no loss."""
+    model = model_with(4, count=6, lifespan_floor=0.1)
+    with torch.no_grad():
+        model.quats.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(6, 1))
+        model.quats_right.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(6, 1))
+        model.log_scale_t.copy_(torch.log(torch.tensor([0.01, 0.05, 0.09, 0.11, 0.3, 1.0])))
+    (_, _, value), = [item for item in model.producer.extra_losses(model.params(), 0, model.rigidity_loss, model.consistency_loss) if item[0] == "lifespan"]
+    expected = sum(math.log(0.1 / s) ** 2 for s in (0.01, 0.05, 0.09)) / 6
+    assert float(value.detach()) == pytest.approx(expected, rel=1e-5)
+    value.backward()
+    grad = model.log_scale_t.grad
+    assert bool((grad[:3] < 0).all()) and bool((grad[3:] == 0).all())
+    off = model_with(4, count=6, lifespan_floor=0.0)
+    assert all(name != "lifespan" for name, _, _ in off.producer.extra_losses(off.params(), 0, off.rigidity_loss, off.consistency_loss))
