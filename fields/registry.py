@@ -121,6 +121,7 @@ _BUILTIN_SPECS = (
         "Einstein fields: an MLP spacetime metric with Sobolev training; curvature, slices and lensed renders from it.",
         "tensorfield.fields.einfield_targets:einfield_data",
     ),
+    MethodSpec("migs", "tensorfield.fields.migs:MIGSConfig", "tensorfield.fields.migs:build_migs", "MIGS: multi-identity Gaussian avatars, one CP/Tucker tensor of every subject's Gaussians, posed by learned LBS plus a non-rigid MLP.", "tensorfield.fields.migs_data:migs_data"),
 )
 
 BUILTIN: Mapping[str, MethodSpec] = MappingProxyType({spec.name: spec for spec in _BUILTIN_SPECS})
