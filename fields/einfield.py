@@ -155,6 +155,16 @@ class EinFieldConfig(MethodConfig):
     fourier_scale: float = option(
         1.0, "Standard deviation of the Fourier feature frequencies.", above=0
     )
+    radial_features: bool = option(
+        False,
+        "Append the unit vector x/|x| and M/r (r: the chart's radius, Kerr-Schild r for Kerr) to the network's inputs; Cartesian charts of a central mass (schwarzschild_ks, kerr_ks).",
+        choices=(False, True),
+    )
+    radial_envelope: bool = option(
+        False,
+        "Multiply the network's output by M/r, so the network learns r (g - g_flat) / M, which stays bounded at the singularity where g - g_flat grows like M/r (target distortion; charts of a central mass).",
+        choices=(False, True),
+    )
     derivatives: str = option(
         "explicit",
         "How the network's Jacobian and Hessian are computed for training: explicit tangent propagation through the layers, or torch.func jacfwd + vmap (same values).",
@@ -187,6 +197,13 @@ class EinFieldConfig(MethodConfig):
     sample_weight_power: float = option(
         0.0,
         "Per-sample loss weights (|target|^2 + mean |target|^2)^-p, normalised to mean 1, separately for the values, Jacobian and Hessian terms: 0 = plain MSE (the official loss); 0.5 weighs errors relative to each sample's magnitude, so the few samples near a singularity (distortion ~ 2M/r, Jacobian ~ 2M/r^2) stop dominating the batch.",
+        group="training",
+        minimum=0,
+        maximum=1,
+    )
+    importance_sampling: float = option(
+        0.0,
+        "Fraction lambda of each batch's sampling probability proportional to the sample's target size: p_i = (1 - lambda) / N + lambda s_i / sum s, s_i the RMS of its values and Jacobian, and the loss weighted by 1 / (N p_i), so it stays the plain mean over the training set (unbiased) with less variance: the few samples next to a singularity that dominate that mean are in nearly every batch instead of a few (0 = uniform batches, the official sampling).",
         group="training",
         minimum=0,
         maximum=1,
@@ -275,6 +292,33 @@ def spacetime_of(config: EinFieldConfig) -> Spacetime:
     return Spacetime(config.spacetime, params)
 
 
+RADIAL_SPACETIMES = ("schwarzschild_ks", "kerr_ks")
+"""Charts where ``radial_features`` / ``radial_envelope`` apply: Cartesian, a mass at the origin."""
+
+
+def _point_jets(function: Callable[[Tensor], Tensor], points: Tensor, order: int) -> list[Tensor]:
+    """A small per-point map ``[4] -> [F]`` and its derivatives at ``points [B, 4]``:
+    ``[values [B, F], first [B, 4 (k), F]]`` and, at order 2, ``second [B, 4, 4, F]``."""
+
+    def first(point: Tensor):
+        value = function(point)
+        return value, value
+
+    jet1 = jacfwd(first, has_aux=True)
+    if order == 1:
+        jacobian, values = vmap(jet1)(points)
+        return [t.to(points.dtype) for t in (values, jacobian.transpose(1, 2))]
+
+    def second(point: Tensor):
+        jacobian, value = jet1(point)
+        return jacobian, (jacobian, value)
+
+    hessian, (jacobian, values) = vmap(jacfwd(second, has_aux=True))(points)
+    # (cast: forward mode promotes a float32 map's tangents to float64 through Python scalars)
+    jets = (values, jacobian.transpose(1, 2), hessian.permute(0, 2, 3, 1))
+    return [t.to(points.dtype) for t in jets]
+
+
 class _Sine(nn.Module):
     def __init__(self, omega: float) -> None:
         super().__init__()
@@ -361,7 +405,15 @@ class EinField(Field):
         self.register_buffer(
             "half_extent", torch.where(half > 0, half, torch.ones_like(half)).to(self.dtype)
         )
-        inputs = 4
+        central = config.spacetime in RADIAL_SPACETIMES
+        if (config.radial_features or config.radial_envelope) and not central:
+            raise ValueError(
+                f"radial_features / radial_envelope need a Cartesian chart of a central mass "
+                f"({', '.join(RADIAL_SPACETIMES)}), not spacetime {config.spacetime}"
+            )
+        if config.radial_envelope and config.target != "distortion":
+            raise ValueError("radial_envelope needs target: distortion (the full metric does not fall off as M/r)")
+        inputs = 4 + (4 if config.radial_features else 0)
         if config.fourier_features > 0:
             generator = torch.Generator().manual_seed(config.seed + 7919)
             frequencies = (
@@ -369,20 +421,40 @@ class EinField(Field):
                 * config.fourier_scale
             )
             self.register_buffer("fourier_matrix", frequencies.to(self.dtype))
-            inputs = 4 + 2 * config.fourier_features
+            inputs += 2 * config.fourier_features
         else:
             self.register_buffer("fourier_matrix", None)
         self.net = _mlp(config, inputs, len(COMPONENT_NAMES)).to(self.dtype)
         self._lensing_grid = None  # the renderer's Christoffel grid of the current weights
 
     # ------------------------------------------------------------------ the field
+    def radial_inputs(self, coords: Tensor) -> Tensor:
+        """``[..., 4]`` the radial features at ``coords [..., 4]``: ``x / |x|`` (Euclidean unit
+        vector of the spatial part) and ``M / r`` with the chart's radius ``r``."""
+        # in float64 and cast, as flat_metric: forward mode would otherwise promote a float32
+        # network's tangents to float64 through the Python scalars here
+        wide = coords.double()
+        spatial = wide[..., 1:]
+        unit = spatial / spatial.norm(dim=-1, keepdim=True)
+        inverse = self.config.mass / self.spacetime.radius(wide)
+        return torch.cat([unit, inverse[..., None]], dim=-1).to(self.dtype)
+
+    def envelope(self, coords: Tensor) -> Tensor:
+        """``[...]`` the factor ``M / r`` the output is multiplied by (``radial_envelope``)."""
+        return (self.config.mass / self.spacetime.radius(coords.double())).to(self.dtype)
+
     def components(self, coords: Tensor) -> Tensor:
         """``[..., 10]`` network output at ``coords [..., 4]`` (chart coordinates)."""
-        u = (coords.to(self.dtype) - self.center) / self.half_extent
+        x = coords.to(self.dtype)
+        u = (x - self.center) / self.half_extent
+        parts = [u]
+        if self.config.radial_features:
+            parts.append(self.radial_inputs(x))
         if self.fourier_matrix is not None:
             phase = 2 * math.pi * u @ self.fourier_matrix
-            u = torch.cat([u, torch.sin(phase), torch.cos(phase)], dim=-1)
-        return self.net(u)
+            parts += [torch.sin(phase), torch.cos(phase)]
+        out = self.net(torch.cat(parts, dim=-1) if len(parts) > 1 else u)
+        return out * self.envelope(x)[..., None] if self.config.radial_envelope else out
 
     def forward(self, coords: Tensor) -> Tensor:
         return self.components(coords)
@@ -524,16 +596,22 @@ class EinField(Field):
         du = torch.diag(1.0 / self.half_extent).expand(batch, 4, 4)
         ddu = u.new_zeros(batch, 4, 4, 4) if order == 2 else None
         a, da, dda = u, du, ddu
+        if self.config.radial_features:
+            radial = _point_jets(self.radial_inputs, x, order)  # [B, 4], [B, 4 (k), 4], ...
+            a = torch.cat([a, radial[0]], dim=-1)
+            da = torch.cat([da, radial[1]], dim=-1)
+            if order == 2:
+                dda = torch.cat([dda, radial[2]], dim=-1)
         if self.fourier_matrix is not None:
             phase = 2 * math.pi * u @ self.fourier_matrix  # [B, F]
             dphase = 2 * math.pi * du @ self.fourier_matrix  # [B, 4, F]
             sin, cos = torch.sin(phase), torch.cos(phase)
-            a = torch.cat([u, sin, cos], dim=-1)
-            da = torch.cat([du, cos[:, None] * dphase, -sin[:, None] * dphase], dim=-1)
+            a = torch.cat([a, sin, cos], dim=-1)
+            da = torch.cat([da, cos[:, None] * dphase, -sin[:, None] * dphase], dim=-1)
             if order == 2:
                 outer = dphase[:, :, None] * dphase[:, None, :]  # [B, 4, 4, F] (ddphase = 0)
                 dda = torch.cat(
-                    [ddu, -sin[:, None, None] * outer, -cos[:, None, None] * outer], dim=-1
+                    [dda, -sin[:, None, None] * outer, -cos[:, None, None] * outer], dim=-1
                 )
         modules = list(self.net)
         for index in range(0, len(modules) - 1, 2):
@@ -552,6 +630,19 @@ class EinField(Field):
         values = last(a)
         jacobian = (da @ last.weight.T).transpose(1, 2)  # [B, 10, 4]
         hessian = (dda @ last.weight.T).permute(0, 3, 1, 2) if order == 2 else None  # [B, 10, 4, 4]
+        if self.config.radial_envelope:  # product rule with E = M / r
+            value_e, grad_e, *rest = _point_jets(lambda p: self.envelope(p)[..., None], x, order)
+            value_e, grad_e = value_e[:, 0], grad_e[..., 0]  # [B], [B, 4]
+            if order == 2:
+                hess_e = rest[0][..., 0]  # [B, 4, 4]
+                hessian = (
+                    hess_e[:, None] * values[:, :, None, None]
+                    + grad_e[:, None, :, None] * jacobian[:, :, None, :]
+                    + grad_e[:, None, None, :] * jacobian[:, :, :, None]
+                    + value_e[:, None, None, None] * hessian
+                )
+            jacobian = grad_e[:, None, :] * values[:, :, None] + value_e[:, None, None] * jacobian
+            values = value_e[:, None] * values
         return values, jacobian, hessian
 
     def training_step(self, batch: CoordinateBatch, step: int) -> StepOutput:
@@ -566,14 +657,20 @@ class EinField(Field):
         else:
             values, jacobian, hessian = self.components(batch.coordinates), None, None
         power = config.sample_weight_power
+        importance = getattr(batch, "weights", None)  # 1 / (N p_i) of importance sampling
 
         def mse(prediction: Tensor, target: Tensor) -> Tensor:
             error = (prediction - target.to(self.dtype)).square().flatten(1)
-            if power == 0:
+            if power == 0 and importance is None:
                 return error.mean()
-            size = target.to(self.dtype).square().flatten(1).mean(dim=1)
-            weight = (size + size.mean()).pow(-power)
-            return (error.mean(dim=1) * (weight / weight.mean())).mean()
+            per_sample = error.mean(dim=1)
+            if power > 0:
+                size = target.to(self.dtype).square().flatten(1).mean(dim=1)
+                weight = (size + size.mean()).pow(-power)
+                per_sample = per_sample * (weight / weight.mean())
+            if importance is not None:
+                per_sample = per_sample * importance.to(self.dtype)
+            return per_sample.mean()
 
         metric_mse = mse(values, batch.values)
         loss = config.metric_weight * metric_mse

@@ -56,10 +56,33 @@ class SobolevBatch(CoordinateBatch):
     """
 
     hessians: Tensor | None = None
+    weights: Tensor | None = None
+
+
+def importance_probabilities(values: Tensor, jacobians: Tensor | None, mix: float) -> Tensor:
+    """``[N]`` sampling probabilities ``(1 - mix) / N + mix s_i / sum s`` with ``s_i`` the RMS of
+    sample ``i``'s target values and Jacobian (float64)."""
+    size = values.double().square().flatten(1).sum(dim=1)
+    entries = values[0].numel()
+    if jacobians is not None:
+        size = size + jacobians.double().square().flatten(1).sum(dim=1)
+        entries += jacobians[0].numel()
+    rms = (size / entries).sqrt()
+    count = values.shape[0]
+    uniform = torch.full_like(rms, 1.0 / count)
+    if float(rms.sum()) <= 0:
+        return uniform
+    return (1 - mix) * uniform + mix * rms / rms.sum()
 
 
 class SobolevSource(StatelessSource):
-    """Random batches of the fixed training set (with replacement across steps)."""
+    """Random batches of the fixed training set (with replacement across steps).
+
+    With ``importance > 0`` the samples are drawn with :func:`importance_probabilities` and each
+    carries the weight ``1 / (N p_i)``, so a weighted mean over a batch estimates the plain mean
+    over the training set without bias (importance sampling), with far less variance when a few
+    samples dominate it (the Jacobian next to a singularity).
+    """
 
     def __init__(
         self,
@@ -69,10 +92,14 @@ class SobolevSource(StatelessSource):
         hessians: Tensor | None,
         device: torch.device,
         dtype: torch.dtype,
+        importance: float = 0.0,
     ) -> None:
         def move(tensor: Tensor | None) -> Tensor | None:
             return None if tensor is None else tensor.to(device=device, dtype=dtype)
 
+        self.probabilities = (
+            importance_probabilities(values, jacobians, importance) if importance > 0 else None
+        )
         self.coords, self.values, self.jacobians, self.hessians = (
             move(t) for t in (coords, values, jacobians, hessians)
         )
@@ -81,13 +108,20 @@ class SobolevSource(StatelessSource):
         count = self.coords.shape[0]
         if batch_size >= count:
             return SobolevBatch(self.coords, self.values, self.jacobians, self.hessians)
-        index = torch.randint(count, (batch_size,), generator=generator).to(self.coords.device)
+        weights = None
+        if self.probabilities is None:
+            index = torch.randint(count, (batch_size,), generator=generator)
+        else:
+            index = torch.multinomial(self.probabilities, batch_size, replacement=True, generator=generator)
+            weights = (1.0 / (count * self.probabilities[index])).to(self.values)
+        index = index.to(self.coords.device)
 
         def pick(tensor: Tensor | None) -> Tensor | None:
             return None if tensor is None else tensor[index]
 
         return SobolevBatch(
-            pick(self.coords), pick(self.values), pick(self.jacobians), pick(self.hessians)
+            pick(self.coords), pick(self.values), pick(self.jacobians), pick(self.hessians),
+            None if weights is None else weights.to(self.coords.device),
         )
 
 
@@ -186,7 +220,8 @@ class EinFieldData:
 
     def batch_source(self, model: Field, device: torch.device) -> SobolevSource:
         return SobolevSource(
-            self.coords, self.values, self.jacobians, self.hessians, device, model.dtype
+            self.coords, self.values, self.jacobians, self.hessians, device, model.dtype,
+            self.config.importance_sampling,
         )
 
     def eval_splits(self) -> tuple[str, ...]:
@@ -352,7 +387,10 @@ class MetricSampleData:
         )
 
     def batch_source(self, model: Field, device: torch.device) -> SobolevSource:
-        return SobolevSource(self.coords, self.values, self.jacobians, None, device, model.dtype)
+        return SobolevSource(
+            self.coords, self.values, self.jacobians, None, device, model.dtype,
+            self.config.importance_sampling,
+        )
 
     def eval_splits(self) -> tuple[str, ...]:
         return ("test",)

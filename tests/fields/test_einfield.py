@@ -59,9 +59,15 @@ def test_every_option_declares_its_accepted_values():
     assert sorted(set(unbounded) - FREE) == []
 
 
-@pytest.mark.parametrize("activation, fourier", [("silu", 0), ("gelu", 3), ("siren", 0)])
-def test_network_jets_equal_reverse_mode_and_finite_differences(activation, fourier):
-    config = tiny_config(f"activation={activation}", f"fourier_features={fourier}", "siren_omega=3.0")
+RADIAL = ("spacetime=kerr_ks", "spin=0.6", "radial_features=true", "radial_envelope=true")
+
+
+@pytest.mark.parametrize(
+    "activation, fourier, extra",
+    [("silu", 0, ()), ("gelu", 3, ()), ("siren", 0, ()), ("silu", 2, RADIAL), ("gelu", 0, RADIAL[:3]), ("silu", 0, (*RADIAL[:2], RADIAL[3]))],
+)
+def test_network_jets_equal_reverse_mode_and_finite_differences(activation, fourier, extra):
+    config = tiny_config(f"activation={activation}", f"fourier_features={fourier}", "siren_omega=3.0", *extra)
     model = build_einfield(config, EinFieldData(config).scene_info())
     coords = torch.tensor([[0.0, 1.2, 1.7, 2.1], [0.0, 2.4, 1.1, 1.3]], dtype=torch.float64)
     values, jac, hess = model.jets(coords, order=2, method="jacfwd")
@@ -79,6 +85,25 @@ def test_network_jets_equal_reverse_mode_and_finite_differences(activation, four
         steps = torch.eye(4, dtype=torch.float64) * h
         central = torch.stack([(model.components(coords[n] + e) - model.components(coords[n] - e)) / (2 * h) for e in steps], -1)
         torch.testing.assert_close(jac[n], central, rtol=1e-6, atol=1e-8)
+
+
+def test_radial_options_learn_the_distortion_times_r_over_m_from_unit_vector_and_m_over_r():
+    config = tiny_config(*RADIAL)
+    model = build_einfield(config, EinFieldData(config).scene_info())
+    coords = torch.tensor([[0.0, 1.2, 1.7, 2.1], [0.0, 2.4, 1.1, 1.3]], dtype=torch.float64)
+    radius = model.spacetime.radius(coords)
+    torch.testing.assert_close(model.envelope(coords), config.mass / radius)
+    features = model.radial_inputs(coords)
+    torch.testing.assert_close(features[:, :3], coords[:, 1:] / coords[:, 1:].norm(dim=1, keepdim=True))
+    torch.testing.assert_close(features[:, 3], config.mass / radius)
+    # the output is the bare network (on coordinates + features) times M / r
+    u = (coords - model.center) / model.half_extent
+    bare = model.net(torch.cat([u, features], dim=1))
+    torch.testing.assert_close(model.components(coords), bare * (config.mass / radius)[:, None])
+    with pytest.raises(ValueError, match="central mass"):
+        build_einfield(tiny_config("spacetime=gw_tt", "radial_features=true"), EinFieldData(tiny_config()).scene_info())
+    with pytest.raises(ValueError, match="target: distortion"):
+        build_einfield(tiny_config(*RADIAL, "target=full"), EinFieldData(tiny_config()).scene_info())
 
 
 def test_float32_network_jacobian_against_float64_copy():
@@ -363,3 +388,40 @@ def test_sample_weighted_sobolev_loss_equals_a_per_sample_loop(power):
         plain = build_einfield(tiny_config("jacobian_weight=0.7", "hessian_weight=0.3"), data.scene_info())
         plain.load_state_dict(model.state_dict())
         assert float(plain.training_step(batch, 0).loss) != pytest.approx(float(loss), rel=1e-6)
+
+
+def test_importance_sampling_is_an_unbiased_estimate_of_the_plain_loss():
+    config = tiny_config("importance_sampling=0.6", "jacobian_weight=0.7", "domain_min=[0.0,0.3,0.3,0.3]")
+    data = EinFieldData(config)
+    model = build_einfield(config, data.scene_info())
+    source = data.batch_source(model, torch.device("cpu"))
+    p = source.probabilities
+    count = data.coords.shape[0]
+    # the documented probabilities: (1 - lambda) / N + lambda rms_i / sum rms, float64 loop
+    rms = [
+        float(torch.cat([data.values[i].flatten(), data.jacobians[i].flatten()]).double().square().mean().sqrt())
+        for i in range(count)
+    ]
+    expected = torch.tensor([0.4 / count + 0.6 * r / sum(rms) for r in rms], dtype=torch.float64)
+    torch.testing.assert_close(p, expected, rtol=1e-12, atol=0)
+    assert float(p.max() / p.min()) > 3  # the samples near the mass are drawn more often
+    # unbiased: E_p[w_i f_i] = sum_i p_i f_i / (N p_i) = the plain mean of any per-sample f
+    per_sample = torch.rand(count, dtype=torch.float64)
+    assert float((p * per_sample / (count * p)).sum()) == pytest.approx(float(per_sample.mean()), rel=1e-12)
+    # a batch carries those weights, and the loss is the weighted per-sample loop
+    batch = source.sample(9, torch.Generator().manual_seed(5))
+    index = [int(torch.nonzero((data.coords == c).all(dim=1))[0]) for c in batch.coordinates]
+    torch.testing.assert_close(batch.weights, 1 / (count * p[index]))
+    loss = model.training_step(batch, 0).loss
+    values, jac, _ = (t.detach() if t is not None else None for t in model.jets(batch.coordinates))
+
+    def term(prediction, target):
+        errors = [float(((prediction[i].double() - target[i].double()) ** 2).mean()) for i in range(9)]
+        return sum(float(batch.weights[i]) * errors[i] for i in range(9)) / 9
+
+    assert float(loss) == pytest.approx(term(values, batch.values) + 0.7 * term(jac, batch.jacobians), rel=1e-9)
+    # the draws follow p (chi-square-free check: frequencies of the largest-p sample)
+    draws = torch.multinomial(p, 200_000, replacement=True, generator=torch.Generator().manual_seed(1))
+    top = int(p.argmax())
+    assert float((draws == top).double().mean()) == pytest.approx(float(p[top]), rel=0.1)
+
