@@ -216,7 +216,8 @@ def probe_views(trainer: Trainer, data: Path, count: int = 12) -> dict:
         for index in indices:
             totals += region_errors(split, int(index), float(frames[split][index]["time"]))
         pixels = len(indices) * resolution * resolution
-        regions[f"{split}_psnr_moving_pixels"] = round(float(-10 * np.log10(totals[0] / max(totals[2], 1))), 3)
+        if totals[2] > 0:  # (the "still" control has no moving pixels)
+            regions[f"{split}_psnr_moving_pixels"] = round(float(-10 * np.log10(totals[0] / totals[2])), 3)
         regions[f"{split}_psnr_static_pixels"] = round(float(-10 * np.log10(totals[1] / max(pixels - totals[2], 1))), 3)
     regions["moving_pixel_fraction"] = round(float(totals[2] / pixels), 4)
 
@@ -230,7 +231,7 @@ def probe_views(trainer: Trainer, data: Path, count: int = 12) -> dict:
     return {"probe_novel_time_psnr": round(float(np.mean(novel_time)), 3), "probe_novel_view_psnr": round(float(np.mean(novel_view)), 3), **regions}
 
 
-SCENES = ("orbit", "cross", "spin", "appear")
+SCENES = ("orbit", "cross", "spin", "appear", "still")
 
 
 def main() -> None:

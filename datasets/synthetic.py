@@ -27,7 +27,8 @@ held-out orbit at the held-out times ``(k + 0.5) / n``. ``"orbit"``: a sphere ci
 once over the clip, a cube turns once, a sphere drifts; ``"cross"``: a sphere crosses the whole
 scene between t = 0.4 and 0.6 (a fifth of the clip) beside two static objects; ``"spin"``: a box
 and a sphere each turn a full revolution in place; ``"appear"``: a cube appears at t = 0.5, a
-sphere vanishes after t = 0.3, another moves across.
+sphere vanishes after t = 0.3, another moves across; ``"still"``: nothing moves (a static scene
+filmed the same way, the control: there a dynamic model should generalise as a static one does).
 
 :func:`make_video_scene` renders the dynamic scene as multi-view video in the N3V layout
 (``poses_bounds.npy`` + ``camXX.mp4``, :mod:`.n3v`) from a fixed forward-facing rig.
@@ -77,7 +78,7 @@ __all__ = [
 
 #: fast-motion monocular scenes (textured objects; D-NeRF-style capture: one random
 #: upper-hemisphere camera per frame, frames evenly spaced in time)
-FAST_KINDS = ("orbit", "cross", "spin", "appear")
+FAST_KINDS = ("orbit", "cross", "spin", "appear", "still")
 KINDS = ("static", "dynamic", *FAST_KINDS)
 #: the scene fits in this box (written to scene.json, used by the Blender loader)
 SCENE_AABB = ((-1.0, -1.0, -1.0), (1.0, 1.0, 1.0))
@@ -165,6 +166,15 @@ def _fast_primitives(kind: str, jitter, shift) -> list[Primitive]:
                       name="blue box (one full turn)"),
             Primitive("sphere", (0.90, 0.20, 0.15), [shift((-0.40, -0.30, -0.38), jitter())], radius=0.28, spin=-2.0 * math.pi,
                       tilt=0.3, color2=(0.98, 0.85, 0.30), name="red sphere (spins once, backwards)", **checker),
+        ]  # fmt: skip
+    if kind == "still":  # nothing moves: a static scene filmed as a monocular video (the control)
+        return [
+            Primitive("sphere", (0.90, 0.20, 0.15), [shift((-0.30, -0.35, -0.38), jitter())], radius=0.26,
+                      color2=(0.98, 0.85, 0.30), name="red sphere (static)", **checker),
+            Primitive("box", (0.20, 0.55, 0.85), [shift((0.45, -0.40, -0.44), jitter())], half_size=(0.22, 0.22, 0.22),
+                      yaw=0.4, color2=(0.92, 0.92, 0.95), texture="checker", texture_scale=0.11, name="blue cube (static)"),
+            Primitive("sphere", (0.25, 0.70, 0.30), [shift((-0.40, 0.45, -0.46), jitter())], radius=0.2,
+                      color2=(0.95, 0.95, 0.80), name="green sphere (static)", texture="stripes", texture_scale=3.0),
         ]  # fmt: skip
     # appear: one object appears half way and stays, one vanishes, one moves across
     return [

@@ -390,10 +390,17 @@ class SpacetimeProducer(GaussianProducer):
         3DGS does not show). Zero for Gaussians at or above the floor, so long-lived and static
         Gaussians are untouched; its gradient reaches the temporal scale and the 4D rotation.
         """
-        variance = temporal_variance(self.scales_4d(params), params["quats"], params["quats_right"])
+        scales = self.scales_4d(params)
+        variance = temporal_variance(scales, params["quats"], params["quats_right"])
         duration = float(self.config.time_duration)
         log_sigma = 0.5 * torch.log(variance.clamp_min(1e-30)) - math.log(duration)
-        return F.relu(math.log(floor) - log_sigma).square().mean()
+        penalty = F.relu(math.log(floor) - log_sigma).square()
+        speed_scale = float(getattr(self.config, "lifespan_speed", 0.0))
+        if speed_scale > 0:  # only Gaussians that stay put: a gate, not a target (detached)
+            with torch.no_grad():
+                travel = mean_velocity(scales, params["quats"], params["quats_right"], duration).norm(dim=1)
+            penalty = penalty * torch.exp(-((travel / speed_scale) ** 2))
+        return penalty.mean()
 
     def extra_losses(self, params, step, rigidity_loss, consistency_loss=None):
         """Official rigidity (``rigid_weight``) and motion (``motion_weight``) losses, the 4D

@@ -165,10 +165,13 @@ def test_entropy_loss_value_and_gradient():
 
 
 # ------------------------------------------------------------------------------ lifespan
-def test_lifespan_loss_against_a_float64_loop():
+@pytest.mark.parametrize("speed", [0.0, 0.3])
+def test_lifespan_loss_against_a_float64_loop(speed):
     """mean(relu(log f - log sigma_t)^2), sigma_t = sqrt(Sigma_44) / T of the full 4D covariance,
-    Gaussian by Gaussian; values and gradients (scales, both quaternions); zero above the floor."""
-    model = model_with(4, count=30, lifespan_floor=0.08, lifespan_weight=0.7, time_duration=2.0).double()
+    Gaussian by Gaussian; values and gradients (scales, both quaternions); zero above the floor.
+    With lifespan_speed s each term is gated by exp(-(d / s)^2), d = |Sigma_xt / Sigma_tt| T the
+    distance the Gaussian travels over the clip, without a gradient through the gate."""
+    model = model_with(4, count=30, lifespan_floor=0.08, lifespan_weight=0.7, time_duration=2.0, lifespan_speed=speed).double()
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
         model.quats_right.copy_(torch.randn(30, 4, generator=g, dtype=torch.float64))
@@ -184,16 +187,23 @@ def test_lifespan_loss_against_a_float64_loop():
 
     leaves = {name: getattr(model, name).detach().clone().requires_grad_(True) for name in names}
     scales4 = torch.exp(torch.cat([leaves["log_scales"], leaves["log_scale_t"][:, None]], dim=1))
-    terms = []
+    terms, gates = [], []
     for i in range(30):
         cov = covariance_4d(scales4[i : i + 1], leaves["quats"][i : i + 1], leaves["quats_right"][i : i + 1])[0]
         sigma = torch.sqrt(cov[3, 3]) / 2.0
         gap = math.log(0.08) - torch.log(sigma)
-        terms.append(gap.square() if float(gap.detach()) > 0 else gap * 0.0)
+        gate = 1.0
+        if speed > 0:
+            travel = float((cov[:3, 3] / cov[3, 3] * 2.0).detach().norm())
+            gate = math.exp(-((travel / speed) ** 2))
+            gates.append(gate)
+        terms.append(gate * gap.square() if float(gap.detach()) > 0 else gap * 0.0)
     expected = torch.stack(terms).mean()
     expected.backward()
     short = sum(1 for term in terms if float(term.detach()) > 0)
     assert 0 < short < 30  # both sides of the floor are exercised
+    if speed > 0:  # the gate takes values well inside (0, 1): moving and resting Gaussians
+        assert min(gates) < 0.2 and max(gates) > 0.8
     assert torch.allclose(value, expected, rtol=1e-10, atol=0)
     for name, grad in got.items():
         assert torch.allclose(grad, leaves[name].grad, rtol=1e-8, atol=1e-14), name
