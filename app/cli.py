@@ -1,6 +1,6 @@
 """The ``tensorfield`` command line.
 
-Subcommands: ``demo``, ``process``, ``train``, ``eval``, ``render``, ``export``, ``view``, ``methods``, ``doctor``. Errors that come
+Subcommands: ``demo``, ``process``, ``train``, ``fit-identity``, ``eval``, ``render``, ``export``, ``view``, ``methods``, ``doctor``. Errors that come
 from the user's input (data, configs, checkpoints, camera paths) print one line and exit with
 status 2; nothing already written is removed.
 """
@@ -19,6 +19,8 @@ EPILOG = """examples:
   tensorfield render runs/lego --path orbit --out orbit.mp4
   tensorfield export runs/lego mesh --out lego.ply
   tensorfield export runs/dyn splat --time 0.5 --out dyn.ply
+  tensorfield render runs/avatars --identity 0 --poses data/subject_1/poses.npz --out dance.mp4
+  tensorfield fit-identity runs/avatars --data new_subject --out runs/avatars_new steps=500
 """
 
 
@@ -78,6 +80,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--view", action="store_true", help="train in the background with the desktop viewer attached (needs PyQt6)")
     _add_device(p)
 
+    p = sub.add_parser(
+        "fit-identity",
+        help="fit new identities on top of a trained multi-identity model (MIGS), the rest frozen",
+        description="Open RUN (a trained model of several identities, e.g. MIGS), build a new run in --out on "
+        "--data (data showing subjects RUN's model lacks; subjects it shares with RUN by name keep their rows) "
+        "and train only the new identities' rows of the identity factor, everything else frozen, through the "
+        "common trainer. The config is RUN's with KEY=VALUE overrides on top (e.g. steps=500). The new run "
+        "evaluates, renders, exports, resumes (train --resume) and opens in the viewer like any run.",
+    )
+    p.add_argument("run", help="the trained run folder or checkpoint file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (e.g. steps=500 lr_identity=0.01)")
+    p.add_argument("--data", required=True, help="data with the new subjects (for MIGS an avatars folder)")
+    p.add_argument("--out", required=True, help="the new run folder")
+    p.add_argument("--split", default=None, help="the split whose frames of the new subjects to fit (default: the config's train_split, usually train)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_checkpoint(p, "fit from")
+    _add_device(p)
+
     p = sub.add_parser("eval", help="compute PSNR/SSIM of a run on its test split", description="Render the test split of RUN, print and store PSNR and SSIM (RUN/eval.json).")
     p.add_argument("run", help="run folder or checkpoint file")
     p.add_argument("--split", default=None, help="dataset split to evaluate (default: test, else val)")
@@ -90,10 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="render a camera path to a video or image folder",
         description="Render RUN along a camera path: the test split's cameras, an orbit, or a camera-path JSON "
         "(nerfstudio layout, optional per-frame 'time'). --out ending in .mp4 writes a video (plus *_depth.mp4), "
-        "anything else a folder of PNGs.",
+        "anything else a folder of PNGs. Avatars (MIGS): --identity K in the pose of --frame F, or one frame per "
+        "pose of --poses FILE (a poses.npz of an avatars folder: rotations [T, J, 3] axis-angle, root [T, 4, 4] "
+        "or root_orient + transl, optional joint_names), seen by the data's camera unless --path is given.",
     )
     p.add_argument("run", help="run folder or checkpoint file")
-    p.add_argument("--path", default="test", help="test, train, orbit or a camera path JSON (default: test)")
+    p.add_argument("--path", default=None, help="test, train, orbit, another split's name or a camera path JSON (default: the camera of --frame or of --identity's first frame for --frame / --poses on avatar data, else test, else the evaluation split)")
     p.add_argument("--out", required=True, help="FILE.mp4 or a folder")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--time", type=float, default=None, help="render every frame at this time in [0, 1]")
@@ -103,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-depth", action="store_true", help="do not write depth renders")
     p.add_argument("--frame", type=int, default=None, help="models with per-frame inputs (avatars): the frame / pose to render")
     p.add_argument("--identity", type=int, default=None, help="models with several subjects: the identity to render")
+    p.add_argument("--poses", default=None, metavar="FILE", help="models driven by skeleton poses (avatars): render one frame per pose of this .npz (the poses.npz layout of an avatars folder, e.g. another subject's motion)")
     _add_checkpoint(p, "render")
     _add_device(p)
 
@@ -115,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", type=float, default=0.005, help="alpha iso-level for marching cubes (default: 0.005)")
     p.add_argument("--min-component", type=float, default=0.02, help="drop mesh parts smaller than this fraction of the largest")
     p.add_argument("--time", type=float, default=None, help="time in [0, 1] for dynamic models")
+    p.add_argument("--identity", type=int, default=None, help="splat: the identity of a model with several subjects (avatars)")
+    p.add_argument("--frame", type=int, default=None, help="splat: the frame whose pose to export (avatars); with --poses the pose of the file")
+    p.add_argument("--poses", default=None, metavar="FILE", help="splat: a pose-sequence .npz (avatars; poses.npz layout) to take pose --frame (default 0) from")
     p.add_argument("--component", default="", help="slice: which value to show (default: the model's first)")
     p.add_argument("--quantity", action="append", default=None, help="slices: a value to write (repeatable, e.g. kretschmann, g_tt, det, ricci_scalar, error_kretschmann; default: the model's first)")
     p.add_argument("--log", action="store_true", help="slices: colour log10 |value| (curvature scalars span orders of magnitude)")
@@ -156,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides (KEY=VALUE) may come before or after options, so gather the leftovers here.
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.command == "train" and all("=" in e and not e.startswith("-") for e in extra):
+        if args.command in ("train", "fit-identity") and all("=" in e and not e.startswith("-") for e in extra):
             args.overrides = list(args.overrides) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

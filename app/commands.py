@@ -12,8 +12,10 @@ from pathlib import Path
 from tensorfield.datasets.errors import DatasetError
 from tensorfield.engine.checkpoint import CHECKPOINT_DIR, CheckpointError, latest_checkpoint
 from tensorfield.engine.config import ConfigError, config_help, load_config
+from tensorfield.engine.data import DataError
 from tensorfield.engine.dependencies import MissingDependency
 from tensorfield.engine.export import ExportError
+from tensorfield.engine.fit import FitError
 from tensorfield.engine.render import CameraPathError
 from tensorfield.engine.trainer import DeviceError, TrainingError, load_run
 from tensorfield.engine.render import RenderError
@@ -37,6 +39,8 @@ USER_ERRORS = (
     TrainingError,
     RenderError,
     RegistryError,
+    DataError,
+    FitError,
     FileNotFoundError,
     KeyError,
 )
@@ -137,6 +141,32 @@ def cmd_train(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------- fit-identity
+def cmd_fit_identity(args) -> int:
+    """``fit-identity RUN --data NEW --out RUN2``: :func:`tensorfield.engine.fit.identity_fit`, then train."""
+    from tensorfield.engine.fit import identity_fit
+
+    overrides = list(args.overrides)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise CommandError(f"override '{bad[0]}' is not KEY=VALUE")
+    if not Path(args.run).exists():
+        raise CommandError(f"{args.run}: no such run folder or checkpoint")
+    if args.split is not None:
+        overrides.append(f"train_split={args.split}")
+    fit = identity_fit(args.run, args.data, args.out, overrides, device=args.device, checkpoint=args.checkpoint)
+    trainer = fit.trainer
+    print(f"fitting identit{'y' if len(fit.rows) == 1 else 'ies'} {', '.join(map(str, fit.rows))} of {args.data} on {args.run} (everything else frozen) -> {args.out}")
+    summary = trainer.train(progress=not args.no_progress)
+    trainer.close()
+    _print_summary(f"fitted {summary['method']} for {summary['steps']} steps -> {summary['run_dir']}", {
+        "train_s": summary.get("train_s"),
+        "train_psnr": summary.get("psnr"),
+        **({f"{(summary.get('eval') or {}).get('split')}_{k}": v for k, v in (summary.get("eval") or {}).items() if isinstance(v, float)}),
+    })
+    return 0
+
+
 # ------------------------------------------------------------------------------- doctor
 def cmd_doctor(args) -> int:
     from tensorfield.app.doctor import run_doctor
@@ -197,15 +227,24 @@ def _camera_data(trainer, what: str):
     return trainer.data
 
 
-def _camera_path(trainer, spec: str, frames: int):
+def _camera_path(trainer, spec: str | None, frames: int, identity: int | None = None, frame: int | None = None):
+    """The cameras of ``--path``. Without one: for ``--frame`` / ``--poses`` on data whose frames
+    come with cameras (:class:`~tensorfield.fields.base.FrameCameraData`, avatars) the camera of
+    that frame (or of the identity's first frame), else ``test``, else the evaluation split."""
     from tensorfield.engine.render import CameraPath, load_camera_path, orbit_path
+    from tensorfield.fields.base import FrameCameraData
 
+    if spec is None:
+        if isinstance(trainer.data, FrameCameraData) and (frame is not None or identity is not None):
+            return CameraPath(trainer.data.frame_camera(identity, frame))
+        cameras = _camera_data(trainer, "render").split_cameras()
+        spec = "test" if "test" in cameras else (trainer.default_eval_split() or "train")
     if spec.endswith(".json") or Path(spec).is_file():
         return load_camera_path(spec)
-    if spec not in ("test", "train", "val", "orbit"):
-        raise CommandError(f"--path {spec}: use test, train, val, orbit or a camera path .json file")
     data = _camera_data(trainer, f"--path {spec}")
     cameras = data.split_cameras()
+    if spec not in ("test", "train", "val", "orbit") and spec not in cameras:
+        raise CommandError(f"--path {spec}: use test, train, val, orbit, a split of the data ({', '.join(cameras)}) or a camera path .json file")
     if spec == "orbit":
         return orbit_path(cameras["train"], frames, center=data.scene_box().mean(0))
     if spec not in cameras:
@@ -215,7 +254,7 @@ def _camera_path(trainer, spec: str, frames: int):
 
 def cmd_render(args) -> int:
     from tensorfield.engine.export import check_output_path
-    from tensorfield.engine.render import apply_time, render_path
+    from tensorfield.engine.render import apply_time, load_pose_sequence, render_path
     from tensorfield.fields.base import ExportsSlices, HasTime, RendersViews
 
     times = [args.time] if args.time is not None else list(args.time_range or [])
@@ -232,15 +271,22 @@ def cmd_render(args) -> int:
         raise CommandError(f"{args.run}: a {type(model).__name__} does not render camera views{hint}")
     if times and not isinstance(model, HasTime):
         raise CommandError(f"{flag}: {args.run} is a static {type(model).__name__} (no time to set); drop {flag}")
-    path = _camera_path(trainer, args.path, args.frames)
+    poses = None
+    if args.poses is not None:
+        if args.frame is not None:
+            raise CommandError("--poses renders every pose of the file; drop --frame (it picks a pose of the data)")
+        poses = load_pose_sequence(model, args.identity if args.identity is not None else 0, args.poses)
+    identity = args.identity if args.identity is not None or poses is None else 0
+    path = _camera_path(trainer, args.path, len(poses) if poses is not None else args.frames, identity, args.frame)
     path = apply_time(path, args.time, tuple(args.time_range) if args.time_range else None)
     background = _background(trainer)
     start = time.perf_counter()
     written = render_path(
-        model, path, background, args.out, fps=args.fps, depth=not args.no_depth, frame=args.frame, identity=args.identity
+        model, path, background, args.out, fps=args.fps, depth=not args.no_depth, frame=args.frame, identity=identity, poses=poses
     )
     seconds = time.perf_counter() - start
-    print(f"rendered {len(path)} frames in {seconds:.1f} s -> {args.out} ({len(written)} files)")
+    count = len(poses) if poses is not None else len(path)
+    print(f"rendered {count} frames in {seconds:.1f} s -> {args.out} ({len(written)} files)")
     return 0
 
 
@@ -424,8 +470,9 @@ def _export_splat(model, args, to_input=None) -> int:
         raise CommandError(f"{args.run}: a {type(model).__name__} has no Gaussians to export as splats (use mesh or pointcloud)")
     if Path(args.out).suffix.lower() != ".ply":
         raise CommandError(f"{args.out}: splats are written as .ply")
+    subject = _splat_subject(model, args)
     with torch.no_grad():
-        attributes = model.splat_attributes(args.time)
+        attributes = model.splat_attributes(args.time, **subject)
     column = {name: i for i, name in enumerate(attributes.names)}
     values = attributes.values
     rest = [name for name in attributes.names if name.startswith("f_rest_")]
@@ -450,8 +497,41 @@ def _export_splat(model, args, to_input=None) -> int:
         quats,
     )
     when = f" at time {args.time}" if args.time is not None else ""
+    if subject:
+        pose = f"pose {args.frame or 0} of {args.poses}" if args.poses else (f"frame {args.frame}" if args.frame is not None else "the rest pose")
+        who = f"identity {subject['identity']}" if subject.get("identity") is not None else f"frame {args.frame}'s identity"
+        when += f", {who} in {pose}"
     print(f"wrote {args.out}: {count} Gaussians{when}")
     return 0
+
+
+def _splat_subject(model, args) -> dict:
+    """``splat_attributes`` keywords of ``--identity`` / ``--frame`` / ``--poses`` (avatars),
+    checked against the model; ``{}`` when none is given."""
+    from tensorfield.engine.render import load_pose_sequence
+    from tensorfield.fields.base import HasIdentities
+
+    identity, frame, poses = getattr(args, "identity", None), getattr(args, "frame", None), getattr(args, "poses", None)
+    if identity is None and frame is None and poses is None:
+        return {}
+    if not isinstance(model, HasIdentities):
+        given = "--identity" if identity is not None else ("--frame" if frame is not None else "--poses")
+        raise CommandError(f"{given}: a {type(model).__name__} has no identities or poses")
+    if identity is not None and not 0 <= identity < model.num_identities():
+        raise CommandError(f"--identity {identity}: out of range (the model has {model.num_identities()})")
+    subject: dict = {"identity": identity if identity is not None else 0}
+    if poses is None:
+        if frame is not None and not 0 <= frame < model.num_frames():
+            raise CommandError(f"--frame {frame}: out of range (the model has {model.num_frames()} frames)")
+        if frame is not None:
+            subject = {"identity": identity, "frame": frame}  # identity None: the frame's own subject
+        return subject
+    sequence = load_pose_sequence(model, subject["identity"], poses)
+    index = frame if frame is not None else 0
+    if not 0 <= index < len(sequence):
+        raise CommandError(f"--frame {index}: {poses} has {len(sequence)} poses")
+    subject["pose"] = sequence[index]
+    return subject
 
 
 # ------------------------------------------------------------------------------- demo
@@ -572,6 +652,7 @@ def split_label(cameras: dict) -> str:
 COMMANDS = {
     "demo": cmd_demo,
     "train": cmd_train,
+    "fit-identity": cmd_fit_identity,
     "eval": cmd_eval,
     "render": cmd_render,
     "export": cmd_export,

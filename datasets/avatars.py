@@ -26,6 +26,12 @@ protocol, or AIST++), written by :func:`write_avatars` and read by :func:`load_a
                             by name) and times [T] (normalised to [0, 1]; default evenly spaced)
         skeleton.json       {"names": [...], "parents": [...], "rest_joints": [[x, y, z], ...]}
 
+**Pose files** (:func:`read_pose_file`: ``render --poses``, ``export splat --poses``, the
+viewer's pose playback) are ``.npz`` archives in the ``poses.npz`` layout above, so an
+identity's own ``poses.npz`` drives any other identity (motion transfer). With ``joint_names``
+the rotations are matched to the model's skeleton by name (any joint order); without, they must
+be in its order. ``root_orient`` pivots about the driven identity's rest root joint.
+
 Cameras follow the package convention (:mod:`.cameras`): pinhole intrinsics in pixels with pixel
 centres at ``+0.5``, camera-to-world in the **OpenCV** frame (+x right, +y down, +z forward).
 Poses follow :mod:`tensorfield.fields.skeleton` (LBS convention: bone transforms
@@ -299,8 +305,11 @@ def _read_cameras(path: Path, root: Path) -> tuple[list[dict], int, int]:
     return out, size[0], size[1]  # type: ignore[index]
 
 
-def _read_poses(path: Path, root: Path, skeleton: Skeleton) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``(root [T, 4, 4], rotations [T, J, 3], times [T] or None)`` float64, checked."""
+def _read_poses(
+    path: Path, root: Path | None, skeleton: Skeleton, skeleton_label: str = "skeleton.json"
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``(root [T, 4, 4], rotations [T, J, 3], times [T] or None)`` float64, checked; messages
+    call the skeleton the rotations must fit ``skeleton_label``."""
     if not path.is_file():
         raise DatasetError(path, "missing file", root=root)
     try:
@@ -334,7 +343,7 @@ def _read_poses(path: Path, root: Path, skeleton: Skeleton) -> tuple[Tensor, Ten
         if missing:
             raise DatasetError(
                 path,
-                f"joint {missing[0]!r} of skeleton.json is missing from joint_names ({len(missing)} missing)",
+                f"joint {missing[0]!r} of {skeleton_label} is missing from joint_names ({len(missing)} missing)",
                 root=root,
             )
         rotations = rotations[:, [names.index(n) for n in skeleton.names]]
@@ -342,7 +351,7 @@ def _read_poses(path: Path, root: Path, skeleton: Skeleton) -> tuple[Tensor, Ten
     try:
         check_rotations(rotations, skeleton.num_joints, "axis_angle", skeleton.names)
     except ValueError as error:
-        message = one_line(error).replace("the skeleton has", "skeleton.json has")
+        message = one_line(error).replace("the skeleton has", f"{skeleton_label} has")
         raise DatasetError(path, message, root=root) from None
     if "root" in arrays:
         root_transform = arrays["root"].astype(np.float64)
@@ -384,6 +393,52 @@ def _read_poses(path: Path, root: Path, skeleton: Skeleton) -> tuple[Tensor, Ten
             raise DatasetError(path, f"times must be [{count}] finite numbers", root=root)
         times = torch.from_numpy(times_array)
     return root_transform, rotations, times
+
+
+@dataclass
+class PoseSequence:
+    """A pose-sequence file read by :func:`read_pose_file`.
+
+    Attributes:
+        rotations: ``[T, J, 3]`` float64 axis-angle joint rotations, in the skeleton's joint order.
+        root: ``[T, 4, 4]`` float64 world-from-body transforms.
+        times: ``[T]`` float64 normalised times, or ``None`` when the file has none.
+    """
+
+    rotations: Tensor
+    root: Tensor
+    times: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.rotations.shape[0])
+
+
+def read_pose_file(path: str | Path, skeleton: Skeleton, skeleton_label: str = "the model's skeleton") -> PoseSequence:
+    """Read a pose sequence to drive an avatar with (``render --poses``, ``export splat --poses``).
+
+    The format is an identity's ``poses.npz`` of the layout above, so any subject's motion drives
+    any other: ``rotations [T, J, 3]`` axis-angle, local per joint; ``root [T, 4, 4]`` (or
+    ``root_orient [T, 3]`` + ``transl [T, 3]``, pivoting about ``skeleton``'s rest root joint);
+    optional ``joint_names [J]`` (matched to ``skeleton.names``, so the file's joint order may
+    differ) and ``times [T]``.
+
+    Args:
+        path: the ``.npz`` file.
+        skeleton: the skeleton the poses must fit (joint count and names, rest root joint).
+        skeleton_label: how messages call ``skeleton``.
+
+    Returns:
+        :class:`PoseSequence`.
+
+    Raises:
+        DatasetError: one line naming ``path``: not ``.npz``, missing or unreadable, no
+            ``rotations``, a joint missing, a NaN/inf rotation or root, arrays of other lengths.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        raise DatasetError(path, "a pose file is an .npz archive (the poses.npz layout of tensorfield.datasets.avatars)")
+    root_transform, rotations, times = _read_poses(path, None, skeleton, skeleton_label)
+    return PoseSequence(rotations=rotations, root=root_transform, times=times)
 
 
 def _image_files(folder: Path) -> list[Path]:

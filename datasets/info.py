@@ -29,6 +29,9 @@ class SceneInfo:
             once more at the start of densification then, as the original's ``white_background``).
         frame_inputs: per-frame inputs of every frame (name -> ``[F, ...]``), for models driven
             by them (an avatar's skeleton poses); what :attr:`RenderRequest.frame` indexes.
+        joint_names: names of the skeleton's joints in the order of the per-frame rotations
+            (models driven by skeleton poses; empty otherwise), so that pose files naming their
+            joints can be matched to the model.
         scene_transform: optional ``[4, 4]`` float64 similarity from the data's input frame to
             this (model) frame (:class:`tensorfield.datasets.normalize.SceneTransform`); exports
             map back with its inverse. ``None``: the data has no input frame of its own.
@@ -46,3 +49,4 @@ class SceneInfo:
     white_background: bool = True
     frame_inputs: dict[str, Tensor] = field(default_factory=dict)
     scene_transform: Tensor | None = None
+    joint_names: tuple[str, ...] = ()

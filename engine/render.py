@@ -14,6 +14,11 @@ Camera paths are read from three sources:
 * a JSON file in nerfstudio's camera-path layout (``camera_path`` entries with a row-major
   OpenGL ``camera_to_world`` 4x4 and a vertical ``fov`` in degrees, ``render_width``,
   ``render_height``), extended with an optional per-frame ``time`` in [0, 1].
+
+Models driven by skeleton poses (:class:`~tensorfield.fields.base.DrivenByPoses`, avatars) also
+render a **pose sequence** (:func:`load_pose_sequence`: an ``.npz`` in the ``poses.npz`` layout of
+:mod:`tensorfield.datasets.avatars`, e.g. another subject's motion): one frame per pose, each a
+request with that :class:`~tensorfield.fields.base.BodyPose`.
 """
 
 from __future__ import annotations
@@ -27,7 +32,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from tensorfield.datasets.cameras import Cameras, look_at, opengl_to_opencv
-from tensorfield.fields.base import RENDER_MODES, ExportsSlices, HasIdentities, RenderOutput, RenderRequest, RendersViews, SliceRequest
+from tensorfield.fields.base import (
+    RENDER_MODES,
+    BodyPose,
+    DrivenByPoses,
+    ExportsSlices,
+    HasIdentities,
+    RenderOutput,
+    RenderRequest,
+    RendersViews,
+    SliceRequest,
+)
 from torch import Tensor
 
 
@@ -179,6 +194,25 @@ def apply_time(camera_path: CameraPath, time: float | None = None, time_range: t
     return camera_path
 
 
+def load_pose_sequence(model, identity: int, path: str | Path) -> list[BodyPose]:
+    """The poses of a pose file (:func:`tensorfield.datasets.avatars.read_pose_file`) for
+    ``identity`` of ``model``: rotations matched to its skeleton by joint name when the file
+    names its joints, ``root_orient`` pivoting about its rest root joint.
+
+    Raises:
+        RenderError: the model is not driven by poses, or ``identity`` is out of range.
+        DatasetError: a bad pose file (one line naming it).
+    """
+    from tensorfield.datasets.avatars import read_pose_file
+
+    if not isinstance(model, DrivenByPoses):
+        raise RenderError(f"a {type(model).__name__} is not driven by skeleton poses (no --poses)")
+    if isinstance(model, HasIdentities) and not 0 <= int(identity) < model.num_identities():
+        raise RenderError(f"identity {identity} out of range (the model has {model.num_identities()})")
+    sequence = read_pose_file(path, model.pose_skeleton(int(identity)), f"the model's skeleton (identity {identity})")
+    return [BodyPose(sequence.rotations[t], sequence.root[t]) for t in range(len(sequence))]
+
+
 # ------------------------------------------------------------------------------- rendering
 @torch.no_grad()
 def render_frame(model, request: RenderRequest) -> RenderOutput:
@@ -188,10 +222,13 @@ def render_frame(model, request: RenderRequest) -> RenderOutput:
     without identities ignore ``identity`` and ``frame``: the model reads what it understands.
 
     Raises:
-        RenderError: the model does not render views (:class:`~tensorfield.fields.base.RendersViews`).
+        RenderError: the model does not render views (:class:`~tensorfield.fields.base.RendersViews`),
+            or a ``pose`` for a model not :class:`~tensorfield.fields.base.DrivenByPoses`.
     """
     if not isinstance(model, RendersViews):
         raise RenderError(f"a {type(model).__name__} does not render camera views")
+    if request.pose is not None and not isinstance(model, DrivenByPoses):
+        raise RenderError(f"a {type(model).__name__} is not driven by skeleton poses")
     if isinstance(model, HasIdentities):
         if request.frame is not None and not 0 <= request.frame < model.num_frames():
             raise RenderError(f"frame {request.frame} out of range (the model has {model.num_frames()} frames)")
@@ -344,21 +381,33 @@ def render_path(
     progress: bool = True,
     frame: int | None = None,
     identity: int | None = None,
+    poses: list[BodyPose] | None = None,
 ) -> list[Path]:
     """Render every camera of ``camera_path``; write an MP4 (``out`` ends in .mp4/.mov/.gif)
     or a folder of PNGs (``NNNNN.png`` and ``NNNNN_depth.png``).
 
     ``frame`` / ``identity`` go into every request (models with per-frame inputs / subjects).
-    Returns the written files.
+    With ``poses`` (:func:`load_pose_sequence`) output frame ``t`` shows pose ``t`` seen by camera
+    ``t`` of the path, or by its only camera when it has one. Returns the written files.
+
+    Raises:
+        RenderError: ``poses`` and a camera path of another length (not 1).
     """
     import imageio.v2 as imageio
     from tqdm import tqdm
 
     out = Path(out)
     cams = camera_path.cameras
+    count = len(cams)
+    if poses is not None:
+        if len(cams) not in (1, len(poses)):
+            raise RenderError(f"{len(poses)} poses but the camera path has {len(cams)} cameras (give one camera, or one per pose)")
+        count = len(poses)
     colour_frames, depth_frames = [], []
-    for i in tqdm(range(len(cams)), desc="render", unit="frame", disable=not progress, leave=False):
-        result = render_frame(model, RenderRequest(cams, i, background, identity=identity, frame=frame))
+    for i in tqdm(range(count), desc="render", unit="frame", disable=not progress, leave=False):
+        pose = poses[i] if poses is not None else None
+        camera = i if len(cams) == count else 0
+        result = render_frame(model, RenderRequest(cams, camera, background, identity=identity, frame=frame, pose=pose))
         colour_frames.append(output_image(result, "rgb"))
         if depth:
             depth_frames.append(output_image(result, "depth"))

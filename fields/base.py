@@ -29,10 +29,12 @@ protocol              methods                            used by
 :class:`ExportsSplats` ``splat_attributes(time)``        ``export splat``
 :class:`HasTime`      ``time_span()``                    viewer time slider, ``--time``
 :class:`HasIdentities` ``num_identities``, ``num_frames`` viewer identity / frame choosers, ``--frame``
+:class:`DrivenByPoses` ``pose_skeleton(identity)``         ``render --poses``, ``export splat --poses``, viewer pose playback
+:class:`FitsIdentities` ``identity_fit_values``, ``start_identity_fit`` ``fit-identity``
 :class:`ExportsSlices` ``slice_components``, ``default_slice``, ``field_slice`` ``export slice``
 ===================== ================================== ==========================================
 
-Every render goes through one :class:`RenderRequest` (camera, time, identity, frame, mode).
+Every render goes through one :class:`RenderRequest` (camera, time, identity, frame, pose, mode).
 
 Models whose number of primitives changes during training (Gaussian densification) never touch the
 optimiser: ``after_step`` replaces the parameters and returns, per parameter, which old row each
@@ -143,6 +145,26 @@ RENDER_MODES = ("rgb", "depth", "alpha")
 
 
 @dataclass(frozen=True)
+class BodyPose:
+    """An explicit skeleton pose for a model driven by poses (:class:`DrivenByPoses`).
+
+    Conventions of :mod:`tensorfield.fields.skeleton`: joints in the model's skeleton order
+    (:meth:`DrivenByPoses.pose_skeleton`), local rotations about each joint, then the root
+    transform (world from body).
+
+    Attributes:
+        rotations: ``[J, 3]`` axis-angle joint rotations (float64).
+        root: ``[4, 4]`` world-from-body transform (float64).
+    """
+
+    rotations: Tensor
+    root: Tensor
+
+    def on(self, device: torch.device | str) -> BodyPose:
+        return BodyPose(self.rotations.to(device), self.root.to(device))
+
+
+@dataclass(frozen=True)
 class RenderRequest:
     """One frame to render: the single request type of the CLI, the viewer and the exporters.
 
@@ -155,6 +177,8 @@ class RenderRequest:
         identity: the subject of a model with identities (:class:`HasIdentities`), else ``None``.
         frame: the pose / frame index of a model driven by per-frame inputs (avatars), else
             ``None``.
+        pose: an explicit :class:`BodyPose` (a pose-sequence file, another subject's motion) that
+            replaces ``frame``'s pose; read only by :class:`DrivenByPoses` models.
         mode: ``rgb``, ``depth`` or ``alpha`` (what :func:`tensorfield.engine.render.output_image`
             turns the :class:`RenderOutput` into; the model renders all three at once).
     """
@@ -166,6 +190,7 @@ class RenderRequest:
     identity: int | None = None
     frame: int | None = None
     mode: str = "rgb"
+    pose: BodyPose | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in RENDER_MODES:
@@ -183,7 +208,8 @@ class RenderRequest:
         """The same request with cameras and background on ``device``."""
         background = self.background if self.background is not None else torch.ones(3)
         return RenderRequest(
-            self.cameras.to(device), self.index, background.to(device), self.time, self.identity, self.frame, self.mode
+            self.cameras.to(device), self.index, background.to(device), self.time, self.identity, self.frame, self.mode,
+            self.pose.on(device) if self.pose is not None else None,
         )
 
 
@@ -404,7 +430,9 @@ class ExportsSplats(Protocol):
     """Gaussians in the standard 3DGS PLY layout (``export RUN splat``)."""
 
     def splat_attributes(self, time: float | None = None) -> SplatAttributes:
-        """The Gaussians (dynamic models: the slice at normalised ``time``)."""
+        """The Gaussians (dynamic models: the slice at normalised ``time``). Models with
+        :class:`HasIdentities` also take ``identity`` and ``frame`` keywords, and
+        :class:`DrivenByPoses` ones ``pose`` (a :class:`BodyPose`), as :class:`RenderRequest`."""
 
 
 @runtime_checkable
@@ -424,6 +452,29 @@ class HasIdentities(Protocol):
 
     def num_frames(self) -> int:
         """How many poses / frames :attr:`RenderRequest.frame` can select (0 = none)."""
+
+
+@runtime_checkable
+class DrivenByPoses(Protocol):
+    """A model posed by a skeleton (avatars): :attr:`RenderRequest.pose` drives it with any pose."""
+
+    def pose_skeleton(self, identity: int):
+        """The :class:`~tensorfield.fields.skeleton.Skeleton` (joint names, parents, rest joints)
+        of ``identity`` that a :class:`BodyPose` for it refers to."""
+
+
+@runtime_checkable
+class FitsIdentities(Protocol):
+    """A model of several identities that can learn new ones with everything else frozen
+    (``tensorfield fit-identity``, through the common trainer)."""
+
+    def identity_fit_values(self, data) -> dict:
+        """Config values of a run that fits new identities on top of this trained model (built
+        from ``data``, its :class:`TrainingData`): e.g. the names of the rows it has."""
+
+    def start_identity_fit(self, base) -> list[int]:
+        """Take every trained value from ``base`` (this method's model trained on other
+        identities), keep only this model's new identities trainable; returns their indices."""
 
 
 @runtime_checkable
@@ -505,7 +556,7 @@ def capabilities(model) -> tuple[str, ...]:
     """Names of the capability protocols ``model`` implements (for ``tensorfield methods`` / docs)."""
     return tuple(
         protocol.__name__
-        for protocol in (RendersViews, ExportsDensityGrid, ExportsSplats, HasTime, HasIdentities, ExportsSlices)
+        for protocol in (RendersViews, ExportsDensityGrid, ExportsSplats, HasTime, HasIdentities, DrivenByPoses, FitsIdentities, ExportsSlices)
         if isinstance(model, protocol)
     )
 
@@ -588,3 +639,13 @@ class CameraData(Protocol):
 
     def background_color(self) -> Tensor:
         """``[3]`` colour the targets are composited on."""
+
+
+@runtime_checkable
+class FrameCameraData(Protocol):
+    """Data whose frames each come with the camera that filmed them (avatar videos): the camera
+    ``render --frame`` / ``render --poses`` and the viewer's pose playback start from."""
+
+    def frame_camera(self, identity: int | None = None, frame: int | None = None) -> Cameras:
+        """One camera: the one that filmed global ``frame`` when given, else the one of
+        ``identity``'s first frame (else of frame 0)."""

@@ -66,9 +66,15 @@ for one identity at a time, which a shared row of ``C`` cannot express; only clo
 would fit :class:`~.base.ParamSurgery`.
 
 **Unseen identities**: :meth:`MIGS.add_identity` appends a row of ``A`` (the mean row by default)
-and freezes everything else; its return value is the one parameter to optimise. **Unseen poses**:
+and freezes everything else; its return value is the one parameter to optimise. Through the
+common trainer (``tensorfield fit-identity``, :mod:`tensorfield.engine.fit`) a run is built with
+``identity_rows`` (the trained rows' names): the model is frozen but for the rows after them,
+:meth:`MIGS.start_identity_fit` copies the trained values in, and the fitted run keeps the trained
+SH degree; its checkpoints rebuild the same frozen model, so it resumes, evaluates and renders
+like any run. **Unseen poses**:
 any identity with the pose of any frame (:attr:`RenderRequest.frame`, also another subject's) or
-an explicit pose (:meth:`MIGS.render_pose`).
+an explicit pose (:attr:`RenderRequest.pose`, e.g. read from a pose file by
+:func:`~tensorfield.datasets.avatars.read_pose_file`).
 
 Differences from the official code beyond those above: no pose correction, no texture MLP (SH
 colours evaluated by the rasteriser along world view directions, as gaussians3d), no gradient
@@ -77,7 +83,6 @@ clipping (the trainer has no hook for it), one exponential decay per group.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -85,6 +90,7 @@ import torch.nn.functional as F
 from tensorfield.cuda.rasterize import quat_to_rotmat
 from tensorfield.fields.base import (
     BatchKind,
+    BodyPose,
     Field,
     HookResult,
     ImageBatch,
@@ -101,7 +107,6 @@ from tensorfield.fields.gaussian_math import (
     covariance_to_scales_quats,
     mean_neighbour_distance,
     nearest_neighbours,
-    num_sh_bases,
 )
 from tensorfield.fields.gaussian_producers import logit
 from tensorfield.fields.lowrank import (
@@ -109,18 +114,21 @@ from tensorfield.fields.lowrank import (
     IdentityTensor,
     TuckerTensor,
     attribute_slices,
-    cp_from_table,
     num_attributes,
     split_attributes,
 )
 from tensorfield.fields.migs_data import BACKGROUND_CHOICES, FRAME_INPUTS
-from tensorfield.fields.skeleton import (
-    Skeleton,
-    axis_angle_to_matrix,
-    linear_blend_skinning,
-    nearest_bone_weights,
-    skin_orientations,
+from tensorfield.fields.migs_parts import (  # noqa: F401 - re-exported (tests, scripts)
+    NonRigidDeformer,
+    attribute_blocks,
+    covariance_entries,
+    cp_from_identity_tables,
+    pose_code,
+    quat_multiply,
+    sample_along_bones,
+    skin_gaussians,
 )
+from tensorfield.fields.skeleton import Skeleton, nearest_bone_weights
 from torch import Tensor, nn
 
 
@@ -136,6 +144,7 @@ class MIGSConfig(MethodConfig):
     downscale: int = option(1, "Average the images down by this integer factor (cameras scaled).", group="data", minimum=1)
     identities: list[str] = option([], "Load only these identities (empty = all).", group="data")
     train_split: str = option("train", "Split the batches come from (e.g. novel_identity to fit an added identity).", group="data")
+    identity_rows: list[str] = option([], "Fit new identities on top of a trained model: the names of its identity rows, in order (fit-identity writes it; everything but the new rows is frozen). Empty: a model trained from scratch.", group="data")
     # representation
     decomposition: str = option("cp", "Low-rank tensor of the identities' Gaussians: cp (paper) or tucker.", group="model", choices=("cp", "tucker"))
     rank: int = option(100, "CP rank R (Tucker: the Gaussian-mode rank R3).", group="model", minimum=1)
@@ -188,163 +197,6 @@ class MIGSConfig(MethodConfig):
     tile_size: int = option(16, "Rasteriser tile size in pixels.", group="rasteriser", minimum=1)
 
 
-# ================================================================================== helpers
-def attribute_blocks(sh_degree: int) -> dict[str, int]:
-    """Row blocks of ``B`` (one learning rate each): the :func:`~.lowrank.attribute_sizes`
-    layout with the SH block cut into its DC (first 3 columns) and the rest."""
-    blocks = {"xyz": 3, "log_scale": 3, "quat": 4, "opacity_logit": 1, "sh_dc": 3}
-    if sh_degree > 0:
-        blocks["sh_rest"] = 3 * (num_sh_bases(sh_degree) - 1)
-    return blocks
-
-
-def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
-    """Hamilton product ``a ⊗ b`` of ``[..., 4]`` ``(w, x, y, z)`` quaternions."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack([
-        aw * bw - ax * bx - ay * by - az * bz,
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-    ], dim=-1)  # fmt: skip
-
-
-def covariance_entries(covariances: Tensor) -> Tensor:
-    """``[N, 6]`` upper-triangle entries ``xx xy xz yy yz zz`` of ``[N, 3, 3]`` covariances."""
-    rows, cols = (0, 0, 0, 1, 1, 2), (0, 1, 2, 1, 2, 2)
-    return covariances[:, rows, cols]
-
-
-def pose_code(rotations: Tensor) -> Tensor:
-    """``[6 J]``: first two columns of each joint's rotation matrix minus the identity's (0 at rest)."""
-    matrices = axis_angle_to_matrix(rotations)[..., :, :2]
-    eye = torch.eye(3, 2, dtype=matrices.dtype, device=matrices.device)
-    return (matrices - eye).reshape(-1)
-
-
-def skin_gaussians(means: Tensor, log_scales: Tensor, quats: Tensor, skinning_logits: Tensor, bone_transforms: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """LBS of Gaussians: ``(posed means [N, 3], covariances [N, 3, 3], weights [N, J])``.
-
-    :math:`w = \\operatorname{softmax}(\\ell)`, :math:`[A \\mid b] = \\sum_j w_j G_j`,
-    :math:`\\mu' = A \\mu + b`, :math:`\\Sigma' = (A R(q) S)(A R(q) S)^T`.
-    """
-    weights = torch.softmax(skinning_logits, dim=-1)
-    skinned = linear_blend_skinning(means, weights, bone_transforms)
-    factor = skin_orientations(skinned.linear, quats) * torch.exp(log_scales)[:, None, :]
-    return skinned.points, factor @ factor.transpose(1, 2), weights
-
-
-def sample_along_bones(rest_joints: Tensor, skeleton: Skeleton, count: int, radius: float, generator: torch.Generator) -> Tensor:
-    """``[K, N, 3]`` corresponding points along the bones of ``K`` rest skeletons (module docstring).
-
-    Segments are those of :func:`~.skeleton.bone_distances` (joint -> child, a leaf's own point);
-    the segment, fraction, direction and radius of point ``n`` are shared by every identity, the
-    radius scaled by each skeleton's height (largest side of its rest-joint box).
-    """
-    segments = [(j, c) for j in range(skeleton.num_joints) for c in (skeleton.children(j) or [j])]
-    start = rest_joints[:, [j for j, _ in segments]]
-    end = rest_joints[:, [c for _, c in segments]]
-    heights = (rest_joints.max(1).values - rest_joints.min(1).values).max(-1).values  # [K]
-    lengths = (end - start).norm(dim=-1).mean(0) + radius * float(heights.mean())
-    choice = torch.multinomial(lengths / lengths.sum(), count, replacement=True, generator=generator)
-    along = torch.rand(count, 1, generator=generator, dtype=rest_joints.dtype)
-    direction = F.normalize(torch.randn(count, 3, generator=generator, dtype=rest_joints.dtype), dim=-1)
-    distance = radius * (0.25 + 0.75 * torch.rand(count, 1, generator=generator, dtype=rest_joints.dtype))
-    on_bone = start[:, choice] + along * (end[:, choice] - start[:, choice])
-    return on_bone + direction * distance * heights[:, None, None]
-
-
-def _balanced(b: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    """Rescale each column pair so that ``B`` and ``C`` columns have equal RMS (``B C^T`` unchanged)."""
-    rms_b = b.pow(2).mean(0).sqrt().clamp_min(1e-12)
-    rms_c = c.pow(2).mean(0).sqrt().clamp_min(1e-12)
-    alpha = (rms_b / rms_c).sqrt()
-    return b / alpha, c * alpha
-
-
-def cp_from_identity_tables(tables: Tensor, rank: int, xyz: slice, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-    """CP factors ``(A [K, R], B [F, R], C [N, R])`` of tables ``[K, N, F]`` differing only in ``xyz``.
-
-    The mean table takes :func:`~.lowrank.cp_from_table` (``A`` all ones); each identity's
-    deviation of the ``xyz`` columns (rank <= 3) takes ``p = min(3, (R // 2) // K)`` components
-    of its own (its truncated SVD; ``A`` one-hot), so the factors are exact when the mean table's
-    rank is at most ``R - p K`` (and ``p = 3``). Columns balanced by :func:`_balanced`.
-    """
-    count, _, f = tables.shape
-    work = tables.double()
-    mean = work.mean(0)
-    residual = work - mean
-    if (residual[..., [i for i in range(f) if not xyz.start <= i < xyz.stop]]).abs().max() > 0:
-        raise ValueError("identity tables may differ only in the xyz columns")
-    per = min(3, (rank // 2) // count) if float(residual.abs().max()) > 0 else 0
-    fit = cp_from_table(mean, count, rank - per * count, seed=seed)
-    a, b, c = [fit.identity_factors], [fit.feature_factors], [fit.gaussian_factors]
-    for k in range(count):
-        if per == 0:
-            break
-        u, s, vh = torch.linalg.svd(residual[k][:, xyz], full_matrices=False)
-        root = s[:per].sqrt()
-        extra_b = torch.zeros(f, per, dtype=work.dtype)
-        extra_b[xyz] = vh[:per].T * root
-        extra_a = torch.zeros(count, per, dtype=work.dtype)
-        extra_a[k] = 1.0
-        a.append(extra_a)
-        b.append(extra_b)
-        c.append(u[:, :per] * root)
-    b_all, c_all = _balanced(torch.cat(b, 1), torch.cat(c, 1))
-    return torch.cat(a, 1).float(), b_all.float(), c_all.float()
-
-
-def _init_linear(layer: nn.Linear, generator: torch.Generator) -> None:
-    """torch's default (Kaiming-uniform) initialisation, from ``generator``."""
-    bound = 1.0 / math.sqrt(layer.in_features)
-    with torch.no_grad():
-        layer.weight.copy_((torch.rand(layer.weight.shape, generator=generator) * 2 - 1) * bound)
-        if layer.bias is not None:
-            layer.bias.copy_((torch.rand(layer.bias.shape, generator=generator) * 2 - 1) * bound)
-
-
-class NonRigidDeformer(nn.Module):
-    """Conditioned MLP ``(canonical position, condition) -> [N, 10]`` offsets (mean 3, log-scale 3,
-    quaternion 4); the condition enters the first layer once for all Gaussians (official
-    ``cond_in: [0]``); the last layer is zero, so the offsets start at zero.
-
-    Args:
-        frequencies: octaves ``L`` of the encoding :math:`(x, \\sin 2^l \\pi x, \\cos 2^l \\pi x)`.
-        condition_dim: pose code plus identity code.
-        width, layers: hidden width and number of hidden layers.
-        generator: initialisation.
-    """
-
-    def __init__(self, frequencies: int, condition_dim: int, width: int, layers: int, generator: torch.Generator) -> None:
-        super().__init__()
-        self.frequencies = int(frequencies)
-        self.position = nn.Linear(3 + 6 * self.frequencies, width)
-        self.condition = nn.Linear(condition_dim, width, bias=False) if condition_dim > 0 else None
-        self.hidden = nn.ModuleList([nn.Linear(width, width) for _ in range(layers - 1)])
-        self.out = nn.Linear(width, 10)
-        for layer in [self.position, self.condition, *self.hidden]:
-            if layer is not None:
-                _init_linear(layer, generator)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    def encode(self, positions: Tensor) -> Tensor:
-        scales = (2.0 ** torch.arange(self.frequencies, device=positions.device, dtype=positions.dtype)) * math.pi
-        angles = (positions[:, :, None] * scales).reshape(positions.shape[0], -1)
-        return torch.cat([positions, torch.sin(angles), torch.cos(angles)], dim=-1)
-
-    def forward(self, positions: Tensor, condition: Tensor | None) -> Tensor:
-        hidden = self.position(self.encode(positions))
-        if self.condition is not None and condition is not None:
-            hidden = hidden + self.condition(condition)[None]
-        hidden = F.silu(hidden)
-        for layer in self.hidden:
-            hidden = F.silu(layer(hidden))
-        return self.out(hidden)
-
-
 @dataclass
 class PosedGaussians:
     """One identity in one pose (:meth:`MIGS.pose`).
@@ -381,7 +233,7 @@ class NewIdentity:
 # ================================================================================== model
 class MIGS(Field):
     """Multi-identity Gaussian avatars (module docstring); implements ``RendersViews``,
-    ``HasIdentities`` and ``ExportsSplats``.
+    ``HasIdentities``, ``DrivenByPoses``, ``FitsIdentities`` and ``ExportsSplats``.
 
     Args:
         config: the method config.
@@ -410,10 +262,18 @@ class MIGS(Field):
         self.register_buffer("frame_rotations", inputs["rotations"].double().clone())
         self.register_buffer("frame_root", inputs["root"].double().clone())
         self.register_buffer("frame_identity", identity.clone())
-        rest = [inputs["rest_joints"][identity == k][0] for k in range(int(identity.max()) + 1)]
+        shown = [k for k in range(int(identity.max()) + 1) if bool((identity == k).any())]
+        placeholder = torch.stack([inputs["rest_joints"][identity == k][0] for k in shown]).double().mean(0)
+        # a row of a fitted model the data does not show takes the mean skeleton until
+        # start_identity_fit (or the checkpoint) brings its own
+        rest = [inputs["rest_joints"][identity == k][0].double() if k in shown else placeholder for k in range(int(identity.max()) + 1)]
         self.register_buffer("identity_rest_joints", torch.stack(rest).double())
         self.register_buffer("parents", inputs["parents"][0].long().clone())
+        self.joint_names = tuple(scene.joint_names) or tuple(f"joint_{j}" for j in range(self.num_joints))
         count = int(identity[inputs["in_training"].bool()].max()) + 1  # training identities come first
+        self.known_rows = len(config.identity_rows)
+        if self.known_rows >= count:
+            raise ValueError(f"MIGS: fitting on top of {self.known_rows} identity rows but the training frames show only {count} identities")
         init = torch.Generator().manual_seed(int(config.seed))
 
         skeleton = self.skeleton(0)
@@ -450,6 +310,8 @@ class MIGS(Field):
         if config.non_rigid:
             condition = 6 * skeleton.num_joints + (self._identity_dim() if config.nr_identity_code else 0)
             self.deformer = NonRigidDeformer(config.nr_frequencies, condition, config.nr_width, config.nr_layers, init)
+        if self.known_rows:
+            self._freeze_known_rows()
 
     # ------------------------------------------------------------------ structure
     def _identity_dim(self) -> int:
@@ -463,7 +325,14 @@ class MIGS(Field):
         """Rest skeleton of identity ``identity`` (its row of ``identity_rest_joints``)."""
         if not 0 <= identity < self.identity_rest_joints.shape[0]:
             raise IndexError(f"identity {identity} has no skeleton (the model knows {self.identity_rest_joints.shape[0]})")
-        return Skeleton(self.parents.tolist(), self.identity_rest_joints[identity].detach().cpu())
+        return Skeleton(self.parents.tolist(), self.identity_rest_joints[identity].detach().cpu(), self.joint_names)
+
+    def pose_skeleton(self, identity: int) -> Skeleton:
+        """``DrivenByPoses``: identity ``identity``'s skeleton (joint names from the data), which a
+        :class:`~.base.BodyPose` for it (a pose file, :func:`~tensorfield.datasets.avatars.read_pose_file`) refers to."""
+        if not 0 <= identity < self.num_identities():
+            raise IndexError(f"identity {identity} out of range (the model has {self.num_identities()})")
+        return self.skeleton(identity)
 
     @property
     def num_gaussians(self) -> int:
@@ -585,20 +454,25 @@ class MIGS(Field):
             raise ValueError(f"identity {identity} out of range (the model has {self.num_identities()})")
         return identity
 
-    @torch.no_grad()
-    def render_view(self, request: RenderRequest) -> RenderOutput:
-        """Identity ``request.identity`` (default: the frame's own subject, else 0) in the pose of
-        global frame ``request.frame`` (default: the rest pose), seen by the request's camera."""
-        identity = self._request_identity(request.identity, request.frame)
-        rotations, root = self.frame_pose(request.frame) if request.frame is not None else (None, None)
-        background = request.background if request.background is not None else torch.ones(3)
-        output = self._rasterize(self.pose(identity, rotations, root), request.cameras, request.index, background)
-        return RenderOutput(rgb=output.rgb.clamp(0.0, 1.0), depth=output.depth, alpha=output.alpha)
+    def _resolve(self, identity: int | None, frame: int | None, pose: BodyPose | None) -> tuple[int, Tensor | None, Tensor | None]:
+        """``(identity, rotations [J, 3] or None, root [4, 4] or None)`` of a request: an explicit
+        ``pose`` wins over ``frame``'s; the identity defaults to the frame's subject, else 0."""
+        if pose is not None:
+            if tuple(pose.rotations.shape) != (self.num_joints, 3) or tuple(pose.root.shape) != (4, 4):
+                raise ValueError(f"a pose must be rotations [{self.num_joints}, 3] and root [4, 4], got {tuple(pose.rotations.shape)} and {tuple(pose.root.shape)}")
+            return self._request_identity(identity if identity is not None else 0, None), pose.rotations, pose.root
+        identity = self._request_identity(identity if identity is not None or frame is not None else 0, frame)
+        rotations, root = self.frame_pose(frame) if frame is not None else (None, None)
+        return identity, rotations, root
 
     @torch.no_grad()
-    def render_pose(self, cameras, index: int, background: Tensor, identity: int, rotations: Tensor, root: Tensor | None = None) -> RenderOutput:
-        """Render ``identity`` in an explicit pose (``rotations [J, 3]`` axis-angle, ``root [4, 4]``)."""
-        output = self._rasterize(self.pose(self._request_identity(identity, None), rotations, root), cameras, index, background)
+    def render_view(self, request: RenderRequest) -> RenderOutput:
+        """Identity ``request.identity`` (default: the frame's own subject, else 0) in
+        ``request.pose``, else the pose of global frame ``request.frame``, else the rest pose,
+        seen by the request's camera."""
+        identity, rotations, root = self._resolve(request.identity, request.frame, request.pose)
+        background = request.background if request.background is not None else torch.ones(3)
+        output = self._rasterize(self.pose(identity, rotations, root), request.cameras, request.index, background)
         return RenderOutput(rgb=output.rgb.clamp(0.0, 1.0), depth=output.depth, alpha=output.alpha)
 
     # ------------------------------------------------------------------ training
@@ -701,8 +575,10 @@ class MIGS(Field):
         return [group for group in groups if group.params]
 
     def before_step(self, step: int) -> HookResult:
-        """One more SH degree every ``sh_increase_interval`` steps (as gaussians3d)."""
-        self.active_sh_degree = min((step + 1) // max(int(self.config.sh_increase_interval), 1), self.sh_degree)
+        """One more SH degree every ``sh_increase_interval`` steps (as gaussians3d); a fit on top
+        of a trained model keeps the trained model's degree."""
+        if not self.known_rows:
+            self.active_sh_degree = min((step + 1) // max(int(self.config.sh_increase_interval), 1), self.sh_degree)
         return HookResult()
 
     # ------------------------------------------------------------------ unseen identities
@@ -745,13 +621,66 @@ class MIGS(Field):
         for parameter in self.parameters():
             parameter.requires_grad_(True)
 
+    def _freeze_known_rows(self) -> None:
+        """Everything but the identity rows from ``known_rows`` on stops taking gradients."""
+        for parameter in self.parameters():
+            parameter.requires_grad_(False)
+        for row in list(self.tensor.identity_rows)[self.known_rows :]:
+            row.requires_grad_(True)
+
+    # FitsIdentities
+    def identity_fit_values(self, data) -> dict:
+        """Config values of a run fitting new identities on this model (``tensorfield
+        fit-identity``): the names of its rows (``identity_rows``; ``data`` is the
+        :class:`~.migs_data.AvatarTrainingData` it was trained on), the Tucker ranks it has, no
+        non-rigid delay (the deformer is trained)."""
+        names = list(data.identity_names[: self.num_identities()])
+        values: dict = {"identity_rows": names, "non_rigid_delay": 0}
+        if isinstance(self.tensor, TuckerTensor):
+            values["tucker_ranks"] = list(self.tensor.ranks)
+        return values
+
+    @torch.no_grad()
+    def start_identity_fit(self, base: MIGS) -> list[int]:
+        """Take the trained ``base``: shared factors, its identity rows and skeletons, skinning
+        logits, non-rigid MLP and SH degree; this model's new rows start at the mean of
+        ``base``'s rows (the "average subject"). Returns the new rows' indices.
+
+        Raises:
+            ValueError: this model is not a fit (``identity_rows`` empty), or ``base`` differs in
+                structure (decomposition, ranks, Gaussians, SH degree, skeleton tree, rows).
+        """
+        if not self.known_rows:
+            raise ValueError("start_identity_fit needs a model built with identity_rows (the base model's row names)")
+        if base.num_identities() != self.known_rows:
+            raise ValueError(f"the base model has {base.num_identities()} identity rows, identity_rows names {self.known_rows}")
+        if type(base.tensor) is not type(self.tensor) or not torch.equal(base.parents.cpu(), self.parents.cpu()):
+            raise ValueError("the base model has another decomposition or skeleton tree")
+        mine, theirs = self.state_dict(), base.state_dict()
+        rows = {f"tensor.identity_rows.{k}" for k in range(self.num_identities())}
+        frames = {"frame_rotations", "frame_root", "frame_identity", "identity_rest_joints"}
+        for name, value in theirs.items():
+            if name in frames or name in rows:
+                continue
+            if name not in mine or mine[name].shape != value.shape:
+                raise ValueError(f"the base model's {name} {tuple(value.shape)} does not fit this model's {tuple(mine[name].shape) if name in mine else 'nothing'}")
+            mine[name].copy_(value)
+        average = base.tensor.identity_factors.detach().mean(0)
+        for k, row in enumerate(self.tensor.identity_rows):
+            row.copy_(base.tensor.identity_rows[k] if k < self.known_rows else average)
+        self.identity_rest_joints[: self.known_rows] = base.identity_rest_joints[: self.known_rows].to(self.identity_rest_joints)
+        self.active_sh_degree = base.active_sh_degree
+        self._freeze_known_rows()
+        return list(range(self.known_rows, self.num_identities()))
+
     # ------------------------------------------------------------------ export
     @torch.no_grad()
-    def splat_attributes(self, time: float | None = None, identity: int | None = None, frame: int | None = None) -> SplatAttributes:
-        """Identity ``identity`` (default 0) in the pose of ``frame`` (default: rest) in the 3DGS
-        PLY layout (covariances factored into scales and rotations); ``time`` is ignored."""
-        identity = self._request_identity(identity if identity is not None else (None if frame is not None else 0), frame)
-        rotations, root = self.frame_pose(frame) if frame is not None else (None, None)
+    def splat_attributes(self, time: float | None = None, identity: int | None = None, frame: int | None = None,
+                         pose: BodyPose | None = None) -> SplatAttributes:  # fmt: skip
+        """Identity ``identity`` (default: ``frame``'s subject, else 0) in ``pose``, else the pose
+        of ``frame``, else the rest pose, in the 3DGS PLY layout (covariances factored into scales
+        and rotations); ``time`` is ignored."""
+        identity, rotations, root = self._resolve(identity, frame, pose)
         gaussians = self.pose(identity, rotations, root)
         scales, quats = covariance_to_scales_quats(gaussians.covariances)
         table = gaussians.sh

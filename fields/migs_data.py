@@ -12,6 +12,12 @@ frames in the ``train`` split come first, in ``avatars.json`` order, then the ot
 ``train_split`` (the split batches come from: ``novel_identity`` when fitting an added row);
 only a data set without a ``train`` split orders by ``train_split``.
 
+**Fitting on top of a trained model** (``identity_rows``, written by ``tensorfield
+fit-identity``): the model's rows keep their names and order, whether the data shows them or not;
+the subjects with frames in ``train_split`` that are not among them follow (the new rows), then
+the rest. Batches come only from the new rows' frames (:meth:`AvatarTrainingData.training_frames`)
+and the splits that show them are evaluated first.
+
 **Frames.** Every frame of every identity has one global index (identity-major, identities in
 model order, each identity's frames in sequence order): what
 :attr:`~tensorfield.fields.base.RenderRequest.frame` and ``extras["frame"]`` hold. The model
@@ -89,14 +95,14 @@ def _downscaled(images: Tensor, factor: int) -> Tensor:
 
 
 class AvatarViewSource(StatelessSource):
-    """Random distinct views of one split (module docstring); stateless: every batch comes from
-    the trainer's checkpointed generator."""
+    """Random distinct views of :meth:`AvatarTrainingData.training_frames` (module docstring);
+    stateless: every batch comes from the trainer's checkpointed generator."""
 
-    def __init__(self, data: AvatarTrainingData, split: str, device: torch.device, random_background: bool) -> None:
+    def __init__(self, data: AvatarTrainingData, device: torch.device, random_background: bool) -> None:
         self.data = data
-        self.frames = data.split_frames(split)
+        self.frames = data.training_frames()
         if self.frames.numel() == 0:
-            raise DatasetError(data.root / AVATARS_FILE, f"split {split!r} has no frames to train on", root=data.root)
+            raise DatasetError(data.root / AVATARS_FILE, f"split {data.train_split!r} has no frames to train on", root=data.root)
         self.device = device
         self.random_background = random_background
         if random_background and not data.has_masks:
@@ -142,7 +148,8 @@ class AvatarTrainingData:
             training split that names no frames, a background that needs masks the data lacks.
     """
 
-    def __init__(self, dataset: AvatarDataset, *, background: str = "data", downscale: int = 1, train_split: str = "train") -> None:
+    def __init__(self, dataset: AvatarDataset, *, background: str = "data", downscale: int = 1, train_split: str = "train",
+                 identity_rows: list[str] | tuple[str, ...] = ()) -> None:  # fmt: skip
         if background not in BACKGROUND_CHOICES:
             raise ValueError(f"background must be one of {', '.join(BACKGROUND_CHOICES)}, got {background!r}")
         self.dataset = dataset
@@ -153,10 +160,28 @@ class AvatarTrainingData:
             raise DatasetError(index, f"no split {train_split!r} to train on (has: {', '.join(dataset.splits) or 'none'})", root=self.root)
         if not any(dataset.splits[train_split].values()):
             raise DatasetError(index, f"split {train_split!r} names no frames", root=self.root)
-        # the model's rows: the subjects of the `train` split, whatever split the batches come from
-        self.model_split = "train" if any(dataset.splits.get("train", {}).values()) else train_split
-        trained = [name for name in dataset.identities if dataset.splits[self.model_split].get(name)]
-        self.identity_names = trained + [name for name in dataset.identities if name not in trained]
+        self.known_rows = [str(name) for name in identity_rows]
+        if len(set(self.known_rows)) != len(self.known_rows):
+            raise DatasetError(index, f"identity_rows names {next(n for n in self.known_rows if self.known_rows.count(n) > 1)!r} twice", root=self.root)
+        if self.known_rows:
+            # fitting new identities on top of a trained model: its rows first, then the subjects
+            # with frames in the fit split (the new rows), then the rest (no rows)
+            self.model_split = train_split
+            others = [name for name in dataset.identities if name not in self.known_rows]
+            new = [name for name in others if dataset.splits[train_split].get(name)]
+            if not new:
+                held = {name: [split for split, per in dataset.splits.items() if per.get(name)] for name in others}
+                hint = "; ".join(f"{name} has frames in {', '.join(splits) or 'no split'}" for name, splits in held.items())
+                hint = f"; {hint} (choose the split with train_split=SPLIT, fit-identity --split SPLIT)" if hint else ""
+                raise DatasetError(index, f"split {train_split!r} shows no identity the model lacks (it has {', '.join(self.known_rows)}){hint}", root=self.root)
+            self.identity_names = self.known_rows + new + [name for name in others if name not in new]
+            self.new_identities = new
+        else:
+            self.new_identities = []
+            # the model's rows: the subjects of the `train` split, whatever split the batches come from
+            self.model_split = "train" if any(dataset.splits.get("train", {}).values()) else train_split
+            trained = [name for name in dataset.identities if dataset.splits[self.model_split].get(name)]
+            self.identity_names = trained + [name for name in dataset.identities if name not in trained]
         self.train_split = train_split
         self.random_background = background == "random"
         self.has_masks = all(seq.masks is not None for seq in dataset.sequences.values())
@@ -166,8 +191,10 @@ class AvatarTrainingData:
         if recomposite and not self.has_masks:
             raise DatasetError(index, f"background={background} needs masks to recomposite the images (the data is on {dataset.background})", root=self.root)
         self.background = wanted
-        first = dataset.sequences[self.identity_names[0]]
+        present = [name for name in self.identity_names if name in dataset.sequences]
+        first = dataset.sequences[present[0]]
         parents = first.skeleton.parents
+        self.joint_names = tuple(first.skeleton.names)
         self.images: list[Tensor] = []
         self.masks: list[Tensor | None] = []
         self.cameras: list[Cameras] = []
@@ -175,10 +202,15 @@ class AvatarTrainingData:
         training = dataset.splits[self.model_split]
         size = None
         for k, name in enumerate(self.identity_names):
+            if name not in dataset.sequences:  # a row of the fitted model this data does not show
+                self.images.append(torch.zeros(0))
+                self.masks.append(None)
+                self.cameras.append(None)
+                continue
             sequence = dataset.sequences[name]
             folder = self.root / name
             if sequence.skeleton.parents != parents:
-                raise DatasetError(folder / "skeleton.json", f"parents {list(sequence.skeleton.parents)} differ from {self.identity_names[0]!r}'s {list(parents)} (MIGS shares one skinning tree)", root=self.root)
+                raise DatasetError(folder / "skeleton.json", f"parents {list(sequence.skeleton.parents)} differ from {present[0]!r}'s {list(parents)} (MIGS shares one skinning tree)", root=self.root)
             images, masks, cameras = sequence.images, sequence.masks, sequence.cameras
             if downscale > 1:
                 if cameras.width % downscale or cameras.height % downscale:
@@ -189,7 +221,7 @@ class AvatarTrainingData:
             if recomposite:
                 images = (images + (1.0 - masks)[..., None] * (wanted - data_background)).clamp(0.0, 1.0)
             if size is not None and (cameras.width, cameras.height) != size:
-                raise DatasetError(folder / "cameras.json", f"images are {cameras.width}x{cameras.height} but {self.identity_names[0]!r}'s are {size[0]}x{size[1]}", root=self.root)
+                raise DatasetError(folder / "cameras.json", f"images are {cameras.width}x{cameras.height} but {present[0]!r}'s are {size[0]}x{size[1]}", root=self.root)
             size = (cameras.width, cameras.height)
             self.images.append(images)
             self.masks.append(masks)
@@ -205,7 +237,7 @@ class AvatarTrainingData:
             columns["rest_joints"].append(sequence.skeleton.rest_joints.double().expand(count, -1, -1))
             columns["parents"].append(torch.tensor(parents, dtype=torch.long).expand(count, -1))
         self.frame_table: dict[str, Tensor] = {name: torch.cat(values).contiguous() for name, values in columns.items()}
-        lengths = torch.tensor([len(dataset.sequences[name]) for name in self.identity_names])
+        lengths = torch.tensor([len(dataset.sequences[name]) if name in dataset.sequences else 0 for name in self.identity_names])
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
 
     # ------------------------------------------------------------------ frames and views
@@ -244,7 +276,9 @@ class AvatarTrainingData:
         from tensorfield.fields.skeleton import Skeleton
 
         joints = []
-        for k, name in enumerate(self.identity_names):
+        for name in self.identity_names:
+            if name not in self.dataset.sequences:
+                continue
             sequence = self.dataset.sequences[name]
             skeleton = Skeleton(sequence.skeleton.parents, sequence.skeleton.rest_joints)
             joints.append(skeleton.forward_kinematics(sequence.rotations.double(), sequence.root.double()).joints.reshape(-1, 3))
@@ -262,17 +296,42 @@ class AvatarTrainingData:
             camera_centers=centres.float(), source_format="avatars",
             white_background=bool(torch.equal(self.background, torch.ones(3))),
             frame_inputs={name: value.clone() for name, value in self.frame_table.items()},
+            joint_names=self.joint_names,
         )
 
+    def training_frames(self) -> Tensor:
+        """``[V]`` global frames batches come from: the ``train_split`` frames, only those of the
+        new identities when fitting on top of a trained model (``identity_rows``)."""
+        frames = self.split_frames(self.train_split)
+        return frames[self.frame_table["identity"][frames] >= len(self.known_rows)]
+
     def batch_source(self, model: Field, device: torch.device) -> AvatarViewSource:
-        return AvatarViewSource(self, self.train_split, device, self.random_background)
+        return AvatarViewSource(self, device, self.random_background)
 
     def eval_splits(self) -> tuple[str, ...]:
-        """``novel_pose`` first (the end-of-training evaluation), then the others present."""
+        """``novel_pose`` first (the end-of-training evaluation), then the others present. When
+        fitting new identities (``identity_rows``), the splits that show them come first, the fit
+        split after the others (``novel_identity_pose`` before ``novel_identity``)."""
         order = ("novel_pose", self.train_split, "train", "novel_identity", "novel_identity_pose")
         present = [name for name in order if name in self.dataset.splits]
         present += [name for name in self.dataset.splits if name not in present]
+        if self.known_rows:
+            shows = [name for name in present if set(self.new_identities) & {n for n, f in self.dataset.splits[name].items() if f}]
+            first = [name for name in shows if name != self.train_split] + [self.train_split]
+            present = first + [name for name in present if name not in first]
         return tuple(dict.fromkeys(present))
+
+    def frame_camera(self, identity: int | None = None, frame: int | None = None) -> Cameras:
+        """The camera of global ``frame``, else of ``identity``'s first frame, else of frame 0
+        (:class:`~tensorfield.fields.base.FrameCameraData`)."""
+        from tensorfield.engine.data import DataError
+
+        if frame is None:
+            owned = (self.frame_table["identity"] == int(identity)).nonzero() if identity is not None else None
+            frame = int(owned[0]) if owned is not None and len(owned) else 0
+        if not 0 <= frame < self.num_frames:
+            raise DataError(f"frame {frame} out of range (the data has {self.num_frames} frames)")
+        return self.views(torch.tensor([frame]))[2]
 
     def evaluate(self, model: Field, split: str, out_dir: Path | None, max_items: int = 0) -> dict[str, Any]:
         import imageio.v2 as imageio
@@ -287,7 +346,7 @@ class AvatarTrainingData:
         known = int(model.num_identities()) if isinstance(model, HasIdentities) else 1
         if len(frames) and int(identities.max()) >= known:
             k = int(identities.max())
-            raise DataError(f"split '{split}' shows identity {self.identity_names[k]!r} (row {k}) but the model has {known} identities: fit it first (MIGS.add_identity)")
+            raise DataError(f"split '{split}' shows identity {self.identity_names[k]!r} (row {k}) but the model has {known} identities: fit it first (tensorfield fit-identity)")
         device = next(iter(model.parameters())).device
         if self._lpips is None or self._lpips[0] != str(device):
             self._lpips = (str(device), load_lpips(device))  # the scorer is None unless its weights are local
@@ -364,4 +423,5 @@ def migs_data(config, path: str | None = None, scene=None) -> AvatarTrainingData
             scene, sequences={n: s for n, s in scene.sequences.items() if n in kept},
             splits={split: {n: f for n, f in per.items() if n in kept} for split, per in scene.splits.items()},
         )  # fmt: skip
-    return AvatarTrainingData(scene, background=config.background, downscale=int(config.downscale), train_split=config.train_split)
+    return AvatarTrainingData(scene, background=config.background, downscale=int(config.downscale), train_split=config.train_split,
+                              identity_rows=list(config.identity_rows))  # fmt: skip
