@@ -1,6 +1,8 @@
 """Tests of fields/migs.py and fields/migs_data.py: identity tables from the factors, posing
 (rest pose, LBS against the data's bone transforms, a hand-worked case, skinning gradients against
-float64), a short training run through the Trainer, exact resume, unseen identities, errors."""
+float64), a short training run through the Trainer, exact resume, a round trip through a checkpoint
+with render and splat export, unseen identities (add_identity, and fitting on top of a trained
+model: data order, frozen model, start_identity_fit), errors."""
 
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ from tensorfield.engine.data import DataError
 from tensorfield.engine.render import render_frame
 from tensorfield.engine.trainer import Trainer, build_data
 from tensorfield.fields.base import (
+    DrivenByPoses,
     ExportsSplats,
+    FitsIdentities,
     HasIdentities,
     RenderRequest,
     RendersViews,
@@ -178,6 +182,8 @@ def test_gradients_of_posed_means_wrt_skinning_logits_against_float64(count, joi
 def test_capabilities_pose_transfer_and_splats(dataset, data):
     model, _ = build(dataset)
     assert isinstance(model, RendersViews) and isinstance(model, HasIdentities) and isinstance(model, ExportsSplats)
+    assert isinstance(model, DrivenByPoses) and isinstance(model, FitsIdentities)
+    assert model.pose_skeleton(1).names == data.joint_names and model.pose_skeleton(1).num_joints == model.num_joints
     frames = data.split_frames("novel_pose")
     _, _, cameras = data.views(frames[:1])
     own = render_frame(model, RenderRequest(cameras, 0, data.background, frame=int(frames[0])))
@@ -284,3 +290,83 @@ def test_bad_config_key_and_bad_data_are_one_line(data_dir, tmp_path):
         build_data(small_config(), other)
     with pytest.raises(ValueError, match="MIGS needs avatar data"):
         MIGS(small_config(), SceneInfo(torch.tensor([[-1.0] * 3, [1.0] * 3]), 0.1, 5.0))
+
+
+# ====================================================================== round trip
+@pytest.mark.parametrize("decomposition", ["cp", "tucker"])
+def test_avatar_round_trip_through_checkpoint_render_and_splat_export(dataset, data, tmp_path, decomposition):
+    """Train, checkpoint, reload: the same parameters, renders and splats; the splat PLY written
+    and read back holds the posed Gaussians (means, covariances from its scales and rotations)."""
+    from tensorfield.cuda.rasterize import covariance_from_scales_quats
+    from tensorfield.engine.export import read_splat_ply, write_splat_ply
+
+    trainer = Trainer.from_config(small_config(steps=6, checkpoint_every=6, decomposition=decomposition), tmp_path / "run", scene=dataset)
+    trainer.train(progress=False, final_eval=False)
+    loaded = Trainer.from_checkpoint(tmp_path / "run", scene=dataset)
+    assert loaded.step == 6 and loaded.model.active_sh_degree == trainer.model.active_sh_degree
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], value), name
+    frame = int(data.split_frames("novel_pose")[1])
+    _, _, cameras = data.views(torch.tensor([frame]))
+    request = RenderRequest(cameras, 0, data.background, identity=1, frame=frame)
+    assert torch.equal(render_frame(loaded.model, request).rgb, render_frame(trainer.model, request).rgb)
+    splats = loaded.model.splat_attributes(identity=1, frame=frame)
+    assert torch.equal(splats.values, trainer.model.splat_attributes(identity=1, frame=frame).values)
+    column = {name: i for i, name in enumerate(splats.names)}
+    pick = lambda *names: splats.values[:, [column[n] for n in names]]
+    rest = [n for n in splats.names if n.startswith("f_rest_")]
+    count = splats.values.shape[0]
+    write_splat_ply(
+        tmp_path / "splat.ply", pick("x", "y", "z"), pick("f_dc_0", "f_dc_1", "f_dc_2"),
+        pick(*rest).reshape(count, 3, -1).transpose(1, 2), splats.values[:, column["opacity"]],
+        pick("scale_0", "scale_1", "scale_2"), pick("rot_0", "rot_1", "rot_2", "rot_3"),
+    )  # fmt: skip
+    stored = read_splat_ply(tmp_path / "splat.ply")
+    posed = loaded.model.pose(1, *loaded.model.frame_pose(frame))
+    np.testing.assert_allclose(stored.means, posed.means.detach().numpy(), rtol=0, atol=1e-6)
+    covariances = covariance_from_scales_quats(torch.from_numpy(stored.log_scales).exp(), torch.from_numpy(stored.quats))
+    torch.testing.assert_close(covariances, posed.covariances.detach(), rtol=1e-4, atol=1e-8)
+    np.testing.assert_allclose(torch.sigmoid(torch.from_numpy(stored.opacity_logits)).numpy(), posed.opacities.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stored.sh_dc, posed.sh[:, 0].detach().numpy(), rtol=0, atol=1e-6)
+
+
+# ====================================================================== fitting on top of a trained model
+def test_fit_rows_order_of_the_data_and_frozen_model(dataset, data):
+    fit = migs_data(small_config(train_split="novel_identity", identity_rows=["subject_0", "subject_1"]), scene=dataset)
+    assert fit.identity_names == ["subject_0", "subject_1", "subject_2"] and fit.new_identities == ["subject_2"]
+    frames = fit.training_frames()
+    assert len(frames) == 6 and set(fit.frame_table["identity"][frames].tolist()) == {2}  # novel_identity only
+    assert fit.eval_splits()[:2] == ("novel_identity_pose", "novel_identity")
+    assert torch.equal(fit.frame_camera(identity=2).c2w, data.views(torch.tensor([data.global_frame(2, 0)]))[2].c2w)
+    model = MIGS(small_config(train_split="novel_identity", identity_rows=["subject_0", "subject_1"]), fit.scene_info())
+    assert model.num_identities() == 3 and model.known_rows == 2
+    assert [p for p in model.parameters() if p.requires_grad] == [model.tensor.identity_rows[2]]
+    assert [g.name for g in model.param_groups()] == ["identity"]
+    # a data set showing only the new subject: the trained rows keep their places, without frames
+    alone = load_avatars(dataset.root, identities=["subject_2"])
+    only = migs_data(small_config(train_split="novel_identity", identity_rows=["subject_0", "subject_1"]), scene=alone)
+    assert only.identity_names == ["subject_0", "subject_1", "subject_2"] and only.num_frames == 8
+    assert set(only.frame_table["identity"].tolist()) == {2} and only.scene_info().joint_names == data.joint_names
+    with pytest.raises(DatasetError, match="split 'novel_identity' shows no identity the model lacks"):
+        migs_data(small_config(train_split="novel_identity", identity_rows=["subject_0", "subject_1", "subject_2"]), scene=dataset)
+
+
+def test_start_identity_fit_takes_the_trained_values_and_refuses_other_structures(dataset):
+    base, _ = build(dataset)
+    with torch.no_grad():
+        base.skinning_logits.add_(0.5)
+        base.deformer.out.weight.normal_()
+    fit_config = dict(train_split="novel_identity", identity_rows=["subject_0", "subject_1"])
+    fitted, fit = build(dataset, **fit_config)
+    assert fitted.start_identity_fit(base) == [2]
+    assert torch.equal(fitted.skinning_logits, base.skinning_logits) and torch.equal(fitted.deformer.out.weight, base.deformer.out.weight)
+    for k in range(2):
+        assert torch.equal(fitted.tensor.identity_rows[k], base.tensor.identity_rows[k])
+        torch.testing.assert_close(fitted.canonical(k).xyz, base.canonical(k).xyz, rtol=0, atol=0)
+    torch.testing.assert_close(fitted.tensor.identity_rows[2], base.tensor.identity_factors.mean(0).detach())
+    assert not fitted.skinning_logits.requires_grad and fitted.tensor.identity_rows[2].requires_grad
+    with pytest.raises(ValueError, match="needs a model built with identity_rows"):
+        build(dataset)[0].start_identity_fit(base)
+    other, _ = build(dataset, rank=10, **fit_config)
+    with pytest.raises(ValueError, match=r"the base model's tensor.gaussian_factors \(400, 12\) does not fit this model's \(400, 10\)"):
+        other.start_identity_fit(base)
