@@ -5,7 +5,10 @@ Every model is viewed through the same render service (one
 controls (camera, render mode, background) are always there; the time slider appears for models
 with :class:`~tensorfield.fields.base.HasTime` (the window checks it through the session), and
 models with :class:`~tensorfield.fields.base.HasIdentities` (avatars) get an identity and a
-frame chooser (:class:`IdentityControls`), whose values go into every request. Coordinate models
+frame chooser (:class:`IdentityControls`), whose values go into every request; those also
+:class:`~tensorfield.fields.base.DrivenByPoses` get pose-sequence playback: a pose file (the
+``poses.npz`` layout, e.g. another subject's motion, read as ``render --poses`` reads it), a pose
+slider to scrub and play/pause, each shown pose going into the request as its ``pose``. Coordinate models
 with :class:`~tensorfield.fields.base.ExportsSlices` (Einstein fields) get a slice mode
 (:class:`SliceControls`): the frame is then the slice's colour map with a colour bar (a
 :class:`~tensorfield.app.viewer.worker.SliceView` in the frame request), following the time slider;
@@ -63,6 +66,10 @@ class FamilyControls:
         """The pose / frame to render (``None``: the model has none)."""
         return None
 
+    def pose(self):
+        """An explicit :class:`~tensorfield.fields.base.BodyPose` to render (``None``: none)."""
+        return None
+
     def slice_view(self) -> SliceView | None:
         """The slice to show instead of the camera's view (``None``: the camera's view)."""
         return None
@@ -72,20 +79,39 @@ class FamilyControls:
         return ViewDefaults()
 
 
+POSE_FPS = 10.0  # pose-sequence playback rate
+
+
 class IdentityControls(FamilyControls):
-    """Identity and frame choosers for a :class:`~tensorfield.fields.base.HasIdentities` model."""
+    """Identity and frame choosers for a :class:`~tensorfield.fields.base.HasIdentities` model,
+    and pose-sequence playback for one :class:`~tensorfield.fields.base.DrivenByPoses`.
+
+    While a pose sequence is loaded, the shown pose (:meth:`pose`) replaces the frame's; the
+    sequence is read again for each identity chosen (a root orientation pivots about that
+    identity's rest root joint).
+    """
 
     title = "Subject"
 
     def __init__(self, session) -> None:
+        from tensorfield.fields.base import DrivenByPoses
+
         super().__init__(session)
         self.num_identities = int(session.model.num_identities())
         self.num_frames = int(session.model.num_frames())
         self._identity = 0
         self._frame = 0 if self.num_frames > 0 else None
+        self.drives_poses = isinstance(session.model, DrivenByPoses)
+        self.pose_path: str | None = None
+        self.poses: list = []
+        self.pose_index = 0
 
+    # ------------------------------------------------------------------ state (no Qt)
     def set_identity(self, value: int) -> None:
-        self._identity = min(max(int(value), 0), self.num_identities - 1)
+        value = min(max(int(value), 0), self.num_identities - 1)
+        if value != self._identity and self.pose_path is not None:
+            self.poses = self._read_poses(self.pose_path, value)
+        self._identity = value
 
     def set_frame(self, value: int) -> None:
         if self.num_frames > 0:
@@ -97,6 +123,40 @@ class IdentityControls(FamilyControls):
     def frame(self) -> int | None:
         return self._frame
 
+    def _read_poses(self, path: str, identity: int) -> list:
+        from tensorfield.engine.render import load_pose_sequence
+
+        return load_pose_sequence(self.session.model, identity, path)
+
+    def load_poses(self, path) -> int:
+        """Read a pose file for the current identity and show its first pose; returns the
+        number of poses. A bad file raises the one-line error of ``render --poses`` and keeps
+        what was loaded before."""
+        if not self.drives_poses:
+            raise ValueError(f"a {type(self.session.model).__name__} is not driven by skeleton poses")
+        self.poses = self._read_poses(str(path), self._identity)
+        self.pose_path = str(path)
+        self.pose_index = 0
+        return len(self.poses)
+
+    def clear_poses(self) -> None:
+        """Back to the frames' own poses."""
+        self.pose_path, self.poses, self.pose_index = None, [], 0
+
+    def set_pose_index(self, index: int) -> None:
+        if self.poses:
+            self.pose_index = min(max(int(index), 0), len(self.poses) - 1)
+
+    def advance_pose(self) -> int:
+        """The next pose of the sequence (after the last: the first again); returns its index."""
+        if self.poses:
+            self.pose_index = (self.pose_index + 1) % len(self.poses)
+        return self.pose_index
+
+    def pose(self):
+        return self.poses[self.pose_index] if self.poses else None
+
+    # ------------------------------------------------------------------ widgets
     def widget(self, on_change: Callable[[], None]):
         from PyQt6.QtWidgets import QFormLayout, QSpinBox, QWidget
 
@@ -104,14 +164,109 @@ class IdentityControls(FamilyControls):
         form = QFormLayout(panel)
         self.identity_spin = QSpinBox()
         self.identity_spin.setRange(0, max(self.num_identities - 1, 0))
-        self.identity_spin.valueChanged.connect(lambda v: (self.set_identity(v), on_change()))
+
+        def identity_chosen(value: int) -> None:
+            try:
+                self.set_identity(value)
+            except ValueError as err:  # the loaded file does not fit this identity
+                self.clear_poses()
+                self._sync_poses(str(err).splitlines()[0])
+            on_change()
+
+        self.identity_spin.valueChanged.connect(identity_chosen)
         form.addRow("identity", self.identity_spin)
         if self.num_frames > 0:
             self.frame_spin = QSpinBox()
             self.frame_spin.setRange(0, self.num_frames - 1)
             self.frame_spin.valueChanged.connect(lambda v: (self.set_frame(v), on_change()))
             form.addRow("frame", self.frame_spin)
+        if self.drives_poses:
+            self._pose_widgets(panel, form, on_change)
         return panel
+
+    def _pose_widgets(self, panel, form, on_change: Callable[[], None]) -> None:
+        from PyQt6.QtCore import Qt, QTimer
+        from PyQt6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QSlider, QWidget
+
+        row = QWidget(panel)
+        buttons = QHBoxLayout(row)
+        buttons.setContentsMargins(0, 0, 0, 0)
+        self.poses_button = QPushButton("Poses…")
+        self.pose_play_button = QPushButton("Play")
+        self.pose_clear_button = QPushButton("Clear")
+        for button in (self.poses_button, self.pose_play_button, self.pose_clear_button):
+            buttons.addWidget(button)
+        self.pose_slider = QSlider(Qt.Orientation.Horizontal)
+        self.pose_status = QLabel("frames' own poses")
+        self.pose_status.setWordWrap(True)
+        self.pose_timer = QTimer(panel)
+        self.pose_timer.setInterval(int(1000 / POSE_FPS))
+        form.addRow("pose file", row)
+        form.addRow("pose", self.pose_slider)
+        form.addRow(self.pose_status)
+
+        def play(playing: bool) -> None:
+            playing = playing and bool(self.poses)
+            self.pose_timer.start() if playing else self.pose_timer.stop()
+            self.pose_play_button.setText("Pause" if playing else "Play")
+
+        def tick() -> None:
+            self.advance_pose()
+            self._sync_poses()
+            on_change()
+
+        def choose() -> None:
+            path, _ = QFileDialog.getOpenFileName(panel, "Pose sequence", "", "Pose files (*.npz)")
+            if path:
+                self.open_poses(path, on_change)
+
+        def scrub(value: int) -> None:
+            self.set_pose_index(value)
+            self._sync_poses()
+            on_change()
+
+        def clear() -> None:
+            play(False)
+            self.clear_poses()
+            self._sync_poses()
+            on_change()
+
+        self._play = play
+        self.poses_button.clicked.connect(choose)
+        self.pose_play_button.clicked.connect(lambda: play(not self.pose_timer.isActive()))
+        self.pose_clear_button.clicked.connect(clear)
+        self.pose_timer.timeout.connect(tick)
+        self.pose_slider.valueChanged.connect(scrub)
+        self._sync_poses()
+
+    def open_poses(self, path, on_change: Callable[[], None]) -> bool:
+        """The "Poses…" button's work: load ``path``, or show its one-line error in the panel."""
+        from tensorfield.app.commands import USER_ERRORS
+
+        try:
+            self.load_poses(path)
+        except USER_ERRORS + (ValueError,) as err:
+            self._sync_poses(f"error: {str(err).splitlines()[0]}")
+            return False
+        self._sync_poses()
+        on_change()
+        return True
+
+    def _sync_poses(self, message: str | None = None) -> None:
+        """Slider range and position, play button and status line from the state."""
+        if not hasattr(self, "pose_slider"):
+            return
+        self.pose_slider.blockSignals(True)
+        self.pose_slider.setRange(0, max(len(self.poses) - 1, 0))
+        self.pose_slider.setValue(self.pose_index)
+        self.pose_slider.blockSignals(False)
+        self.pose_slider.setEnabled(bool(self.poses))
+        self.pose_play_button.setEnabled(bool(self.poses))
+        if not self.poses and self.pose_timer.isActive():
+            self._play(False)
+        if message is None:
+            message = f"pose {self.pose_index + 1} / {len(self.poses)} of {self.pose_path}" if self.poses else "frames' own poses"
+        self.pose_status.setText(message)
 
 
 SHOW_VIEW, SHOW_SLICE = "camera view", "slice"

@@ -594,6 +594,7 @@ class ViewerWindow(QMainWindow):
             level=level,
             final=level == len(levels) - 1,
             slice=self.family.slice_view() if self.family is not None else None,
+            pose=self.family.pose() if self.family is not None else None,
         )
 
     def request_frame(self) -> None:

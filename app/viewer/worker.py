@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tensorfield.app.viewer.camera import ViewCamera
 from tensorfield.engine.render import render_image, render_slice
-from tensorfield.fields.base import RenderRequest, SliceRequest
+from tensorfield.fields.base import BodyPose, RenderRequest, SliceRequest
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,8 @@ class FrameRequest:
         final: whether this is the full-resolution frame.
         slice: show this field slice (``height`` samples per side, at ``time``) as a colour map
             with a colour bar instead of the camera's view; ``None``: the camera's view.
+        pose: an explicit :class:`~tensorfield.fields.base.BodyPose` (pose-sequence playback of
+            a model driven by poses), replacing the frame's; ``None`` elsewhere.
     """
 
     camera: ViewCamera
@@ -72,6 +74,7 @@ class FrameRequest:
     level: int = 0
     final: bool = True
     slice: SliceView | None = None
+    pose: BodyPose | None = None
 
     def cameras(self):
         return self.camera.cameras(self.width, self.height, self.time)
@@ -80,7 +83,7 @@ class FrameRequest:
         """The engine's request for this frame (what ``tensorfield render`` would be given)."""
         time_value = self.time if self.time is not None and math.isfinite(self.time) else None
         background = torch.tensor(self.background, dtype=torch.float32)
-        return RenderRequest(self.cameras(), 0, background, time_value, self.identity, self.frame, self.mode)
+        return RenderRequest(self.cameras(), 0, background, time_value, self.identity, self.frame, self.mode, self.pose)
 
     def slice_request(self) -> SliceRequest:
         """The engine's slice request of a slice frame: ``height`` samples per side, at the
