@@ -228,34 +228,35 @@ def _camera_data(trainer, what: str):
 
 
 def _camera_path(trainer, spec: str | None, frames: int, identity: int | None = None, frame: int | None = None):
-    """The cameras of ``--path``. Without one: for ``--frame`` / ``--poses`` on data whose frames
-    come with cameras (:class:`~tensorfield.fields.base.FrameCameraData`, avatars) the camera of
-    that frame (or of the identity's first frame), else ``test``, else the evaluation split."""
+    """``(cameras of --path, the split they are or None)``. Without ``--path``: for ``--frame`` /
+    ``--poses`` on data whose frames come with cameras
+    (:class:`~tensorfield.fields.base.FrameCameraData`, avatars) the camera of that frame (or of
+    the identity's first frame), else ``test``, else the evaluation split."""
     from tensorfield.engine.render import CameraPath, load_camera_path, orbit_path
     from tensorfield.fields.base import FrameCameraData
 
     if spec is None:
         if isinstance(trainer.data, FrameCameraData) and (frame is not None or identity is not None):
-            return CameraPath(trainer.data.frame_camera(identity, frame))
+            return CameraPath(trainer.data.frame_camera(identity, frame)), None
         cameras = _camera_data(trainer, "render").split_cameras()
         spec = "test" if "test" in cameras else (trainer.default_eval_split() or "train")
     if spec.endswith(".json") or Path(spec).is_file():
-        return load_camera_path(spec)
+        return load_camera_path(spec), None
     data = _camera_data(trainer, f"--path {spec}")
     cameras = data.split_cameras()
     if spec not in ("test", "train", "val", "orbit") and spec not in cameras:
         raise CommandError(f"--path {spec}: use test, train, val, orbit, a split of the data ({', '.join(cameras)}) or a camera path .json file")
     if spec == "orbit":
-        return orbit_path(cameras["train"], frames, center=data.scene_box().mean(0))
+        return orbit_path(cameras["train"], frames, center=data.scene_box().mean(0)), None
     if spec not in cameras:
         raise CommandError(f"--path {spec}: the data has no '{spec}' split (has: {', '.join(cameras)})")
-    return CameraPath(cameras[spec])
+    return CameraPath(cameras[spec]), spec
 
 
 def cmd_render(args) -> int:
     from tensorfield.engine.export import check_output_path
     from tensorfield.engine.render import apply_time, load_pose_sequence, render_path
-    from tensorfield.fields.base import ExportsSlices, HasTime, RendersViews
+    from tensorfield.fields.base import ExportsSlices, FrameCameraData, HasTime, RendersViews
 
     times = [args.time] if args.time is not None else list(args.time_range or [])
     flag = "--time" if args.time is not None else "--time-range"
@@ -277,12 +278,15 @@ def cmd_render(args) -> int:
             raise CommandError("--poses renders every pose of the file; drop --frame (it picks a pose of the data)")
         poses = load_pose_sequence(model, args.identity if args.identity is not None else 0, args.poses)
     identity = args.identity if args.identity is not None or poses is None else 0
-    path = _camera_path(trainer, args.path, len(poses) if poses is not None else args.frames, identity, args.frame)
+    path, split = _camera_path(trainer, args.path, len(poses) if poses is not None else args.frames, identity, args.frame)
     path = apply_time(path, args.time, tuple(args.time_range) if args.time_range else None)
+    frame = args.frame
+    if split is not None and frame is None and poses is None and isinstance(trainer.data, FrameCameraData):
+        frame = trainer.data.split_frames(split).tolist()  # each view of an avatar split in its own frame's pose
     background = _background(trainer)
     start = time.perf_counter()
     written = render_path(
-        model, path, background, args.out, fps=args.fps, depth=not args.no_depth, frame=args.frame, identity=identity, poses=poses
+        model, path, background, args.out, fps=args.fps, depth=not args.no_depth, frame=frame, identity=identity, poses=poses
     )
     seconds = time.perf_counter() - start
     count = len(poses) if poses is not None else len(path)

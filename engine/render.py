@@ -379,19 +379,21 @@ def render_path(
     fps: float = 30.0,
     depth: bool = True,
     progress: bool = True,
-    frame: int | None = None,
+    frame: int | list[int] | None = None,
     identity: int | None = None,
     poses: list[BodyPose] | None = None,
 ) -> list[Path]:
     """Render every camera of ``camera_path``; write an MP4 (``out`` ends in .mp4/.mov/.gif)
     or a folder of PNGs (``NNNNN.png`` and ``NNNNN_depth.png``).
 
-    ``frame`` / ``identity`` go into every request (models with per-frame inputs / subjects).
+    ``frame`` / ``identity`` go into every request (models with per-frame inputs / subjects); a
+    list of frames gives one per camera (the views of an avatar split, each in its own pose).
     With ``poses`` (:func:`load_pose_sequence`) output frame ``t`` shows pose ``t`` seen by camera
     ``t`` of the path, or by its only camera when it has one. Returns the written files.
 
     Raises:
-        RenderError: ``poses`` and a camera path of another length (not 1).
+        RenderError: ``poses`` and a camera path of another length (not 1), or a list of frames
+            of another length than the path.
     """
     import imageio.v2 as imageio
     from tqdm import tqdm
@@ -403,11 +405,14 @@ def render_path(
         if len(cams) not in (1, len(poses)):
             raise RenderError(f"{len(poses)} poses but the camera path has {len(cams)} cameras (give one camera, or one per pose)")
         count = len(poses)
+    if isinstance(frame, list) and len(frame) != len(cams):
+        raise RenderError(f"{len(frame)} frames for a camera path of {len(cams)} cameras")
     colour_frames, depth_frames = [], []
     for i in tqdm(range(count), desc="render", unit="frame", disable=not progress, leave=False):
         pose = poses[i] if poses is not None else None
         camera = i if len(cams) == count else 0
-        result = render_frame(model, RenderRequest(cams, camera, background, identity=identity, frame=frame, pose=pose))
+        shown = frame[i] if isinstance(frame, list) else frame
+        result = render_frame(model, RenderRequest(cams, camera, background, identity=identity, frame=shown, pose=pose))
         colour_frames.append(output_image(result, "rgb"))
         if depth:
             depth_frames.append(output_image(result, "depth"))

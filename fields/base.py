@@ -649,3 +649,6 @@ class FrameCameraData(Protocol):
     def frame_camera(self, identity: int | None = None, frame: int | None = None) -> Cameras:
         """One camera: the one that filmed global ``frame`` when given, else the one of
         ``identity``'s first frame (else of frame 0)."""
+
+    def split_frames(self, split: str) -> Tensor:
+        """``[V]`` global frames of ``split``, in the order of ``split_cameras()[split]``."""

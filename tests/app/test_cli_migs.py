@@ -73,9 +73,16 @@ def test_train_eval_and_a_frame_through_the_cli(trained, capsys):
     camera = trainer.data.frame_camera(frame=3)
     expected = render_image(trainer.model, RenderRequest(camera, 0, trainer.data.background_color(), identity=1, frame=3))
     assert np.array_equal(image, expected) and image.shape == (32, 32, 3)
-    # with no --path and no frame the data's evaluation split is the path (the avatars have no test split)
+    # with no --path and no frame the data's evaluation split is the path (the avatars have no
+    # test split), each view in its own frame's pose: the evaluation's renders
     assert main(["render", str(run), "--out", str(root / "split"), "--no-depth"]) == 0
-    assert len(frames_of(root / "split")) == 4
+    views = frames_of(root / "split")
+    frames = trainer.data.split_frames("novel_pose").tolist()
+    cameras = trainer.data.split_cameras()["novel_pose"]
+    assert len(views) == len(frames) == 4
+    for i, frame in enumerate(frames):
+        assert np.array_equal(views[i], render_image(trainer.model, RenderRequest(cameras, i, trainer.data.background_color(), frame=frame)))
+    assert not np.array_equal(views[0], views[3])
     assert main(["render", str(run), "--identity", "5", "--frame", "3", "--out", str(root / "bad")]) == 2
     assert error_line(capsys) == "tensorfield: error: identity 5 out of range (the model has 2)"
 
