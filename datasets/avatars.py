@@ -25,6 +25,14 @@ protocol, or AIST++), written by :func:`write_avatars` and read by :func:`load_a
                             optional joint_names [J] (rotations are then matched to skeleton.json
                             by name) and times [T] (normalised to [0, 1]; default evenly spaced)
         skeleton.json       {"names": [...], "parents": [...], "rest_joints": [[x, y, z], ...]}
+                            or an SMPL body: {"smpl": {"betas": [...], "gender": "neutral"}}
+                            (rest joints, parents and names computed by smplx from the user's
+                            model files, :mod:`.smpl`; ``smpl_model_path`` / TENSORFIELD_SMPL)
+
+**SMPL poses.** Instead of ``rotations``, ``poses.npz`` may hold ``smpl_poses [T, 72]`` (SMPL's
+axis-angle: global orientation, then 23 joints) with optional ``transl [T, 3]`` (smplx's) and
+``Rh``, ``Th [T, 3]`` (ZJU-MoCap's world-from-SMPL map); they become the generic pose by
+:func:`.smpl.smpl_pose` (the global orientation moves into ``root``), for a 24-joint skeleton.
 
 **Pose files** (:func:`read_pose_file`: ``render --poses``, ``export splat --poses``, the
 viewer's pose playback) are ``.npz`` archives in the ``poses.npz`` layout above, so an
@@ -263,8 +271,16 @@ def write_avatars(
 
 
 # ====================================================================== reading
-def _read_skeleton(path: Path, root: Path) -> Skeleton:
+def _read_skeleton(path: Path, root: Path, smpl_model_path: str | Path | None = None) -> Skeleton:
     meta = read_json(path, root)
+    if "smpl" in meta:
+        body = meta["smpl"]
+        if not isinstance(body, dict) or not isinstance(body.get("betas", []), list):
+            raise DatasetError(path, "'smpl' must be {\"betas\": [numbers], \"gender\": \"neutral\"}", root=root)
+        betas = [number(b, "smpl betas", path, root) for b in body.get("betas", [])]
+        from .smpl import smpl_skeleton
+
+        return smpl_skeleton(betas, gender=str(body.get("gender", "neutral")), model_path=smpl_model_path, requested_by=path, root=root)
     for key in ("parents", "rest_joints"):
         if key not in meta:
             raise DatasetError(path, f"no {key!r} key", root=root)
@@ -317,8 +333,10 @@ def _read_poses(
             arrays = {key: np.asarray(data[key]) for key in data.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
         raise DatasetError(path, f"unreadable file ({one_line(error)[:100]})", root=root) from None
+    if "smpl_poses" in arrays and "rotations" not in arrays:
+        return _read_smpl_poses(path, root, arrays, skeleton, skeleton_label)
     if "rotations" not in arrays:
-        raise DatasetError(path, "no 'rotations' array", root=root)
+        raise DatasetError(path, "no 'rotations' array (nor 'smpl_poses')", root=root)
     rotations = arrays["rotations"]
     if (
         rotations.ndim != 3
@@ -391,6 +409,38 @@ def _read_poses(
         times_array = arrays["times"].astype(np.float64).reshape(-1)
         if times_array.shape != (count,) or not np.isfinite(times_array).all():
             raise DatasetError(path, f"times must be [{count}] finite numbers", root=root)
+        times = torch.from_numpy(times_array)
+    return root_transform, rotations, times
+
+
+def _read_smpl_poses(
+    path: Path, root: Path | None, arrays: dict, skeleton: Skeleton, skeleton_label: str
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``_read_poses`` of a file with ``smpl_poses [T, 72]`` (optional ``transl``, ``Rh``, ``Th``)."""
+    from .smpl import NUM_JOINTS, smpl_pose
+
+    poses = arrays["smpl_poses"]
+    if poses.ndim != 2 or poses.shape[1] != 3 * NUM_JOINTS or not np.issubdtype(poses.dtype, np.number):
+        raise DatasetError(path, f"smpl_poses must be [T, 72] axis-angle, got {list(poses.shape)}", root=root)
+    if poses.shape[0] == 0:
+        raise DatasetError(path, "no frames", root=root)
+    if skeleton.num_joints != NUM_JOINTS:
+        raise DatasetError(path, f"smpl_poses drive a 24-joint SMPL skeleton but {skeleton_label} has {skeleton.num_joints} joints", root=root)
+    extra = {}
+    for key in ("transl", "Rh", "Th"):
+        if key in arrays:
+            if not np.issubdtype(arrays[key].dtype, np.number):
+                raise DatasetError(path, f"{key} must be numbers", root=root)
+            extra[key] = torch.from_numpy(arrays[key].astype(np.float64))
+    try:
+        rotations, root_transform = smpl_pose(torch.from_numpy(poses.astype(np.float64)), skeleton.rest_joints[0], **extra)
+    except ValueError as error:
+        raise DatasetError(path, one_line(error), root=root) from None
+    times = None
+    if "times" in arrays:
+        times_array = arrays["times"].astype(np.float64).reshape(-1)
+        if times_array.shape != (len(poses),) or not np.isfinite(times_array).all():
+            raise DatasetError(path, f"times must be [{len(poses)}] finite numbers", root=root)
         times = torch.from_numpy(times_array)
     return root_transform, rotations, times
 
@@ -498,12 +548,17 @@ def _read_masks(
 
 
 def read_sequence(
-    folder: Path, root: Path, background: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    folder: Path,
+    root: Path,
+    background: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    smpl_model_path: str | Path | None = None,
 ) -> AvatarSequence:
-    """Read and check one identity folder (module docstring); errors name files relative to ``root``."""
+    """Read and check one identity folder (module docstring); errors name files relative to
+    ``root``. ``smpl_model_path``: the SMPL model files of an SMPL ``skeleton.json`` (default
+    ``$TENSORFIELD_SMPL``)."""
     if not folder.is_dir():
         raise DatasetError(folder, "missing identity folder", root=root)
-    skeleton = _read_skeleton(folder / "skeleton.json", root)
+    skeleton = _read_skeleton(folder / "skeleton.json", root, smpl_model_path)
     cameras_path, poses_path = folder / "cameras.json", folder / "poses.npz"
     camera_frames, width, height = _read_cameras(cameras_path, root)
     root_transform, rotations, times = _read_poses(poses_path, root, skeleton)
@@ -597,12 +652,18 @@ def _read_index(path: Path, root: Path) -> tuple[list[str], dict, tuple[float, f
     return names, splits, colour  # type: ignore[return-value]
 
 
-def load_avatars(path: str | Path, identities: Sequence[str] | None = None) -> AvatarDataset:
+def load_avatars(
+    path: str | Path,
+    identities: Sequence[str] | None = None,
+    smpl_model_path: str | Path | None = None,
+) -> AvatarDataset:
     """Load a multi-identity data set (layout and checks in the module docstring).
 
     Args:
         path: the data set folder or its ``avatars.json``.
         identities: load only these (default all, in ``avatars.json`` order); splits keep only them.
+        smpl_model_path: folder or file of the SMPL model, for SMPL skeletons (default
+            ``$TENSORFIELD_SMPL``; unused by generic skeletons).
 
     Returns:
         :class:`AvatarDataset`.
@@ -621,7 +682,7 @@ def load_avatars(path: str | Path, identities: Sequence[str] | None = None) -> A
         if unknown:
             raise DatasetError(index, f"identity {unknown[0]!r} is not listed", root=root)
         names = [n for n in names if n in identities]
-    sequences = {name: read_sequence(root / name, root, background) for name in names}
+    sequences = {name: read_sequence(root / name, root, background, smpl_model_path) for name in names}
     kept: dict[str, dict[str, list[int]]] = {}
     for split, per in splits.items():
         kept[split] = {}

@@ -66,6 +66,7 @@ import torch.nn.functional as F
 from tensorfield.datasets.avatars import AVATARS_FILE, AvatarDataset, load_avatars
 from tensorfield.datasets.cameras import Cameras
 from tensorfield.datasets.errors import DatasetError
+from tensorfield.datasets.zju_mocap import is_zju_mocap, load_zju_mocap
 from tensorfield.fields.base import (
     Field,
     HasIdentities,
@@ -400,7 +401,10 @@ class AvatarTrainingData:
 
 def migs_data(config, path: str | None = None, scene=None) -> AvatarTrainingData:
     """The registry's data factory: ``config.data`` (or ``path``) loaded with
-    :func:`~tensorfield.datasets.avatars.load_avatars`, or ``scene`` (an already loaded
+    :func:`~tensorfield.datasets.avatars.load_avatars` (a folder with ``avatars.json``; SMPL
+    skeletons read with ``smpl_model_path``) or, detected by its ``annots.npy``, with
+    :func:`~tensorfield.datasets.zju_mocap.load_zju_mocap` (the ``zju_*`` options; images averaged
+    down by ``downscale`` while loading), or ``scene`` (an already loaded
     :class:`~tensorfield.datasets.avatars.AvatarDataset`), as :class:`AvatarTrainingData`.
 
     Raises:
@@ -409,12 +413,24 @@ def migs_data(config, path: str | None = None, scene=None) -> AvatarTrainingData
     """
     from tensorfield.engine.config import ConfigError
 
+    downscale = int(config.downscale)
     if scene is None:
         location = path or config.data
         if not location:
             raise ConfigError("no training data: pass --data PATH (an avatars folder, e.g. from tensorfield.datasets.synthetic_avatars.make_avatars)")
         identities = list(config.identities) or None
-        scene = load_avatars(location, identities)
+        if not (Path(location) / AVATARS_FILE).is_file() and is_zju_mocap(location):
+            # averaged down while loading (ZJU frames are 1024x1024), not again below
+            scene = load_zju_mocap(
+                location, camera=int(config.zju_camera), train_frames=list(config.zju_train_frames),
+                novel_pose_frames=list(config.zju_novel_pose_frames), novel_view_cameras=list(config.zju_novel_view_cameras),
+                novel_view_frames=list(config.zju_novel_view_frames), held_out=list(config.zju_held_out), identities=identities,
+                smpl_model_path=config.smpl_model_path or None, gender=config.smpl_gender, downscale=downscale,
+                background=(1.0, 1.0, 1.0) if config.background == "white" else (0.0, 0.0, 0.0),
+            )  # fmt: skip
+            downscale = 1
+        else:
+            scene = load_avatars(location, identities, smpl_model_path=config.smpl_model_path or None)
     elif not isinstance(scene, AvatarDataset):
         raise ConfigError(f"method {config.method}: expected an AvatarDataset scene, got a {type(scene).__name__}")
     elif list(config.identities):
@@ -423,5 +439,5 @@ def migs_data(config, path: str | None = None, scene=None) -> AvatarTrainingData
             scene, sequences={n: s for n, s in scene.sequences.items() if n in kept},
             splits={split: {n: f for n, f in per.items() if n in kept} for split, per in scene.splits.items()},
         )  # fmt: skip
-    return AvatarTrainingData(scene, background=config.background, downscale=int(config.downscale), train_split=config.train_split,
+    return AvatarTrainingData(scene, background=config.background, downscale=downscale, train_split=config.train_split,
                               identity_rows=list(config.identity_rows))  # fmt: skip

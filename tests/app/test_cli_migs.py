@@ -153,7 +153,7 @@ def _no_rotations(arrays):
     ("nan", _nan, "rotation of joint 5 ('spine2') in frame 2 is NaN/inf"),
     ("dropped", _drop_joint, "joint 'right_ankle' of the model's skeleton (identity 0) is missing from joint_names (1 missing)"),
     ("short_root", _short_root, "root must be [7, 4, 4], got (6, 4, 4)"),
-    ("no_rotations", _no_rotations, "no 'rotations' array"),
+    ("no_rotations", _no_rotations, "no 'rotations' array (nor 'smpl_poses')"),
 ])  # fmt: skip
 def test_bad_pose_files_are_one_line_errors_naming_the_file(trained, capsys, name, change, problem):
     root, data, run = trained
