@@ -297,7 +297,8 @@ def curvature_errors(
 
     Returns:
         ``{quantity}_rel_l2 = |q_net - q| / |q|`` over all points and components for the metric,
-        Jacobian, Christoffels, Riemann and Kretschmann; ``kretschmann_outside_2m_rel_l2``;
+        Jacobian, Christoffels, Riemann and Kretschmann; ``{metric,christoffel,kretschmann}_outside_2m_rel_l2``
+        over the points outside ``r = 2M``;
         per radius band ``[lo, hi)`` of :data:`RADIUS_BANDS`, ``band_r{lo}-{hi}_num_points`` and
         ``band_r{lo}-{hi}_{metric,jacobian,christoffel}_rel_l2`` (the relative L2 error within
         the band), which shows where in the box the error lives.
@@ -319,9 +320,10 @@ def curvature_errors(
             fields["metric"][0] - flat, fields["metric"][1] - flat
         )
     if outside.any():
-        result["kretschmann_outside_2m_rel_l2"] = relative_l2(
-            fields["kretschmann"][0][outside], fields["kretschmann"][1][outside]
-        )
+        for name in ("metric", "christoffel", "kretschmann"):
+            result[f"{name}_outside_2m_rel_l2"] = relative_l2(
+                fields[name][0][outside], fields[name][1][outside]
+            )
         result["num_points_outside_2m"] = int(outside.sum())
     for low, high in itertools.pairwise(RADIUS_BANDS):
         inside = (radius >= low) & (radius < high)
