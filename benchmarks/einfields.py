@@ -1,12 +1,15 @@
 """Einstein fields benchmark: Schwarzschild and Kerr (Kerr-Schild) at a fixed CPU time budget.
 
 For each spacetime the packaged config (``configs/einfield_<name>.yaml``: the official EinFields
-setup, 32^3 grid of x, y in [-3, 3], z in [0.1, 3], 4 x 128 SiLU, Jacobian loss) is trained by the
+data, 32^3 grid of x, y in [-3, 3], z in [0.1, 3], Jacobian loss; a 4 x 64 SiLU MLP with the
+radial envelope and features and importance-sampled batches; overrides such as ``hidden=128
+layers=5 lr=1e-3 radial_features=false radial_envelope=false importance_sampling=0`` give the
+official network and schedule) is trained by the
 common trainer for ``--budget-s`` seconds of training: the step time is measured on a few steps
 first and ``steps`` set so that the learning-rate decay ends at the budget (a callback also stops
 the run at 1.1x the budget). Then the held-out evaluation (4096 uniform points, never the
 training grid) gives relative L2 errors of the metric, Christoffels, Riemann and Kretschmann
-(all points, and outside r = 2M).
+(all points, and metric, Christoffels and Kretschmann outside r = 2M).
 
 Storage: the network's parameters (float32 bytes) against the float32 training grid of the 10
 metric components (``grid_bytes``) and with its Jacobian (``grid_with_jacobian_bytes``, what
