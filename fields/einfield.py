@@ -564,23 +564,9 @@ class EinField(Field):
         """
         if (method or self.config.derivatives) == "explicit":
             return self.explicit_jets(coords, order)
-
-        def first(point: Tensor) -> tuple[Tensor, Tensor]:
-            value = self.components(point)
-            return value, value
-
-        jet1 = jacfwd(first, has_aux=True)
-        coords = coords.to(self.dtype)
-        if order == 1:
-            jacobian, values = vmap(jet1)(coords)
-            return values, jacobian, None
-
-        def second(point: Tensor):
-            jacobian, value = jet1(point)
-            return jacobian, (jacobian, value)
-
-        hessian, (jacobian, values) = vmap(jacfwd(second, has_aux=True))(coords)
-        return values, jacobian, hessian
+        values, jacobian, *rest = _point_jets(self.components, coords.to(self.dtype), order)
+        hessian = rest[0].permute(0, 3, 1, 2) if order == 2 else None  # [B, 10, 4, 4]
+        return values, jacobian.transpose(1, 2), hessian
 
     def explicit_jets(self, coords: Tensor, order: int = 1) -> tuple[Tensor, Tensor, Tensor | None]:
         """:meth:`jets` by pushing the 4 coordinate tangents (and their 16 second-order ones)

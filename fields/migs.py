@@ -271,10 +271,10 @@ class MIGS(Field):
         self.register_buffer("frame_root", inputs["root"].double().clone())
         self.register_buffer("frame_identity", identity.clone())
         shown = [k for k in range(int(identity.max()) + 1) if bool((identity == k).any())]
-        placeholder = torch.stack([inputs["rest_joints"][identity == k][0] for k in shown]).double().mean(0)
+        mean_rest = torch.stack([inputs["rest_joints"][identity == k][0] for k in shown]).double().mean(0)
         # a row of a fitted model the data does not show takes the mean skeleton until
         # start_identity_fit (or the checkpoint) brings its own
-        rest = [inputs["rest_joints"][identity == k][0].double() if k in shown else placeholder for k in range(int(identity.max()) + 1)]
+        rest = [inputs["rest_joints"][identity == k][0].double() if k in shown else mean_rest for k in range(int(identity.max()) + 1)]
         self.register_buffer("identity_rest_joints", torch.stack(rest).double())
         self.register_buffer("parents", inputs["parents"][0].long().clone())
         self.joint_names = tuple(scene.joint_names) or tuple(f"joint_{j}" for j in range(self.num_joints))
